@@ -1,0 +1,161 @@
+"""The `embedfm` command: parses arguments and dispatches to train / eval / viz. Nothing else.
+
+Errors a user can fix (`EmbedfmError`) print one line on stderr and exit with code 2; `--debug`
+shows the traceback instead. Ctrl-C exits with 130 after saying how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from embedfm import __version__
+from embedfm.errors import EmbedfmError
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _classes(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class ids like 0,2,4,6, got {s!r}") from None
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one model (CE or CE + triplet) into a run dir",
+                       description="Train one model. Defaults come from the built-in config, then --config FILE, "
+                                   "then the flags given here. The resolved config is printed and saved in the run dir.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
+    a = p.add_argument
+    a("--config", help="JSON file of config values (flags given here override it)")
+    a("--loss", choices=["ce", "triplet"], help="ce: plain classifier; triplet: CE + weight × triplet loss over "
+                                                "distance-weighted-mined triplets [ce]")
+    a("--backbone", help="network before the embedding head [fastcnn]")
+    a("--out", help="run dir to write (checkpoint, config, history) [artifacts/runs/run]")
+    a("--data-dir", help="dir with the four Fashion-MNIST IDX .gz files [$EMBEDFM_DATA, "
+                         "/usr/share/datasets/fashion-mnist, else download]")
+    a("--epochs", type=int, help="passes over the train split [6]")
+    a("--batch-size", type=int, help="images per step [256]")
+    a("--lr", type=float, help="peak learning rate of the one-cycle schedule (AdamW) [0.004]")
+    a("--weight-decay", type=float, help="AdamW weight decay on conv/linear weights [0.05]")
+    a("--label-smoothing", type=float, help="cross-entropy label smoothing [0.1]")
+    a("--embedding-dim", type=int, help="embedding size; low dims suit distance-weighted sampling [64]")
+    a("--margin", type=float, help="triplet margin on unit-norm embeddings [0.2]")
+    a("--triplet-weight", type=float, help="weight of the triplet loss next to CE [1.0]")
+    a("--miner-cutoff", type=float, help="DistanceWeightedMiner: clip distances below this [0.5]")
+    a("--miner-nonzero-loss-cutoff", type=float, help="DistanceWeightedMiner: never draw negatives farther [1.4]")
+    a("--sampler", choices=["auto", "random", "balanced"], help="batch sampler; auto = balanced for triplet, "
+                                                                 "random for ce [auto]")
+    a("--m-per-class", type=int, help="least images per class in a balanced batch [8]")
+    a("--focus-classes", type=_classes, help="confusable classes to report on and over-sample [0,2,4,6]")
+    a("--focus-oversample", type=float, help="balanced sampler draws focus classes this many times as often; "
+                                             "1 = off [1.5]")
+    a("--val-size", type=int, help="images in the fixed stratified validation split [5000]")
+    a("--limit", type=int, help="train on a stratified subset of N images (smoke tests, quick looks)")
+    a("--crop-pad", type=int, help="random-crop padding in pixels, 0 = no crop [2]")
+    a("--flip", type=_bool, help="random horizontal flips [true]")
+    a("--tta-flip", type=_bool, help="softmax predictions average image and mirror [true]")
+    a("--knn-k", type=int, help="k of the per-epoch validation kNN [10]")
+    a("--seed", type=int, help="seed for weights, batches, augmentation and mining [0]")
+    a("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present [auto]")
+    a("--threads", type=int, help="torch CPU threads [torch default]")
+    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    a("--overwrite", action="store_true", help="replace a run already in --out")
+    a("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="test-set report comparing runs: softmax vs kNN, confusion, focus-group error",
+                       description="Evaluate runs on the test set and compare them side by side. Writes report.md, "
+                                   "report.json and confusion PNGs into --out, embeddings.npz into each run dir.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs; the first is the baseline for difference plots")
+    p.add_argument("--out", help="report dir (default: the run dir, or the runs' common parent)")
+    p.add_argument("--k", type=int, default=10, help="neighbours of the kNN classifier")
+    p.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="kNN metric")
+    p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
+    p.add_argument("--data-dir", help="where the IDX files are (default: as at training)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_viz(sub) -> None:
+    p = sub.add_parser("viz", help="UMAP of test embeddings, runs side by side",
+                       description="Draw umap.png: UMAP of each run's test embeddings side by side, focus classes "
+                                   "highlighted, focus-class silhouette in each title. Uses embeddings.npz from "
+                                   "`embedfm eval` (computed if missing).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs")
+    p.add_argument("--out", help="figure dir (default: the run dir, or the runs' common parent)")
+    p.add_argument("--max-points", type=int, default=10_000, help="test points per panel (random subset)")
+    p.add_argument("--seed", type=int, default=0, help="UMAP and subset seed")
+    p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="embedfm", description="Metric-learning embeddings for Fashion-MNIST: train CE "
+                                "and CE + triplet (distance-weighted sampling), evaluate with FAISS kNN, draw UMAP.")
+    p.add_argument("--version", action="version", version=f"embedfm {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,viz}")
+    add_train(sub)
+    add_eval(sub)
+    add_viz(sub)
+    return p
+
+
+TRAIN_ONLY = {"config", "resume", "overwrite", "no_progress", "command", "debug"}
+
+
+def cmd_train(args) -> None:
+    from embedfm.config import resolve
+    from embedfm.train import train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in TRAIN_ONLY}
+    if args.resume:
+        if not args.out:
+            raise EmbedfmError("--resume needs --out RUN_DIR")
+        from embedfm.config import TrainConfig
+        cfg = TrainConfig(out=args.out)  # the real config comes from the checkpoint
+    else:
+        cfg = resolve(args.config, overrides)
+    try:
+        train(cfg, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last finished epoch is saved. Continue with: "
+              f"embedfm train --resume --out {cfg.out}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def cmd_eval(args) -> None:
+    from embedfm.evaluate import evaluate
+
+    evaluate(args.runs, out=args.out, k=args.k, metric=args.metric, focus=args.focus_classes,
+             data_dir=args.data_dir, progress=not args.no_progress)
+
+
+def cmd_viz(args) -> None:
+    from embedfm.viz import visualize
+
+    visualize(args.runs, out=args.out, max_points=args.max_points, seed=args.seed, focus=args.focus_classes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz}
+    try:
+        commands[args.command](args)
+    except EmbedfmError as e:
+        if args.debug:
+            raise
+        print(f"embedfm {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

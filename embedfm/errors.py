@@ -1,0 +1,21 @@
+"""The one exception type embedfm raises for problems a user can fix.
+
+Anything raised as `EmbedfmError` reaches the command line as a single line on stderr and exit
+code 2 (see `cli.py`); everything else is a bug and keeps its traceback.
+"""
+
+
+class EmbedfmError(Exception):
+    """A user-fixable problem: bad input data, a bad flag, a run dir in the wrong state."""
+
+
+class DataError(EmbedfmError):
+    """A Fashion-MNIST file is missing, truncated, corrupt or inconsistent."""
+
+
+class ConfigError(EmbedfmError):
+    """A configuration value is out of range or inconsistent with another."""
+
+
+class CheckpointError(EmbedfmError):
+    """A run dir has no usable checkpoint, or one this version cannot read."""

@@ -1,0 +1,170 @@
+"""Evaluation: test-set metrics of each run's softmax head and FAISS kNN, compared side by side.
+
+The only module that touches the test set. For every run it embeds the run's train split (the kNN
+reference) and the test set, classifies the test set twice (softmax head; kNN over the train
+embeddings), and computes:
+- accuracy, per-class precision / recall / F1, confusion matrix (scikit-learn),
+- focus-group error: among test images whose label is a focus class, the share predicted as a
+  *different* focus class (the T-shirt / pullover / coat / shirt confusion),
+- retrieval metrics with pytorch-metric-learning's AccuracyCalculator (precision@1, R-precision,
+  MAP@R), test queries against the rest of the test set.
+Outputs: `report.json`, `report.md`, confusion PNGs in the report dir; `embeddings.npz` per run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedfm import CLASS_NAMES
+from embedfm import checkpoint as ckpt_io
+from embedfm.config import from_dict
+from embedfm.data import load_fashion_mnist, make_splits
+from embedfm.errors import EmbedfmError
+from embedfm.knn import KNNClassifier
+from embedfm.train import embed, select_device
+
+# ----------------------------------------------------------------------------------------------
+# metrics (pure functions on label arrays; pinned by hand-computed tests)
+
+
+def focus_group_error(y_true: np.ndarray, y_pred: np.ndarray, focus: tuple[int, ...]) -> float:
+    """Among items whose true label is in `focus`, the fraction predicted as a different focus class."""
+    in_focus = np.isin(y_true, focus)
+    if not in_focus.any():
+        return 0.0
+    wrong_within = np.isin(y_pred, focus) & (y_pred != y_true)
+    return float((wrong_within & in_focus).sum() / in_focus.sum())
+
+
+def classifier_metrics(y_true: np.ndarray, y_pred: np.ndarray, focus: tuple[int, ...], num_classes: int = 10) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(num_classes))
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float((y_true == y_pred).mean()),
+        "focus_group_error": focus_group_error(y_true, y_pred, focus),
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "per_class": {str(c): {"precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c])} for c in labels},
+    }
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict:
+    """P@1, R-precision, MAP@R of each test item against the other test items (PML)."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                              k="max_bin_count", device=torch.device("cpu"))
+    acc = calc.get_accuracy(torch.from_numpy(embeddings), torch.from_numpy(labels))
+    return {"precision_at_1": float(acc["precision_at_1"]), "r_precision": float(acc["r_precision"]),
+            "map_at_r": float(acc["mean_average_precision_at_r"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# one run
+
+
+def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cosine",
+                 focus: tuple[int, ...] | None = None, progress: bool = True) -> tuple[dict, dict]:
+    """Evaluate one run. Returns (report entry, arrays for embeddings.npz)."""
+    model, ckpt = ckpt_io.load_model(run_dir)
+    try:
+        cfg = from_dict(ckpt["config"], source=f"{run_dir}/{ckpt_io.CHECKPOINT}")
+    except EmbedfmError as e:
+        raise EmbedfmError(f"{run_dir}: checkpoint holds an incompatible config ({e})") from None
+    focus = tuple(focus or cfg.focus_classes)
+    device = select_device("auto")
+    model.to(device)
+    data = data or load_fashion_mnist(cfg.data_dir)
+    if "data" in ckpt and ckpt["data"] != data.fingerprint():
+        raise EmbedfmError(f"{run_dir}: trained on different data than {data.source} holds; cannot evaluate it here")
+    splits = make_splits(data, cfg.val_size, cfg.limit)
+
+    t0 = time.perf_counter()
+    _, train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train")
+    test_logits, test_emb = embed(model, splits.test_x, device, tta_flip=cfg.tta_flip, progress=progress,
+                                  desc="embed test")
+    y_train, y_test = splits.train_y.numpy(), splits.test_y.numpy()
+    knn = KNNClassifier(k=k, metric=metric).fit(train_emb.numpy(), y_train)
+    pred_knn = knn.predict(test_emb.numpy())
+    pred_softmax = test_logits.argmax(1).numpy()
+    entry = {
+        "run_dir": str(run_dir), "loss": cfg.loss, "backbone": cfg.backbone, "seed": cfg.seed,
+        "embedding_dim": cfg.embedding_dim, "epochs": len(ckpt.get("history", [])),
+        "train_seconds": (ckpt.get("history") or [{}])[-1].get("train_seconds"),
+        "complete": ckpt_io.is_done(run_dir),
+        "config": cfg.to_dict(),
+        "classifiers": {
+            "softmax": classifier_metrics(y_test, pred_softmax, focus),
+            "knn": {**classifier_metrics(y_test, pred_knn, focus), "k": k, "metric": metric},
+        },
+        "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
+        "eval_seconds": None,
+    }
+    entry["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    arrays = {"train_embeddings": train_emb.numpy(), "train_labels": y_train, "test_embeddings": test_emb.numpy(),
+              "test_labels": y_test, "pred_softmax": pred_softmax, "pred_knn": pred_knn}
+    return entry, arrays
+
+
+def save_embeddings(run_dir: str | Path, arrays: dict) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    ckpt_io.atomic_write_bytes(Path(run_dir) / "embeddings.npz", buf.getvalue())
+
+
+def run_names(run_dirs: list[str]) -> list[str]:
+    """Short unique names for runs: the dir name, or parent/dir when names collide."""
+    names = [Path(r).resolve().name for r in run_dirs]
+    if len(set(names)) < len(names):
+        names = ["/".join(Path(r).resolve().parts[-2:]) for r in run_dirs]
+    if len(set(names)) < len(names):
+        raise EmbedfmError("the same run dir is given twice")
+    return names
+
+
+def default_out(run_dirs: list[str]) -> Path:
+    """One run: its own dir. Several: their common parent (e.g. artifacts/demo for demo/ce + demo/triplet)."""
+    import os
+
+    paths = [str(Path(r).resolve()) for r in run_dirs]
+    return Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath(paths))
+
+
+def evaluate(run_dirs: list[str], out: str | Path | None = None, k: int = 10, metric: str = "cosine",
+             focus: tuple[int, ...] | None = None, data_dir: str | None = None, progress: bool = True,
+             log=print) -> dict:
+    """Evaluate runs, write report.json / report.md / figures into `out`. Returns the report."""
+    from embedfm.report import write_report
+
+    names = run_names(run_dirs)
+    for r in run_dirs:  # fail on a bad run dir before spending minutes on the good ones
+        ckpt_io.load_checkpoint(r)
+    data = load_fashion_mnist(data_dir) if data_dir else None
+    runs, fingerprints = {}, {}
+    for name, r in zip(names, run_dirs):
+        entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress)
+        fp = ckpt_io.load_checkpoint(r).get("data")
+        fingerprints[name] = json.dumps(fp, sort_keys=True)
+        save_embeddings(r, arrays)
+        runs[name] = entry
+        sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
+        log(f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}, "
+            f"focus-group error {sm['focus_group_error']:.4f} / {kn['focus_group_error']:.4f}, "
+            f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)")
+    if len(set(fingerprints.values())) > 1:
+        raise EmbedfmError("these runs were trained on different data and cannot be compared: "
+                           + ", ".join(f"{n}" for n in fingerprints))
+    focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])
+    report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
+    out = Path(out) if out else default_out(run_dirs)
+    write_report(report, out)
+    log(f"report: {out / 'report.md'}")
+    return report

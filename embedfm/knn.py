@@ -1,0 +1,75 @@
+"""FAISS kNN classifier over embeddings.
+
+Exact search by default (`IndexFlatIP` on unit-norm embeddings = cosine similarity, `IndexFlatL2`
+for the "l2" metric); any faiss factory string can be given instead. When the faiss build has GPU
+support and a GPU is visible, the index moves there automatically.
+
+Voting: majority of the k nearest labels; a tie goes to the tied class whose nearest member ranks
+highest (so k=1 and "no tie" behave as expected, and the result is deterministic).
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from embedfm.errors import EmbedfmError
+
+METRICS = ("cosine", "l2")
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(reference: np.ndarray, metric: str = "cosine", factory: str = "Flat", use_gpu: bool | None = None):
+    """A faiss index holding `reference` (N, D) float32. Cosine expects unit-norm rows."""
+    if metric not in METRICS:
+        raise EmbedfmError(f"unknown kNN metric {metric!r}; choose from {', '.join(METRICS)}")
+    x = np.ascontiguousarray(reference, dtype=np.float32)
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    index = faiss.index_factory(x.shape[1], factory, faiss_metric)
+    if use_gpu if use_gpu is not None else gpu_available():
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    if not index.is_trained:
+        index.train(x)
+    index.add(x)
+    return index
+
+
+def vote(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Majority vote over (Q, k) labels ordered nearest first; ties → nearest tied class."""
+    Q, k = neighbor_labels.shape
+    counts = np.zeros((Q, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(Q), k), neighbor_labels.ravel()), 1)
+    # first rank at which each class appears (k if absent): the tie-breaker
+    first = np.full((Q, num_classes), k, dtype=np.int64)
+    ranks = np.broadcast_to(np.arange(k), (Q, k))
+    np.minimum.at(first, (np.repeat(np.arange(Q), k), neighbor_labels.ravel()), ranks.ravel())
+    score = counts * (k + 1) - first  # more votes wins; among equal votes, smaller first rank wins
+    return score.argmax(axis=1)
+
+
+class KNNClassifier:
+    """fit(reference, labels) then predict(queries) — a FAISS index plus a vote."""
+
+    def __init__(self, k: int = 10, metric: str = "cosine", factory: str = "Flat", num_classes: int = 10):
+        if k < 1:
+            raise EmbedfmError(f"k must be at least 1, got {k}")
+        self.k, self.metric, self.factory, self.num_classes = k, metric, factory, num_classes
+
+    def fit(self, reference: np.ndarray, labels: np.ndarray) -> "KNNClassifier":
+        if self.k > len(reference):
+            raise EmbedfmError(f"k={self.k} is larger than the number of reference embeddings ({len(reference)})")
+        self.index = build_index(reference, self.metric, self.factory)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        return self
+
+    def kneighbors(self, queries: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k), indices (Q, k)), nearest first; scores are similarities for cosine."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        return self.index.search(q, k or self.k)
+
+    def predict(self, queries: np.ndarray) -> np.ndarray:
+        _, idx = self.kneighbors(queries)
+        return vote(self.labels[idx], self.num_classes)

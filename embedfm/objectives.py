@@ -1,0 +1,59 @@
+"""Training objectives built from pytorch-metric-learning pieces.
+
+- `ce`: cross-entropy (with label smoothing) on the classifier logits.
+- `triplet`: cross-entropy + weight × TripletMarginLoss on the unit-norm embeddings, with triplets
+  drawn by DistanceWeightedMiner (Wu et al. 2017: negatives sampled with probability inversely
+  proportional to the density of distances on the unit hypersphere, clipped at `cutoff` and never
+  beyond `nonzero_loss_cutoff`). Distance: LpDistance(p=2, normalize_embeddings=True), the only one
+  the miner accepts. The miner and metric loss always run in fp32.
+
+An objective is a callable `(logits, embeddings, labels) → (loss, stats)` where stats holds floats
+for the progress bar and history (loss parts, number of mined triplets).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pytorch_metric_learning import distances, losses, miners
+
+from embedfm.config import TrainConfig
+
+
+class CrossEntropy(nn.Module):
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits, embeddings, labels):
+        ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return ce, {"ce": ce.detach()}
+
+
+class CETriplet(nn.Module):
+    """CE + weight × triplet margin loss over distance-weighted-mined triplets."""
+
+    def __init__(self, label_smoothing: float, margin: float, weight: float, cutoff: float, nonzero_loss_cutoff: float):
+        super().__init__()
+        self.ce = CrossEntropy(label_smoothing)
+        self.weight = weight
+        distance = distances.LpDistance(p=2, power=1, normalize_embeddings=True)
+        self.miner = miners.DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
+                                                  distance=distance)
+        self.triplet = losses.TripletMarginLoss(margin=margin, distance=distance)
+
+    def forward(self, logits, embeddings, labels):
+        ce, stats = self.ce(logits, embeddings, labels)
+        emb = embeddings.float()  # (B, D); the miner's log-weights lose precision in half types
+        triplets = self.miner(emb, labels)  # (anchors, positives, negatives), each (T,)
+        trip = self.triplet(emb, labels, triplets)
+        stats.update(triplet=trip.detach(), triplets=torch.tensor(float(len(triplets[0]))))
+        return ce + self.weight * trip, stats
+
+
+def build_objective(cfg: TrainConfig) -> nn.Module:
+    if cfg.loss == "ce":
+        return CrossEntropy(cfg.label_smoothing)
+    return CETriplet(cfg.label_smoothing, cfg.margin, cfg.triplet_weight,
+                     cfg.miner_cutoff, cfg.miner_nonzero_loss_cutoff)

@@ -1,0 +1,135 @@
+"""Rendering an evaluation report: `report.json`, `report.md` and the confusion-matrix figures.
+
+Kept apart from `evaluate.py` so that the numbers (computed there) and their presentation (here)
+can change independently; everything here reads only the report dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embedfm import CLASS_NAMES
+from embedfm import checkpoint as ckpt_io
+
+SHIRT = 6
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def summary_table(report: dict) -> list[str]:
+    lines = ["| run | loss | classifier | accuracy | focus-group error | shirt recall | P@1 | MAP@R |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in report["runs"].items():
+        for clf in ("softmax", "knn"):
+            c = r["classifiers"][clf]
+            label = clf if clf == "softmax" else f"kNN (k={c['k']})"
+            ret = r["retrieval"]
+            lines.append(f"| {name} | {r['loss']} | {label} | {_pct(c['accuracy'])} | {_pct(c['focus_group_error'])} | "
+                         f"{c['per_class'][str(SHIRT)]['recall']:.3f} | {ret['precision_at_1']:.4f} | {ret['map_at_r']:.4f} |")
+    return lines
+
+
+def per_class_table(report: dict) -> list[str]:
+    focus = set(report["focus_classes"])
+    cols = [(n, clf) for n in report["runs"] for clf in ("softmax", "knn")]
+    lines = ["| class | " + " | ".join(f"{n} {c}" for n, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for c in range(10):
+        name = f"**{c} {CLASS_NAMES[c]}**" if c in focus else f"{c} {CLASS_NAMES[c]}"
+        cells = []
+        for n, clf in cols:
+            pc = report["runs"][n]["classifiers"][clf]["per_class"][str(c)]
+            cells.append(f"{pc['precision']:.3f} / {pc['recall']:.3f} / {pc['f1']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(report: dict, figures: list[str]) -> str:
+    focus = ", ".join(f"{c} {CLASS_NAMES[c]}" for c in report["focus_classes"])
+    md = ["# embedfm evaluation report", "",
+          f"Test set: 10 000 Fashion-MNIST images. Focus classes: {focus}.",
+          "Focus-group error = share of focus-class test images predicted as a *different* focus class. "
+          "kNN: FAISS exact search over the run's train-split embeddings (cosine). "
+          "Retrieval (P@1, MAP@R): each test image queried against the other test images.", "",
+          "## Summary", "", *summary_table(report), "",
+          "## Per class (precision / recall / F1)", "", *per_class_table(report), ""]
+    md += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    md += ["## Runs", ""]
+    for name, r in report["runs"].items():
+        md.append(f"- **{name}**: `{r['run_dir']}`, loss {r['loss']}, backbone {r['backbone']}, seed {r['seed']}, "
+                  f"{r['epochs']} epochs, {r['train_seconds']} s training, embedding dim {r['embedding_dim']}"
+                  + ("" if r.get("complete", True) else " (**unfinished run**)"))
+    return "\n".join(md) + "\n"
+
+
+def plot_confusions(report: dict, out: Path) -> list[str]:
+    """confusion.png: row-normalised matrices, one row per run, (softmax, kNN) side by side.
+    confusion_diff.png: each later run minus the first (the baseline), in percentage points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    names = list(runs)
+    focus = report["focus_classes"]
+
+    def norm(cm):
+        cm = np.asarray(cm, dtype=float)
+        return 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
+
+    def draw(ax, m, title, cmap, vmin, vmax):
+        im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(10), [str(i) for i in range(10)], fontsize=7)
+        ax.set_yticks(range(10), [f"{i} {CLASS_NAMES[i]}" for i in range(10)], fontsize=7)
+        for t in ax.get_yticklabels() + ax.get_xticklabels():
+            if int(t.get_text().split()[0]) in focus:
+                t.set_fontweight("bold"); t.set_color("crimson")
+        ax.set_xlabel("predicted", fontsize=8)
+        for i in range(10):
+            for j in range(10):
+                if abs(m[i, j]) >= 0.5:
+                    ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=5.5,
+                            color="white" if abs(m[i, j]) > 0.6 * max(abs(vmin), vmax) else "black")
+        return im
+
+    files = []
+    fig, axes = plt.subplots(len(names), 2, figsize=(9, 4.2 * len(names)), squeeze=False)
+    for row, n in enumerate(names):
+        for col, clf in enumerate(("softmax", "knn")):
+            c = runs[n]["classifiers"][clf]
+            draw(axes[row, col], norm(c["confusion"]), f"{n} — {clf}: acc {_pct(c['accuracy'])}, "
+                 f"focus err {_pct(c['focus_group_error'])}", "Blues", 0, 100)
+    fig.suptitle("Test confusion matrices (row-normalised, %)")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=110)
+    plt.close(fig)
+    files.append("confusion.png")
+
+    if len(names) > 1:
+        base = names[0]
+        fig, axes = plt.subplots(len(names) - 1, 2, figsize=(9, 4.2 * (len(names) - 1)), squeeze=False)
+        for row, n in enumerate(names[1:]):
+            for col, clf in enumerate(("softmax", "knn")):
+                d = norm(runs[n]["classifiers"][clf]["confusion"]) - norm(runs[base]["classifiers"][clf]["confusion"])
+                lim = max(2.0, float(np.abs(d).max()))
+                draw(axes[row, col], d, f"{n} − {base} — {clf} (pp)", "RdBu_r", -lim, lim)
+        fig.suptitle("Difference of row-normalised confusion matrices (percentage points): "
+                     "blue off-diagonal = fewer errors")
+        fig.tight_layout()
+        fig.savefig(out / "confusion_diff.png", dpi=110)
+        plt.close(fig)
+        files.append("confusion_diff.png")
+    return files
+
+
+def write_report(report: dict, out: str | Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = plot_confusions(report, out)
+    existing_umap = ["umap.png"] if (out / "umap.png").exists() else []
+    ckpt_io.atomic_write_json(out / "report.json", report)
+    ckpt_io.atomic_write_text(out / "report.md", render_markdown(report, figures + existing_umap))

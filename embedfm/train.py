@@ -1,0 +1,236 @@
+"""Training: `train(cfg)` runs one configuration to the end and returns its history.
+
+Reads top to bottom: set-up (seeds, data, model, optimiser, one-cycle schedule), then per epoch
+plan the batches, step through them with a progress bar, validate (softmax and kNN accuracy on the
+fixed validation split), and save an atomic checkpoint + history. A finished run gets a DONE mark.
+`--resume` restarts after the last checkpointed epoch with every RNG state restored, so the result
+equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from embedfm import checkpoint as ckpt_io
+from embedfm.config import TrainConfig, from_dict
+from embedfm.data import (FashionMNIST, Splits, augment, balanced_batches, load_fashion_mnist, make_splits,
+                          shuffled_batches, to_float)
+from embedfm.errors import EmbedfmError
+from embedfm.knn import KNNClassifier
+from embedfm.models import build_model, count_macs, count_params
+from embedfm.objectives import build_objective
+
+VAL_KNN_REFS = 10_000  # train images used as kNN reference for the per-epoch validation kNN
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EmbedfmError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def embed(model, images: torch.Tensor, device: torch.device, batch_size: int = 1000,
+          tta_flip: bool = False, progress: bool = False, desc: str = "embed") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 28, 28) → (logits (N, C), unit-norm embeddings (N, D)) on the CPU, fp32.
+
+    With `tta_flip` the logits average the image and its mirror (embeddings stay un-flipped, so kNN
+    and UMAP see exactly one vector per image).
+    """
+    model.eval()
+    logits, embs = [], []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        x = to_float(images[i:i + batch_size]).to(device)
+        lg, em = model(x)
+        if tta_flip:
+            lg = (lg + model(x.flip(3))[0]) / 2
+        logits.append(lg.float().cpu())
+        embs.append(em.float().cpu())
+    return torch.cat(logits), torch.cat(embs)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "data": gen.get_state()}
+
+
+def set_rng_state(state: dict, gen: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["data"])
+
+
+def make_optimizer(model, cfg: TrainConfig, steps: int):
+    # weight decay on conv/linear weights only; BN parameters and biases are not decayed
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=cfg.warmup_frac,
+                                                div_factor=20.0, final_div_factor=200.0)
+    return opt, sched
+
+
+def plan_epoch(cfg: TrainConfig, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(steps, batch_size) indices into the train split for one epoch."""
+    if cfg.resolved_sampler == "balanced":
+        return balanced_batches(labels, cfg.batch_size, cfg.focus_classes, cfg.focus_oversample, gen)
+    return shuffled_batches(len(labels), cfg.batch_size, gen)
+
+
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    steps = n_train // cfg.batch_size
+    if steps < 1:
+        raise EmbedfmError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
+    return steps
+
+
+@torch.no_grad()
+def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> dict:
+    """Validation figures: loss and accuracy of the softmax head, accuracy of a kNN over a fixed
+    subset of the train split (cheap stand-in for the full-train kNN that eval runs)."""
+    logits, emb = embed(model, splits.val_x, device, tta_flip=cfg.tta_flip)
+    n_ref = min(VAL_KNN_REFS, len(splits.train_y))
+    _, ref_emb = embed(model, splits.train_x[:n_ref], device)
+    knn = KNNClassifier(k=min(cfg.knn_k, n_ref)).fit(ref_emb.numpy(), splits.train_y[:n_ref].numpy())
+    knn_pred = torch.from_numpy(knn.predict(emb.numpy()))
+    return {"val_loss": F.cross_entropy(logits, splits.val_y).item(),
+            "val_acc": (logits.argmax(1) == splits.val_y).float().mean().item(),
+            "val_knn_acc": (knn_pred == splits.val_y).float().mean().item()}
+
+
+def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> Path:
+    run = Path(cfg.out)
+    if run.exists() and not run.is_dir():
+        raise EmbedfmError(f"--out {run} is a file, not a directory")
+    has_run = (run / ckpt_io.CHECKPOINT).exists() or ckpt_io.is_done(run)
+    if has_run and not (overwrite or resume):
+        state = "a finished run" if ckpt_io.is_done(run) else "an unfinished run"
+        raise EmbedfmError(f"--out {run} already holds {state}; use --resume to continue it, "
+                           "--overwrite to replace it, or another --out")
+    if overwrite and has_run:
+        for name in (ckpt_io.CHECKPOINT, ckpt_io.DONE, "history.json", "summary.csv", "config.json"):
+            (run / name).unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = False, resume: bool = False,
+          progress: bool = True, log=print) -> dict:
+    """Train one run into `cfg.out`. Returns {"run_dir", "history", "seconds"}."""
+    if resume:
+        old = ckpt_io.load_checkpoint(cfg.out)
+        cfg = from_dict(old["config"], source=f"{cfg.out}/{ckpt_io.CHECKPOINT}")
+        if ckpt_io.is_done(cfg.out):
+            log(f"{cfg.out}: already finished, nothing to resume")
+            return {"run_dir": cfg.out, "history": old["history"], "seconds": 0.0}
+    run = prepare_run_dir(cfg, overwrite, resume)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+
+    data = data or load_fashion_mnist(cfg.data_dir)
+    splits = make_splits(data, cfg.val_size, cfg.limit)
+    model_args = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "num_classes": 10}
+    # channels_last: oneDNN's fastest conv layout on CPU (~1.3x here, see scripts/bench)
+    model = build_model(**model_args).to(device, memory_format=torch.channels_last)
+    steps = steps_per_epoch(cfg, len(splits.train_y))
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * steps)
+    objective = build_objective(cfg)
+    history, start_epoch = [], 0
+    if resume:
+        model.load_state_dict(old["model"])
+        opt.load_state_dict(old["optimizer"])
+        sched.load_state_dict(old["scheduler"])
+        set_rng_state(old["rng"], gen)
+        history, start_epoch = old["history"], old["epoch"] + 1
+        log(f"resuming {run} after epoch {old['epoch'] + 1}/{cfg.epochs}")
+
+    log(f"embedfm train → {run}  ({count_params(model) / 1e3:.0f} k params, "
+        f"{count_macs(model) / 1e6:.1f} M MACs/image, {len(splits.train_y)} train / {len(splits.val_y)} val, "
+        f"device {device}, {torch.get_num_threads()} threads)\n{cfg.describe()}")
+    ckpt_io.atomic_write_json(run / "config.json", cfg.to_dict())
+    train_seconds = history[-1]["train_seconds"] if history else 0.0
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        stats = run_epoch(model, objective, opt, sched, splits, cfg, gen, device, epoch, progress)
+        train_seconds += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, **stats, **validate(model, splits, cfg, device),
+               "lr": sched.get_last_lr()[0], "train_seconds": round(train_seconds, 2)}
+        history.append(row)
+        log(format_row(row, cfg.epochs))
+        ckpt_io.save_checkpoint(run, {
+            "model_args": model_args, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "config": cfg.to_dict(),
+            "rng": rng_state(gen), "data": data.fingerprint(), "splits": {"n_train": len(splits.train_y),
+                                                                          "n_val": len(splits.val_y)}})
+        ckpt_io.atomic_write_json(run / "history.json", history)
+        ckpt_io.atomic_write_csv(run / "summary.csv", history)
+    ckpt_io.atomic_write_text(run / ckpt_io.DONE, f"finished {len(history)} epochs\n")
+    return {"run_dir": str(run), "history": history, "seconds": train_seconds}
+
+
+def run_epoch(model, objective, opt, sched, splits: Splits, cfg: TrainConfig, gen: torch.Generator,
+              device: torch.device, epoch: int, progress: bool) -> dict:
+    """One pass over the planned batches; returns the epoch's mean train figures."""
+    model.train()
+    batches = plan_epoch(cfg, splits.train_y, gen)  # (steps, B)
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    t0 = time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
+               file=sys.stderr, dynamic_ncols=True)
+    for step, idx in enumerate(bar):
+        x = to_float(augment(splits.train_x[idx], cfg.crop_pad, cfg.flip, gen))  # (B, 1, 28, 28)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        y = splits.train_y[idx].to(device)  # (B,)
+        logits, emb = model(x)
+        loss, parts = objective(logits, emb, y)
+        if not math.isfinite(loss.item()):
+            raise EmbedfmError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                               "stopped, the last good checkpoint is kept (try a lower --lr)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        for k, v in {"train_loss": loss.detach(), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{sums['train_loss'] / (step + 1):.3f}", acc=f"{correct / seen:.3f}",
+                            ips=f"{seen / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    n = len(batches)
+    out = {k: round(v / n, 5) for k, v in sums.items()}
+    out["train_acc"] = round(correct / seen, 5)
+    out["images_per_s"] = round(seen / (time.perf_counter() - t0), 1)
+    return out
+
+
+def format_row(row: dict, epochs: int) -> str:
+    trip = f" triplet {row['triplet']:.3f} ({row['triplets']:.0f} triplets/batch)" if "triplet" in row else ""
+    return (f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.3f}{trip} train acc {row['train_acc']:.4f} | "
+            f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.4f} knn {row['val_knn_acc']:.4f} | "
+            f"{row['images_per_s']:.0f} img/s, {row['train_seconds']:.0f} s")

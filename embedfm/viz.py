@@ -1,0 +1,125 @@
+"""UMAP pictures of test embeddings, one panel per run, side by side.
+
+Reads each run's `embeddings.npz` (written by `embedfm eval`; computed on the fly if missing), maps
+the test embeddings to 2-d with umap-learn (seeded, cosine metric, the same settings for every run)
+and draws them with one colour per class; the focus classes are drawn large and on top, the other
+classes small and faint. Each panel's title carries the silhouette score of the focus classes
+measured in the embedding space itself (not in the 2-d picture), so the figure has a number to it.
+
+umap-learn compiles its kernels with numba on first use; `NUMBA_CACHE_DIR` is pointed at a
+persistent cache so later calls skip most of that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from embedfm import CLASS_NAMES
+from embedfm import checkpoint as ckpt_io
+from embedfm.errors import EmbedfmError
+
+NUMBA_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedfm" / "numba"
+FOCUS_COLORS = {0: "#1f77b4", 2: "#2ca02c", 4: "#d62728", 6: "#ff7f0e"}
+OTHER_COLORS = ["#9e9e9e", "#8c564b", "#bcbd22", "#e377c2", "#17becf", "#7f7f7f", "#9467bd", "#393b79", "#637939",
+                "#843c39"]
+
+
+def _enable_numba_cache() -> None:
+    NUMBA_CACHE.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(NUMBA_CACHE))
+
+
+def focus_silhouette(embeddings: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], max_points: int = 4000,
+                     seed: int = 0) -> float:
+    """Silhouette score (cosine) of the focus-class points only: +1 = well apart, 0 = overlapping."""
+    from sklearn.metrics import silhouette_score
+
+    mask = np.isin(labels, focus)
+    x, y = embeddings[mask], labels[mask]
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(silhouette_score(x, y, metric="cosine", sample_size=min(max_points, len(y)), random_state=seed))
+
+
+def umap_2d(embeddings: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> np.ndarray:
+    _enable_numba_cache()
+    import umap
+
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric="cosine", random_state=seed,
+                        n_jobs=1)  # n_jobs=1: a fixed random_state forces it anyway; this silences the warning
+    return reducer.fit_transform(embeddings)
+
+
+def load_test_embeddings(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(test embeddings (N, D), test labels (N,), checkpoint config) of a run."""
+    from embedfm.evaluate import evaluate_run, save_embeddings
+
+    ckpt = ckpt_io.load_checkpoint(run_dir)
+    path = Path(run_dir) / "embeddings.npz"
+    if not path.exists():
+        _, arrays = evaluate_run(run_dir, progress=False)
+        save_embeddings(run_dir, arrays)
+    try:
+        with np.load(path) as z:
+            return z["test_embeddings"], z["test_labels"], ckpt["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise EmbedfmError(f"{path}: unreadable embeddings file ({e}); rerun `embedfm eval {run_dir}`") from None
+
+
+def draw_panel(ax, xy: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], title: str) -> None:
+    others = [c for c in range(10) if c not in focus]
+    for c in others:
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=1, c=OTHER_COLORS[c], alpha=0.25, linewidths=0, label=f"{c} {CLASS_NAMES[c]}")
+    for c in focus:
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=3, c=FOCUS_COLORS.get(c, OTHER_COLORS[c]), alpha=0.8, linewidths=0,
+                   label=f"{c} {CLASS_NAMES[c]}")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([]); ax.set_yticks([])
+
+
+def visualize(run_dirs: list[str], out: str | Path | None = None, max_points: int = 10_000, seed: int = 0,
+              focus: tuple[int, ...] | None = None, log=print) -> Path:
+    """Draw `umap.png` into `out` (default as for eval); returns its path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from embedfm.evaluate import default_out, run_names
+
+    if max_points < 20:
+        raise EmbedfmError(f"--max-points must be at least 20, got {max_points}")
+    names = run_names(run_dirs)
+    loaded = [load_test_embeddings(r) for r in run_dirs]
+    focus = tuple(focus or loaded[0][2]["focus_classes"])
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 6), squeeze=False)
+    rng = np.random.default_rng(seed)
+    stats = {}
+    for ax, name, (emb, labels, cfg) in zip(axes[0], names, loaded):
+        idx = np.sort(rng.permutation(len(labels))[:max_points]) if len(labels) > max_points else np.arange(len(labels))
+        sil = focus_silhouette(emb, labels, focus, seed=seed)
+        xy = umap_2d(emb[idx], seed=seed)
+        draw_panel(ax, xy, labels[idx], focus, f"{name} ({cfg['loss']}, {cfg['backbone']})\n"
+                   f"focus-class silhouette (cosine, {emb.shape[1]}-d): {sil:.3f}")
+        stats[name] = sil
+        log(f"{name}: focus-class silhouette {sil:.3f}")
+    handles, lbls = axes[0, 0].get_legend_handles_labels()
+    order = sorted(range(len(lbls)), key=lambda i: int(lbls[i].split()[0]))
+    fig.legend([handles[i] for i in order], [lbls[i] for i in order], loc="lower center", ncol=10, fontsize=8,
+               markerscale=5, frameon=False)
+    fig.suptitle(f"UMAP of test embeddings (seed {seed}); focus classes {', '.join(map(str, focus))} drawn large")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    out = Path(out) if out else default_out(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "umap.png"
+    tmp = out / ".umap.png.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    ckpt_io.atomic_write_json(out / "umap.json", {"seed": seed, "max_points": max_points,
+                                                  "focus_classes": list(focus), "focus_silhouette": stats})
+    log(f"figure: {path}")
+    return path
