@@ -268,6 +268,8 @@ def balanced_batches(labels: torch.Tensor, batch_size: int, focus_classes: tuple
 
     Per class we walk through fresh random permutations of that class's indices, so within an epoch
     a sample repeats only once its whole class has been seen (focus classes are seen more often).
+    Each permutation is cut to a multiple of the per-batch count, so no batch straddles two
+    permutations and no image appears twice in one batch (the cut tail, < count images, is random).
     """
     num_classes = int(labels.max()) + 1
     counts = class_counts_per_batch(batch_size, focus_classes, focus_oversample, num_classes)
@@ -275,9 +277,13 @@ def balanced_batches(labels: torch.Tensor, batch_size: int, focus_classes: tuple
     cols = []
     for c in range(num_classes):
         idx = torch.nonzero(labels == c).squeeze(1)
-        need = nb * int(counts[c])
-        reps = -(-need // len(idx))  # ceil
-        stream = torch.cat([idx[torch.randperm(len(idx), generator=generator)] for _ in range(reps)])
-        cols.append(stream[:need].view(nb, int(counts[c])))
+        per_batch = int(counts[c])
+        if len(idx) < per_batch:
+            raise DataError(f"class {c} has {len(idx)} training images, fewer than the {per_batch} a balanced "
+                            "batch needs; lower --batch-size or raise --limit")
+        usable = len(idx) // per_batch * per_batch
+        reps = -(-nb * per_batch // usable)  # ceil
+        stream = torch.cat([idx[torch.randperm(len(idx), generator=generator)[:usable]] for _ in range(reps)])
+        cols.append(stream[:nb * per_batch].view(nb, per_batch))
     batches = torch.cat(cols, dim=1)  # (nb, B), grouped by class within each batch
     return batches

@@ -1,0 +1,43 @@
+# embedfm: `make demo` (set up + train CE and CE+triplet + eval + viz) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+DEMO   := artifacts/demo
+# torch/torchvision pinned to the releases this machine serves from local disk; elsewhere any
+# torch >= 2.1 works (see pyproject.toml), override with `make TORCH_PIN= ...`.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv data clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -q $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import embedfm, torch, torchvision, faiss, pytorch_metric_learning, umap" 
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST: Debian's package puts the IDX files in /usr/share/datasets/fashion-mnist.
+# Where apt is not available (or not root), embedfm downloads them on first use.
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "data: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	else echo "data: not installed system-wide; embedfm will download it into ~/.cache/embedfm"; fi
+
+demo: venv data
+	$(VENV)/bin/embedfm train --loss ce --out $(DEMO)/ce --overwrite --no-progress
+	$(VENV)/bin/embedfm train --loss triplet --out $(DEMO)/triplet --overwrite --no-progress
+	$(VENV)/bin/embedfm eval $(DEMO)/ce $(DEMO)/triplet --out $(DEMO) --no-progress
+	$(VENV)/bin/embedfm viz $(DEMO)/ce $(DEMO)/triplet --out $(DEMO)
+	@echo "report: $(DEMO)/report.md (report.json, confusion.png, confusion_diff.png, umap.png)"
+
+test: venv data
+	$(VENV)/bin/python -m pytest
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny hand-made IDX files, and the real Fashion-MNIST (skipped where absent)."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedfm.data import FILES, SYSTEM_DIR
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    arr = np.asarray(arr, dtype=np.uint8)
+    magic = 2051 if arr.ndim == 3 else 2049
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
+
+
+def write_idx(path: Path, arr: np.ndarray) -> Path:
+    path.write_bytes(gzip.compress(idx_bytes(arr)))
+    return path
+
+
+def make_fake_dataset(root: Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
+    """A Fashion-MNIST-shaped data dir with random images and balanced labels."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        write_idx(root / FILES[f"{split}_images"], rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / FILES[f"{split}_labels"], np.arange(n) % 10)
+    return root
+
+
+@pytest.fixture
+def fake_data_dir(tmp_path) -> Path:
+    return make_fake_dataset(tmp_path / "fmnist")
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    if not all((SYSTEM_DIR / f).is_file() for f in FILES.values()):
+        pytest.skip(f"real Fashion-MNIST not in {SYSTEM_DIR} (make test installs it)")
+    return SYSTEM_DIR
+
+
+@pytest.fixture(scope="session")
+def real_data(real_data_dir):
+    from embedfm.data import load_fashion_mnist
+
+    return load_fashion_mnist(real_data_dir)

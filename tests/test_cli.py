@@ -1,0 +1,160 @@
+"""Through the command line: the train → eval → viz path on a small real subset, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_fake_dataset, write_idx
+from embedfm.cli import main
+from embedfm.data import FILES
+
+SMALL = ["--limit", "1200", "--val-size", "500", "--epochs", "1", "--batch-size", "120", "--no-progress"]
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "embedfm", *map(str, args)], capture_output=True, text=True)
+
+
+def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
+    ce, trip = tmp_path / "ce", tmp_path / "triplet"
+    assert main(["train", "--loss", "ce", "--out", str(ce), "--data-dir", str(real_data_dir), *SMALL]) == 0
+    assert main(["train", "--loss", "triplet", "--out", str(trip), "--data-dir", str(real_data_dir), *SMALL]) == 0
+    for run in (ce, trip):
+        assert (run / "last.pt").is_file() and (run / "DONE").is_file()
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["limit"] == 1200
+        hist = json.loads((run / "history.json").read_text())
+        assert len(hist) == 1 and {"train_loss", "val_loss", "val_acc", "val_knn_acc"} <= set(hist[0])
+    assert json.loads((trip / "history.json").read_text())[0]["triplets"] > 0  # the miner found triplets
+
+    assert main(["eval", str(ce), str(trip), "--out", str(tmp_path), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["focus_classes"] == [0, 2, 4, 6]
+    for name, loss in (("ce", "ce"), ("triplet", "triplet")):
+        r = report["runs"][name]
+        assert r["loss"] == loss and r["backbone"] == "fastcnn" and r["embedding_dim"] == 64
+        for clf in ("softmax", "knn"):
+            c = r["classifiers"][clf]
+            assert 0.5 < c["accuracy"] <= 1  # 1 epoch on 1200 images is far above chance
+            assert np.array(c["confusion"]).sum() == 10000
+            assert set(c["per_class"]) == {str(i) for i in range(10)}
+            assert 0 <= c["focus_group_error"] <= 1
+        assert r["classifiers"]["knn"]["k"] == 10
+        assert set(r["retrieval"]) >= {"precision_at_1", "r_precision", "map_at_r"}
+        z = np.load(tmp_path / name / "embeddings.npz")
+        assert z["test_embeddings"].shape == (10000, 64) and z["train_embeddings"].shape == (1200, 64)
+        assert set(z.files) == {"train_embeddings", "train_labels", "test_embeddings", "test_labels",
+                                "pred_softmax", "pred_knn"}
+        acc = (z["pred_knn"] == z["test_labels"]).mean()
+        assert acc == pytest.approx(r["classifiers"]["knn"]["accuracy"])
+    for f in ("report.md", "confusion.png", "confusion_diff.png"):
+        assert (tmp_path / f).is_file()
+
+    assert main(["viz", str(ce), str(trip), "--out", str(tmp_path), "--max-points", "400"]) == 0
+    assert (tmp_path / "umap.png").stat().st_size > 10_000
+    sil = json.loads((tmp_path / "umap.json").read_text())["focus_silhouette"]
+    assert set(sil) == {"ce", "triplet"}
+
+
+@pytest.fixture
+def fake_run(tmp_path_factory):
+    """A finished 1-epoch run on tiny fake data (seconds)."""
+    root = tmp_path_factory.mktemp("run")
+    data = make_fake_dataset(root / "data", n_train=300, n_test=50)
+    out = root / "run"
+    assert main(["train", "--out", str(out), "--data-dir", str(data), "--limit", "200", "--val-size", "50",
+                 "--epochs", "1", "--batch-size", "50", "--no-progress"]) == 0
+    return out, data
+
+
+def _bad_data(kind: str, tmp: Path) -> Path:
+    d = make_fake_dataset(tmp / "bad")
+    f = d / FILES["train_images"]
+    if kind == "missing":
+        f.unlink()
+    elif kind == "truncated":
+        f.write_bytes(f.read_bytes()[:1000])
+    elif kind == "not_gzip":
+        f.write_bytes(b"hello")
+    elif kind == "magic":
+        import gzip
+        f.write_bytes(gzip.compress(b"\x00\x00\x08\x99" + b"\x00" * 100))
+    elif kind == "dims":
+        write_idx(f, np.zeros((200, 32, 32)))
+    elif kind == "length":
+        write_idx(f, np.zeros((150, 28, 28)))
+    elif kind == "label":
+        write_idx(d / FILES["train_labels"], np.full(200, 11))
+    elif kind == "dir_is_file":
+        (tmp / "afile").write_text("x")
+        return tmp / "afile"
+    return d
+
+
+BAD_TRAIN = {
+    "missing": "file not found", "truncated": "truncated or corrupt", "not_gzip": "not a gzip file",
+    "magic": "wrong IDX magic", "dims": "expected 28x28", "length": "holds 200 labels",
+    "label": "outside 0-9", "dir_is_file": "is a file",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_TRAIN))
+def test_bad_data_is_one_line_exit_2(tmp_path, kind):
+    d = _bad_data(kind, tmp_path)
+    r = run_cli("train", "--data-dir", d, "--out", tmp_path / "out", "--epochs", "1", "--no-progress")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and BAD_TRAIN[kind] in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--loss", "triplet", "--batch-size", "30"], "too small for the balanced sampler"),
+    (["--backbone", "nope"], "unknown backbone"),
+    (["--focus-classes", "0,10"], "class ids in 0-9"),
+])
+def test_bad_train_flags(tmp_path, flags, message):
+    r = run_cli("train", "--out", tmp_path / "out", *flags)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_refuses_to_overwrite_finished_run(fake_run):
+    out, data = fake_run
+    before = (out / "last.pt").read_bytes()
+    r = run_cli("train", "--out", out, "--data-dir", data, "--epochs", "1", "--no-progress")
+    assert r.returncode == 2 and "already holds a finished run" in r.stderr
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_eval_bad_run_dirs(tmp_path, fake_run):
+    out, data = fake_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("eval", empty)
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "last.pt").write_bytes((out / "last.pt").read_bytes()[:500])
+    r = run_cli("eval", corrupt)
+    assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("eval", out, "--k", "1000", "--data-dir", data)
+    assert r.returncode == 2 and "larger than the number of reference embeddings" in r.stderr
+
+
+def test_debug_flag_shows_traceback(tmp_path):
+    r = run_cli("--debug", "eval", tmp_path / "nothing")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_help_explains_every_flag():
+    for cmd in ("train", "eval", "viz"):
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0
+        assert "--out" in r.stdout
+    assert "--triplet-weight" in run_cli("train", "--help").stdout
