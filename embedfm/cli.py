@@ -33,44 +33,57 @@ def _bool(s: str) -> bool:
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model (CE or CE + triplet) into a run dir",
                        description="Train one model. Defaults come from the built-in config, then --config FILE, "
-                                   "then the flags given here. The resolved config is printed and saved in the run dir.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
+                                   "then the flags given here. The resolved config is printed and saved in the run dir. "
+                                   "Built-in defaults are shown in [brackets].")
     a = p.add_argument
     a("--config", help="JSON file of config values (flags given here override it)")
     a("--loss", choices=["ce", "triplet"], help="ce: plain classifier; triplet: CE + weight × triplet loss over "
-                                                "distance-weighted-mined triplets [ce]")
-    a("--backbone", help="network before the embedding head [fastcnn]")
-    a("--out", help="run dir to write (checkpoint, config, history) [artifacts/runs/run]")
-    a("--data-dir", help="dir with the four Fashion-MNIST IDX .gz files [$EMBEDFM_DATA, "
-                         "/usr/share/datasets/fashion-mnist, else download]")
-    a("--epochs", type=int, help="passes over the train split [6]")
-    a("--batch-size", type=int, help="images per step [256]")
-    a("--lr", type=float, help="peak learning rate of the one-cycle schedule (AdamW) [0.004]")
-    a("--weight-decay", type=float, help="AdamW weight decay on conv/linear weights [0.05]")
-    a("--label-smoothing", type=float, help="cross-entropy label smoothing [0.1]")
-    a("--embedding-dim", type=int, help="embedding size; low dims suit distance-weighted sampling [64]")
-    a("--margin", type=float, help="triplet margin on unit-norm embeddings [0.2]")
-    a("--triplet-weight", type=float, help="weight of the triplet loss next to CE [1.0]")
-    a("--miner-cutoff", type=float, help="DistanceWeightedMiner: clip distances below this [0.5]")
-    a("--miner-nonzero-loss-cutoff", type=float, help="DistanceWeightedMiner: never draw negatives farther [1.4]")
+                                                "distance-weighted-mined triplets")
+    a("--backbone", help="network before the embedding head")
+    a("--out", help="run dir to write (checkpoint, config, history)")
+    a("--data-dir", help="dir with the four Fashion-MNIST IDX .gz files (else $EMBEDFM_DATA, "
+                         "/usr/share/datasets/fashion-mnist, else download)")
+    a("--epochs", type=int, help="passes over the train split")
+    a("--batch-size", type=int, help="images per step")
+    a("--lr", type=float, help="peak learning rate of the one-cycle schedule (AdamW)")
+    a("--weight-decay", type=float, help="AdamW weight decay on conv/linear weights")
+    a("--label-smoothing", type=float, help="cross-entropy label smoothing")
+    a("--embedding-dim", type=int, help="embedding size; low dims suit distance-weighted sampling")
+    a("--margin", type=float, help="triplet margin on unit-norm embeddings")
+    a("--triplet-weight", type=float, help="weight of the triplet loss next to CE")
+    a("--miner-cutoff", type=float, help="DistanceWeightedMiner: clip distances below this")
+    a("--miner-nonzero-loss-cutoff", type=float, help="DistanceWeightedMiner: never draw negatives farther")
     a("--sampler", choices=["auto", "random", "balanced"], help="batch sampler; auto = balanced for triplet, "
-                                                                 "random for ce [auto]")
-    a("--m-per-class", type=int, help="least images per class in a balanced batch [8]")
-    a("--focus-classes", type=_classes, help="confusable classes to report on and over-sample [0,2,4,6]")
+                                                                 "random for ce")
+    a("--m-per-class", type=int, help="least images per class in a balanced batch")
+    a("--focus-classes", type=_classes, help="confusable classes to report on and over-sample")
     a("--focus-oversample", type=float, help="balanced sampler draws focus classes this many times as often; "
-                                             "1 = off [1.5]")
-    a("--val-size", type=int, help="images in the fixed stratified validation split [5000]")
+                                             "1 = off")
+    a("--val-size", type=int, help="images in the fixed stratified validation split")
     a("--limit", type=int, help="train on a stratified subset of N images (smoke tests, quick looks)")
-    a("--crop-pad", type=int, help="random-crop padding in pixels, 0 = no crop [2]")
-    a("--flip", type=_bool, help="random horizontal flips [true]")
-    a("--tta-flip", type=_bool, help="softmax predictions average image and mirror [true]")
-    a("--knn-k", type=int, help="k of the per-epoch validation kNN [10]")
-    a("--seed", type=int, help="seed for weights, batches, augmentation and mining [0]")
-    a("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present [auto]")
-    a("--threads", type=int, help="torch CPU threads [torch default]")
+    a("--crop-pad", type=int, help="random-crop padding in pixels, 0 = no crop")
+    a("--flip", type=_bool, help="random horizontal flips")
+    a("--tta-flip", type=_bool, help="softmax predictions average image and mirror")
+    a("--knn-k", type=int, help="k of the per-epoch validation kNN")
+    a("--seed", type=int, help="seed for weights, batches, augmentation and mining")
+    a("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
+    a("--threads", type=int, help="torch CPU threads")
     a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     a("--overwrite", action="store_true", help="replace a run already in --out")
     a("--no-progress", action="store_true", help="no progress bars (logs only)")
+    _show_config_defaults(p)
+
+
+def _show_config_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each flag's built-in default, read from TrainConfig, so --help never drifts from it."""
+    from embedfm.config import FIELDS, TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    for action in parser._actions:
+        if action.dest in FIELDS and action.help:
+            d = defaults[action.dest]
+            shown = ",".join(map(str, d)) if isinstance(d, list) else ("unset" if d is None else d)
+            action.help += f" [{shown}]"
 
 
 def add_eval(sub) -> None:

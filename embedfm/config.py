@@ -35,7 +35,7 @@ class TrainConfig:
     focus_classes: tuple[int, ...] = (0, 2, 4, 6)
     focus_oversample: float = 1.5     # balanced sampler draws focus classes this many times as often
     # optimisation
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 256
     lr: float = 4e-3                  # peak learning rate of the one-cycle schedule (AdamW)
     weight_decay: float = 5e-2
@@ -45,7 +45,7 @@ class TrainConfig:
     data_dir: str | None = None
     val_size: int = 5000              # fixed stratified validation split carved from train
     limit: int | None = None          # train on a stratified subset of this many images
-    crop_pad: int = 2                 # random-crop padding in pixels (0 disables)
+    crop_pad: int = 0                 # random-crop padding in pixels (0 disables: at a 3-epoch budget crops cost 0.9 pt val acc)
     flip: bool = True
     # run
     out: str = "artifacts/runs/run"
