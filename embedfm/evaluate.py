@@ -84,6 +84,8 @@ def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cos
     if "data" in ckpt and ckpt["data"] != data.fingerprint():
         raise EmbedfmError(f"{run_dir}: trained on different data than {data.source} holds; cannot evaluate it here")
     splits = make_splits(data, cfg.val_size, cfg.limit)
+    if k > len(splits.train_y):
+        raise EmbedfmError(f"k={k} is larger than the number of reference embeddings ({len(splits.train_y)})")
 
     t0 = time.perf_counter()
     _, train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train")
@@ -145,23 +147,22 @@ def evaluate(run_dirs: list[str], out: str | Path | None = None, k: int = 10, me
     from embedfm.report import write_report
 
     names = run_names(run_dirs)
-    for r in run_dirs:  # fail on a bad run dir before spending minutes on the good ones
-        ckpt_io.load_checkpoint(r)
+    # fail on a bad run dir, or runs that cannot be compared, before spending minutes on the others
+    fingerprints = {name: json.dumps(ckpt_io.load_checkpoint(r).get("data"), sort_keys=True)
+                    for name, r in zip(names, run_dirs)}
+    if len(set(fingerprints.values())) > 1:
+        raise EmbedfmError("these runs were trained on different data and cannot be compared: "
+                           + ", ".join(fingerprints))
     data = load_fashion_mnist(data_dir) if data_dir else None
-    runs, fingerprints = {}, {}
+    runs = {}
     for name, r in zip(names, run_dirs):
         entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress)
-        fp = ckpt_io.load_checkpoint(r).get("data")
-        fingerprints[name] = json.dumps(fp, sort_keys=True)
         save_embeddings(r, arrays)
         runs[name] = entry
         sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
         log(f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}, "
             f"focus-group error {sm['focus_group_error']:.4f} / {kn['focus_group_error']:.4f}, "
             f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)")
-    if len(set(fingerprints.values())) > 1:
-        raise EmbedfmError("these runs were trained on different data and cannot be compared: "
-                           + ", ".join(f"{n}" for n in fingerprints))
     focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])
     report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
     out = Path(out) if out else default_out(run_dirs)

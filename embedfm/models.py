@@ -47,8 +47,99 @@ class FastCNN(nn.Module):
         return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2*w2)
 
 
+class Linear(nn.Module):
+    """Softmax regression's feature map: the raw pixels (the embedding head is then a linear map)."""
+
+    out_features = 28 * 28
+
+    def forward(self, x):
+        return x.flatten(1)  # (B, 784)
+
+
+class MLP(nn.Module):
+    """The classic one-hidden-layer network (the NumPy / scikit-learn baselines)."""
+
+    def __init__(self, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(inplace=True))
+        self.out_features = hidden
+
+    def forward(self, x):
+        return self.net(x)  # (B, hidden)
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as usually ported to 28×28 inputs: two 5×5 conv + pool stages, two dense layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),   # (B, 6, 14, 14)
+            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),             # (B, 16, 5, 5)
+            nn.Flatten(), nn.Linear(400, 120), nn.ReLU(inplace=True), nn.Linear(120, 84), nn.ReLU(inplace=True))
+        self.out_features = 84
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class VGG(nn.Module):
+    """VGG-style: pairs of 3×3 conv-BN-ReLU at 28, 14, 7 with max pooling, global average pooling."""
+
+    def __init__(self, widths: tuple[int, int, int] = (64, 128, 256)):
+        super().__init__()
+        w0, w1, w2 = widths
+        self.layers = nn.Sequential(
+            conv_bn(1, w0), conv_bn(w0, w0), nn.MaxPool2d(2),    # (B, w0, 14, 14)
+            conv_bn(w0, w1), conv_bn(w1, w1), nn.MaxPool2d(2),   # (B, w1, 7, 7)
+            conv_bn(w1, w2), conv_bn(w2, w2))                    # (B, w2, 7, 7)
+        self.out_features = w2
+
+    def forward(self, x):
+        return self.layers(x).mean(dim=(2, 3))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x), inplace=True)
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): 6n+2 layers, widths 16/32/64 at 28/14/7. n=3 is ResNet-20."""
+
+    def __init__(self, n: int = 3, widths: tuple[int, int, int] = (16, 32, 64)):
+        super().__init__()
+        layers = [nn.Conv2d(1, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        cin = widths[0]
+        for stage, w in enumerate(widths):
+            for i in range(n):
+                layers.append(BasicBlock(cin, w, stride=2 if (stage > 0 and i == 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.out_features = widths[-1]
+
+    def forward(self, x):
+        return self.layers(x).mean(dim=(2, 3))  # (B, 64)
+
+
 BACKBONES = {
     "fastcnn": FastCNN,
+    "linear": Linear,
+    "mlp": MLP,
+    "lenet": LeNet,
+    "vgg": VGG,
+    "resnet20": ResNet,
 }
 
 

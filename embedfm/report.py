@@ -89,10 +89,12 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
             if int(t.get_text().split()[0]) in focus:
                 t.set_fontweight("bold"); t.set_color("crimson")
         ax.set_xlabel("predicted", fontsize=8)
+        signed = vmin < 0
         for i in range(10):
             for j in range(10):
-                if abs(m[i, j]) >= 0.5:
-                    ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=5.5,
+                if abs(m[i, j]) >= (0.25 if signed else 0.5):
+                    ax.text(j, i, f"{m[i, j]:+.1f}" if signed else f"{m[i, j]:.0f}", ha="center", va="center",
+                            fontsize=5 if signed else 5.5,
                             color="white" if abs(m[i, j]) > 0.6 * max(abs(vmin), vmax) else "black")
         return im
 
@@ -129,7 +131,21 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
 def write_report(report: dict, out: str | Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = plot_confusions(report, out)
-    existing_umap = ["umap.png"] if (out / "umap.png").exists() else []
+    plot_confusions(report, out)
     ckpt_io.atomic_write_json(out / "report.json", report)
-    ckpt_io.atomic_write_text(out / "report.md", render_markdown(report, figures + existing_umap))
+    rerender_markdown(out)
+
+
+def rerender_markdown(out: str | Path) -> None:
+    """(Re)write report.md from report.json and whichever figures are in `out` (viz adds umap.png)."""
+    import json
+
+    out = Path(out)
+    report = json.loads((out / "report.json").read_text())
+    figures = [f for f in ("confusion.png", "confusion_diff.png", "umap.png") if (out / f).exists()]
+    md = render_markdown(report, figures)
+    if (out / "umap.json").exists():
+        sil = json.loads((out / "umap.json").read_text())["focus_silhouette"]
+        md = md.replace("## Runs\n", "Focus-class silhouette in the embedding space (cosine; +1 = apart, 0 = "
+                        "overlapping): " + ", ".join(f"{n} {v:.3f}" for n, v in sil.items()) + ".\n\n## Runs\n")
+    ckpt_io.atomic_write_text(out / "report.md", md)

@@ -121,5 +121,8 @@ def visualize(run_dirs: list[str], out: str | Path | None = None, max_points: in
     os.replace(tmp, path)
     ckpt_io.atomic_write_json(out / "umap.json", {"seed": seed, "max_points": max_points,
                                                   "focus_classes": list(focus), "focus_silhouette": stats})
+    if (out / "report.json").exists():  # an eval report lives here: show the figure in it
+        from embedfm.report import rerender_markdown
+        rerender_markdown(out)
     log(f"figure: {path}")
     return path

@@ -48,3 +48,16 @@ def real_data(real_data_dir):
     from embedfm.data import load_fashion_mnist
 
     return load_fashion_mnist(real_data_dir)
+
+
+@pytest.fixture(scope="session")
+def fake_run(tmp_path_factory):
+    """A finished 1-epoch run on tiny fake data (seconds). Tests must not modify it."""
+    from embedfm.cli import main
+
+    root = tmp_path_factory.mktemp("run")
+    data = make_fake_dataset(root / "data", n_train=300, n_test=50)
+    out = root / "run"
+    assert main(["train", "--out", str(out), "--data-dir", str(data), "--limit", "200", "--val-size", "50",
+                 "--epochs", "1", "--batch-size", "50", "--no-progress"]) == 0
+    return out, data

@@ -12,7 +12,7 @@ from conftest import make_fake_dataset, write_idx
 from embedfm.cli import main
 from embedfm.data import FILES
 
-SMALL = ["--limit", "1200", "--val-size", "500", "--epochs", "1", "--batch-size", "120", "--no-progress"]
+SMALL = ["--limit", "2000", "--val-size", "500", "--epochs", "2", "--batch-size", "100", "--no-progress"]
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -26,9 +26,9 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
     for run in (ce, trip):
         assert (run / "last.pt").is_file() and (run / "DONE").is_file()
         cfg = json.loads((run / "config.json").read_text())
-        assert cfg["limit"] == 1200
+        assert cfg["limit"] == 2000
         hist = json.loads((run / "history.json").read_text())
-        assert len(hist) == 1 and {"train_loss", "val_loss", "val_acc", "val_knn_acc"} <= set(hist[0])
+        assert len(hist) == 2 and {"train_loss", "val_loss", "val_acc", "val_knn_acc"} <= set(hist[0])
     assert json.loads((trip / "history.json").read_text())[0]["triplets"] > 0  # the miner found triplets
 
     assert main(["eval", str(ce), str(trip), "--out", str(tmp_path), "--no-progress"]) == 0
@@ -39,14 +39,14 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
         assert r["loss"] == loss and r["backbone"] == "fastcnn" and r["embedding_dim"] == 64
         for clf in ("softmax", "knn"):
             c = r["classifiers"][clf]
-            assert 0.5 < c["accuracy"] <= 1  # 1 epoch on 1200 images is far above chance
+            assert 0.3 < c["accuracy"] <= 1  # 40 steps on 2000 images: far above chance (0.1)
             assert np.array(c["confusion"]).sum() == 10000
             assert set(c["per_class"]) == {str(i) for i in range(10)}
             assert 0 <= c["focus_group_error"] <= 1
         assert r["classifiers"]["knn"]["k"] == 10
         assert set(r["retrieval"]) >= {"precision_at_1", "r_precision", "map_at_r"}
         z = np.load(tmp_path / name / "embeddings.npz")
-        assert z["test_embeddings"].shape == (10000, 64) and z["train_embeddings"].shape == (1200, 64)
+        assert z["test_embeddings"].shape == (10000, 64) and z["train_embeddings"].shape == (2000, 64)
         assert set(z.files) == {"train_embeddings", "train_labels", "test_embeddings", "test_labels",
                                 "pred_softmax", "pred_knn"}
         acc = (z["pred_knn"] == z["test_labels"]).mean()
@@ -58,17 +58,6 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
     assert (tmp_path / "umap.png").stat().st_size > 10_000
     sil = json.loads((tmp_path / "umap.json").read_text())["focus_silhouette"]
     assert set(sil) == {"ce", "triplet"}
-
-
-@pytest.fixture
-def fake_run(tmp_path_factory):
-    """A finished 1-epoch run on tiny fake data (seconds)."""
-    root = tmp_path_factory.mktemp("run")
-    data = make_fake_dataset(root / "data", n_train=300, n_test=50)
-    out = root / "run"
-    assert main(["train", "--out", str(out), "--data-dir", str(data), "--limit", "200", "--val-size", "50",
-                 "--epochs", "1", "--batch-size", "50", "--no-progress"]) == 0
-    return out, data
 
 
 def _bad_data(kind: str, tmp: Path) -> Path:

@@ -59,3 +59,24 @@ def test_one_train_step_per_loss_lowers_loss_on_a_fixed_batch():
             first = first if first is not None else loss.item()
             opt.zero_grad(); loss.backward(); opt.step()
         assert loss.item() < first
+
+
+def test_every_backbone_takes_a_train_step_with_each_loss():
+    for name in BACKBONES:
+        for loss_name in ("ce", "triplet"):
+            torch.manual_seed(0)
+            model = build_model(name, embedding_dim=16)
+            obj = build_objective(TrainConfig(loss=loss_name, backbone=name))
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            x, y = _batch(n_per_class=3)
+            loss, stats = obj(*model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            assert torch.isfinite(loss), (name, loss_name)
+            if loss_name == "triplet":
+                assert stats["triplets"] > 0, name
+
+
+def test_resnet20_has_20_weight_layers():
+    m = build_model("resnet20")
+    convs = [n for n, mod in m.backbone.named_modules() if isinstance(mod, torch.nn.Conv2d) and "shortcut" not in n]
+    assert len(convs) + 1 == 20  # 19 convs + the embedding/classifier head counted as the FC layer

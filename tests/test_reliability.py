@@ -1,0 +1,144 @@
+"""Nothing lost, nothing half-written: resume after SIGKILL, non-finite loss, unusable checkpoints."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import make_fake_dataset
+from embedfm import checkpoint as ckpt_io
+from embedfm.checkpoint import atomic_write_bytes
+from embedfm.cli import main
+from embedfm.errors import CheckpointError, EmbedfmError
+
+RUN = ["--limit", "1500", "--val-size", "300", "--epochs", "4", "--batch-size", "100", "--loss", "triplet",
+       "--threads", "1", "--no-progress"]
+
+
+def _train_cmd(out, data):
+    return [sys.executable, "-m", "embedfm", "train", "--out", str(out), "--data-dir", str(data), *RUN]
+
+
+def _history(run):
+    p = run / "history.json"
+    return json.loads(p.read_text()) if p.exists() else []
+
+
+def _strip_times(history):
+    return [{k: v for k, v in row.items() if k not in ("train_seconds", "images_per_s")} for row in history]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, real_data_dir):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_cmd(straight, real_data_dir), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(killed, real_data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_history(killed)) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # well into epoch 2, before its checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= len(_history(killed)) < 4, "the kill should land between the first and the last checkpoint"
+    assert not ckpt_io.is_done(killed)
+
+    r = subprocess.run([sys.executable, "-m", "embedfm", "train", "--resume", "--out", str(killed), "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert ckpt_io.is_done(killed)
+    assert _strip_times(_history(killed)) == _strip_times(_history(straight))
+    a, b = ckpt_io.load_checkpoint(straight)["model"], ckpt_io.load_checkpoint(killed)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical weights
+
+    for run in (straight, killed):
+        assert main(["eval", str(run), "--data-dir", str(real_data_dir), "--no-progress"]) == 0
+    ra = json.loads((straight / "report.json").read_text())["runs"]["straight"]
+    rb = json.loads((killed / "report.json").read_text())["runs"]["killed"]
+    for clf in ("softmax", "knn"):
+        assert ra["classifiers"][clf]["accuracy"] == rb["classifiers"][clf]["accuracy"]
+        assert ra["classifiers"][clf]["confusion"] == rb["classifiers"][clf]["confusion"]
+    assert ra["retrieval"] == rb["retrieval"]
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_checkpoint(tmp_path, fake_run, monkeypatch):
+    from embedfm import train as train_mod
+    from embedfm.config import TrainConfig
+
+    _, data = fake_run
+    real_build = train_mod.build_objective
+    calls = {"n": 0}
+
+    def poisoned_from_epoch_2(cfg):  # 200 images / batch 50 = 4 steps per epoch
+        obj = real_build(cfg)
+
+        def f(logits, emb, y):
+            calls["n"] += 1
+            loss, stats = obj(logits, emb, y)
+            return (loss * float("nan") if calls["n"] == 6 else loss), stats
+        return f
+
+    monkeypatch.setattr(train_mod, "build_objective", poisoned_from_epoch_2)
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), data_dir=str(data), limit=200, val_size=50, epochs=3, batch_size=50)
+    with pytest.raises(EmbedfmError, match=r"non-finite loss \(nan\) at epoch 2, step 2"):
+        train_mod.train(cfg, progress=False, log=lambda *a: None)
+    assert ckpt_io.load_checkpoint(run)["epoch"] == 0  # epoch 1's checkpoint is kept
+    assert len(_history(run)) == 1 and not ckpt_io.is_done(run)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "f.json"
+    p.write_text("old")
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(p, b"new")
+    assert p.read_text() == "old"
+    assert [f.name for f in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
+
+
+def test_newer_checkpoint_format_is_refused(tmp_path, fake_run):
+    src, _ = fake_run
+    ck = torch.load(src / "last.pt", weights_only=False)
+    ck["format_version"] = ckpt_io.FORMAT_VERSION + 1
+    (tmp_path / "new").mkdir()
+    torch.save(ck, tmp_path / "new" / "last.pt")
+    with pytest.raises(CheckpointError, match="newer than this embedfm reads"):
+        ckpt_io.load_checkpoint(tmp_path / "new")
+
+
+def test_checkpoint_with_incompatible_config(tmp_path, fake_run):
+    src, data = fake_run
+    ck = torch.load(src / "last.pt", weights_only=False)
+    ck["model_args"]["embedding_dim"] = 32  # weights are 64-d
+    (tmp_path / "bad").mkdir()
+    torch.save(ck, tmp_path / "bad" / "last.pt")
+    r = subprocess.run([sys.executable, "-m", "embedfm", "eval", str(tmp_path / "bad"), "--data-dir", str(data)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "does not match its model config" in r.stderr, r.stderr
+
+
+def test_runs_on_different_data_are_not_compared(tmp_path, fake_run):
+    src, data = fake_run
+    other_data = make_fake_dataset(tmp_path / "other", n_train=300, n_test=50, seed=7)
+    other = tmp_path / "other_run"
+    assert main(["train", "--out", str(other), "--data-dir", str(other_data), "--limit", "200", "--val-size", "50",
+                 "--epochs", "1", "--batch-size", "50", "--no-progress"]) == 0
+    r = subprocess.run([sys.executable, "-m", "embedfm", "eval", str(src), str(other), "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "trained on different data" in r.stderr, r.stderr
+
+
+def test_resume_needs_a_run(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "embedfm", "train", "--resume", "--out", str(tmp_path / "none")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such run dir" in r.stderr, r.stderr
