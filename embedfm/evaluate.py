@@ -118,7 +118,7 @@ def save_embeddings(run_dir: str | Path, arrays: dict) -> None:
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez(buf, **arrays)  # uncompressed: float embeddings barely compress and compression costs seconds
     ckpt_io.atomic_write_bytes(Path(run_dir) / "embeddings.npz", buf.getvalue())
 
 

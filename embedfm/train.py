@@ -26,7 +26,7 @@ from embedfm.data import (FashionMNIST, Splits, augment, balanced_batches, load_
                           shuffled_batches, to_float)
 from embedfm.errors import EmbedfmError
 from embedfm.knn import KNNClassifier
-from embedfm.models import build_model, count_macs, count_params
+from embedfm.models import build_model, count_macs, count_params, fuse_for_inference
 from embedfm.objectives import build_objective
 
 VAL_KNN_REFS = 5_000  # train images used as kNN reference for the per-epoch validation kNN (cheap)
@@ -48,8 +48,8 @@ def embed(model, images: torch.Tensor, device: torch.device, batch_size: int = 2
     With `tta_flip` the logits average the image and its mirror (embeddings stay un-flipped, so kNN
     and UMAP see exactly one vector per image).
     """
-    model.eval()
-    model.to(memory_format=torch.channels_last)  # 1.4x faster inference on CPU than NCHW, batch 256 best
+    # BN folded into the convs, channels-last: both ~1.3x faster inference on CPU (scripts/bench)
+    model = fuse_for_inference(model).to(memory_format=torch.channels_last)
     logits, embs = [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         x = to_float(images[i:i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
