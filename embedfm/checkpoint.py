@@ -59,6 +59,13 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def atomic_save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure to PNG, written like every other file here (never half a PNG)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_csv(path: str | Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     if rows:

@@ -51,6 +51,11 @@ def add_train(sub) -> None:
     a("--embedding-dim", type=int, help="embedding size; low dims suit distance-weighted sampling")
     a("--margin", type=float, help="triplet margin on unit-norm embeddings")
     a("--triplet-weight", type=float, help="weight of the triplet loss next to CE")
+    a("--metric-loss", choices=["triplet", "margin"], help="metric loss next to CE: TripletMarginLoss or "
+                                                              "MarginLoss with boundary --beta (Wu et al.)")
+    a("--beta", type=float, help="MarginLoss boundary β between positive and negative distances")
+    a("--mining", choices=["all", "focus"], help="all: mine the whole batch; focus: triplets only among "
+                                                 "focus-class images")
     a("--miner-cutoff", type=float, help="DistanceWeightedMiner: clip distances below this")
     a("--miner-nonzero-loss-cutoff", type=float, help="DistanceWeightedMiner: never draw negatives farther")
     a("--sampler", choices=["auto", "random", "balanced"], help="batch sampler; auto = balanced for triplet, "

@@ -16,6 +16,8 @@ from embedfm.errors import ConfigError
 
 LOSSES = ("ce", "triplet")
 SAMPLERS = ("auto", "random", "balanced")
+METRIC_LOSSES = ("triplet", "margin")
+MININGS = ("all", "focus")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -28,6 +30,9 @@ class TrainConfig:
     # metric-learning side (used when loss == "triplet")
     margin: float = 0.2               # triplet margin, on unit-norm embeddings (distances in [0, 2])
     triplet_weight: float = 1.0
+    metric_loss: str = "triplet"      # "triplet" (TripletMarginLoss) or "margin" (MarginLoss, Wu et al.)
+    beta: float = 1.2                 # MarginLoss boundary between positive and negative distances
+    mining: str = "all"               # "all": mine the whole batch; "focus": only among focus-class images
     miner_cutoff: float = 0.5         # DistanceWeightedMiner: distances below this are clipped
     miner_nonzero_loss_cutoff: float = 1.4  # ... and negatives farther than this are never drawn
     sampler: str = "auto"             # auto = balanced for triplet, random for ce
@@ -87,6 +92,9 @@ def validate(c: TrainConfig) -> None:
 
     _check(c.loss in LOSSES, f"unknown loss {c.loss!r}; choose from {', '.join(LOSSES)}")
     _check(c.backbone in BACKBONES, f"unknown backbone {c.backbone!r}; choose from {', '.join(BACKBONES)}")
+    _check(c.metric_loss in METRIC_LOSSES, f"unknown metric loss {c.metric_loss!r}; choose from {', '.join(METRIC_LOSSES)}")
+    _check(c.mining in MININGS, f"unknown mining {c.mining!r}; choose from {', '.join(MININGS)}")
+    _check(c.beta > 0, f"--beta must be positive, got {c.beta}")
     _check(c.sampler in SAMPLERS, f"unknown sampler {c.sampler!r}; choose from {', '.join(SAMPLERS)}")
     _check(c.device in DEVICES, f"unknown device {c.device!r}; choose from {', '.join(DEVICES)}")
     _check(c.epochs > 0, f"--epochs must be positive, got {c.epochs}")
@@ -103,6 +111,7 @@ def validate(c: TrainConfig) -> None:
     _check(len(c.focus_classes) > 0 and all(0 <= k <= 9 for k in c.focus_classes),
            f"--focus-classes must be class ids in 0-9, got {','.join(map(str, c.focus_classes))}")
     _check(len(set(c.focus_classes)) == len(c.focus_classes), "--focus-classes lists a class twice")
+    _check(c.mining == "all" or len(c.focus_classes) >= 2, "--mining focus needs at least two focus classes")
     _check(c.focus_oversample >= 1, f"--focus-oversample must be >= 1, got {c.focus_oversample}")
     _check(c.m_per_class >= 2, f"--m-per-class must be at least 2 (a positive pair), got {c.m_per_class}")
     _check(c.val_size >= 10, f"--val-size must be at least 10, got {c.val_size}")

@@ -32,28 +32,49 @@ class CrossEntropy(nn.Module):
 
 
 class CETriplet(nn.Module):
-    """CE + weight × triplet margin loss over distance-weighted-mined triplets."""
+    """CE + weight × metric loss over distance-weighted-mined triplets.
 
-    def __init__(self, label_smoothing: float, margin: float, weight: float, cutoff: float, nonzero_loss_cutoff: float):
+    metric_loss: "triplet" (TripletMarginLoss, the default) or "margin" (MarginLoss with boundary β,
+    the loss Wu et al. paired with distance-weighted sampling). mining: "all" (the miner sees the
+    whole batch) or "focus" (it sees only the focus-class images, so every triplet is made of the
+    confusable classes).
+    """
+
+    def __init__(self, label_smoothing: float, margin: float, weight: float, cutoff: float,
+                 nonzero_loss_cutoff: float, metric_loss: str = "triplet", beta: float = 1.2,
+                 mining: str = "all", focus_classes: tuple[int, ...] = (0, 2, 4, 6)):
         super().__init__()
         self.ce = CrossEntropy(label_smoothing)
         self.weight = weight
+        self.mining = mining
+        self.register_buffer("focus", torch.tensor(focus_classes, dtype=torch.long), persistent=False)
         distance = distances.LpDistance(p=2, power=1, normalize_embeddings=True)
         self.miner = miners.DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
                                                   distance=distance)
-        self.triplet = losses.TripletMarginLoss(margin=margin, distance=distance)
+        if metric_loss == "margin":
+            self.metric = losses.MarginLoss(margin=margin, beta=beta, distance=distance)
+        else:
+            self.metric = losses.TripletMarginLoss(margin=margin, distance=distance)
+
+    def mine(self, emb: torch.Tensor, labels: torch.Tensor):
+        """Triplets (a, p, n) as indices into the batch."""
+        if self.mining == "all":
+            return self.miner(emb, labels)
+        keep = torch.nonzero(torch.isin(labels, self.focus)).squeeze(1)  # (F,) focus images of the batch
+        a, p, n = self.miner(emb[keep], labels[keep])
+        return keep[a], keep[p], keep[n]
 
     def forward(self, logits, embeddings, labels):
         ce, stats = self.ce(logits, embeddings, labels)
         emb = embeddings.float()  # (B, D); the miner's log-weights lose precision in half types
-        triplets = self.miner(emb, labels)  # (anchors, positives, negatives), each (T,)
-        trip = self.triplet(emb, labels, triplets)
-        stats.update(triplet=trip.detach(), triplets=torch.tensor(float(len(triplets[0]))))
-        return ce + self.weight * trip, stats
+        triplets = self.mine(emb, labels)  # (anchors, positives, negatives), each (T,)
+        metric = self.metric(emb, labels, triplets)
+        stats.update(triplet=metric.detach(), triplets=torch.tensor(float(len(triplets[0]))))
+        return ce + self.weight * metric, stats
 
 
 def build_objective(cfg: TrainConfig) -> nn.Module:
     if cfg.loss == "ce":
         return CrossEntropy(cfg.label_smoothing)
-    return CETriplet(cfg.label_smoothing, cfg.margin, cfg.triplet_weight,
-                     cfg.miner_cutoff, cfg.miner_nonzero_loss_cutoff)
+    return CETriplet(cfg.label_smoothing, cfg.margin, cfg.triplet_weight, cfg.miner_cutoff,
+                     cfg.miner_nonzero_loss_cutoff, cfg.metric_loss, cfg.beta, cfg.mining, cfg.focus_classes)

@@ -107,7 +107,7 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
                  f"focus err {_pct(c['focus_group_error'])}", "Blues", 0, 100)
     fig.suptitle("Test confusion matrices (row-normalised, %)")
     fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=110)
+    ckpt_io.atomic_save_figure(fig, out / "confusion.png")
     plt.close(fig)
     files.append("confusion.png")
 
@@ -122,7 +122,7 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
         fig.suptitle("Difference of row-normalised confusion matrices (percentage points): "
                      "blue off-diagonal = fewer errors")
         fig.tight_layout()
-        fig.savefig(out / "confusion_diff.png", dpi=110)
+        ckpt_io.atomic_save_figure(fig, out / "confusion_diff.png")
         plt.close(fig)
         files.append("confusion_diff.png")
     return files

@@ -131,10 +131,8 @@ def visualize(run_dirs: list[str], out: str | Path | None = None, max_points: in
     out = Path(out) if out else default_out(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "umap.png"
-    tmp = out / ".umap.png.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    ckpt_io.atomic_save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     ckpt_io.atomic_write_json(out / "umap.json", {"seed": seed, "max_points": max_points,
                                                   "focus_classes": list(focus), "focus_silhouette": stats})
     if (out / "report.json").exists():  # an eval report lives here: show the figure in it

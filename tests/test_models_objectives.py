@@ -80,3 +80,27 @@ def test_resnet20_has_20_weight_layers():
     m = build_model("resnet20")
     convs = [n for n, mod in m.backbone.named_modules() if isinstance(mod, torch.nn.Conv2d) and "shortcut" not in n]
     assert len(convs) + 1 == 20  # 19 convs + the embedding/classifier head counted as the FC layer
+
+
+def test_margin_loss_and_focus_mining_variants():
+    x, y = _batch(n_per_class=4)
+    for kwargs in ({"metric_loss": "margin"}, {"mining": "focus"}, {"metric_loss": "margin", "mining": "focus"}):
+        torch.manual_seed(0)
+        model = build_model()
+        obj = build_objective(TrainConfig(loss="triplet", **kwargs))
+        loss, stats = obj(*model(x), y)
+        assert torch.isfinite(loss) and stats["triplets"] > 0, kwargs
+        loss.backward()
+
+
+def test_focus_mining_only_makes_focus_triplets():
+    torch.manual_seed(0)
+    obj = build_objective(TrainConfig(loss="triplet", mining="focus"))
+    x, y = _batch(n_per_class=4)
+    emb = torch.nn.functional.normalize(torch.randn(len(y), 16), dim=1)
+    a, p, n = obj.mine(emb, y)
+    focus = torch.tensor([0, 2, 4, 6])
+    assert len(a) > 0
+    for idx in (a, p, n):
+        assert torch.isin(y[idx], focus).all()
+    assert (y[a] == y[p]).all() and (y[a] != y[n]).all()

@@ -142,3 +142,20 @@ def test_resume_needs_a_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "embedfm", "train", "--resume", "--out", str(tmp_path / "none")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no such run dir" in r.stderr, r.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_run):
+    _, data = fake_run
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "embedfm", "train", "--out", str(out), "--data-dir", str(data), "--limit", "200",
+           "--val-size", "50", "--epochs", "200", "--batch-size", "50", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(_history(out)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"embedfm train --resume --out {out}" in err and "Traceback" not in err
+    ckpt = ckpt_io.load_checkpoint(out)  # the checkpoint on disk is whole
+    assert ckpt["epoch"] + 1 == len(ckpt["history"]) >= 2
