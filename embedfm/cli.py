@@ -73,7 +73,8 @@ def add_train(sub) -> None:
     a("--seed", type=int, help="seed for weights, batches, augmentation and mining")
     a("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
     a("--threads", type=int, help="torch CPU threads")
-    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    a("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+      help="continue a run from its last checkpoint: RUN_DIR, or --out when no dir is given")
     a("--overwrite", action="store_true", help="replace a run already in --out")
     a("--no-progress", action="store_true", help="no progress bars (logs only)")
     _show_config_defaults(p)
@@ -118,12 +119,19 @@ def add_viz(sub) -> None:
     p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse prints the whole usage block on a bad flag; we print one line and point at --help."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="embedfm", description="Metric-learning embeddings for Fashion-MNIST: train CE "
+    p = OneLineErrors(prog="embedfm", description="Metric-learning embeddings for Fashion-MNIST: train CE "
                                 "and CE + triplet (distance-weighted sampling), evaluate with FAISS kNN, draw UMAP.")
     p.add_argument("--version", action="version", version=f"embedfm {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,viz}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,viz}", parser_class=OneLineErrors)
     add_train(sub)
     add_eval(sub)
     add_viz(sub)
@@ -139,17 +147,18 @@ def cmd_train(args) -> None:
 
     overrides = {k: v for k, v in vars(args).items() if k not in TRAIN_ONLY}
     if args.resume:
-        if not args.out:
-            raise EmbedfmError("--resume needs --out RUN_DIR")
+        run = args.resume if isinstance(args.resume, str) else args.out
+        if not run:
+            raise EmbedfmError("--resume needs a run dir: --resume RUN_DIR")
         from embedfm.config import TrainConfig
-        cfg = TrainConfig(out=args.out)  # the real config comes from the checkpoint
+        cfg = TrainConfig(out=run)  # the real config comes from the checkpoint
     else:
         cfg = resolve(args.config, overrides)
     try:
-        train(cfg, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+        train(cfg, overwrite=args.overwrite, resume=bool(args.resume), progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last finished epoch is saved. Continue with: "
-              f"embedfm train --resume --out {cfg.out}", file=sys.stderr)
+              f"embedfm train --resume {cfg.out}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 

@@ -119,7 +119,8 @@ def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> d
             "val_knn_acc": (knn_pred == splits.val_y).float().mean().item()}
 
 
-def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> Path:
+def check_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> bool:
+    """Refuse an --out we must not write into; returns whether it holds a run. Changes nothing."""
     run = Path(cfg.out)
     if run.exists() and not run.is_dir():
         raise EmbedfmError(f"--out {run} is a file, not a directory")
@@ -128,6 +129,12 @@ def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> Path:
         state = "a finished run" if ckpt_io.is_done(run) else "an unfinished run"
         raise EmbedfmError(f"--out {run} already holds {state}; use --resume to continue it, "
                            "--overwrite to replace it, or another --out")
+    return has_run
+
+
+def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> Path:
+    run = Path(cfg.out)
+    has_run = check_run_dir(cfg, overwrite, resume)
     if overwrite and has_run:
         for name in (ckpt_io.CHECKPOINT, ckpt_io.DONE, "history.json", "summary.csv", "config.json"):
             (run / name).unlink(missing_ok=True)
@@ -144,14 +151,16 @@ def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = 
         if ckpt_io.is_done(cfg.out):
             log(f"{cfg.out}: already finished, nothing to resume")
             return {"run_dir": cfg.out, "history": old["history"], "seconds": 0.0}
+    # everything that can fail on bad input happens before the run dir is touched
+    check_run_dir(cfg, overwrite, resume)
+    device = select_device(cfg.device)
+    data = data or load_fashion_mnist(cfg.data_dir)
+    splits = make_splits(data, cfg.val_size, cfg.limit)
+    steps_per_epoch(cfg, len(splits.train_y))
     run = prepare_run_dir(cfg, overwrite, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
     gen = seed_everything(cfg.seed)
-
-    data = data or load_fashion_mnist(cfg.data_dir)
-    splits = make_splits(data, cfg.val_size, cfg.limit)
     model_args = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "num_classes": 10}
     # channels_last: oneDNN's fastest conv layout on CPU (~1.3x here, see scripts/bench)
     model = build_model(**model_args).to(device, memory_format=torch.channels_last)

@@ -107,6 +107,8 @@ def test_bad_data_is_one_line_exit_2(tmp_path, kind):
     (["--loss", "triplet", "--batch-size", "30"], "too small for the balanced sampler"),
     (["--backbone", "nope"], "unknown backbone"),
     (["--focus-classes", "0,10"], "class ids in 0-9"),
+    (["--loss", "arcface"], "invalid choice: 'arcface'"),
+    (["--epochs", "three"], "invalid int value"),
 ])
 def test_bad_train_flags(tmp_path, flags, message):
     r = run_cli("train", "--out", tmp_path / "out", *flags)
@@ -119,6 +121,14 @@ def test_refuses_to_overwrite_finished_run(fake_run):
     r = run_cli("train", "--out", out, "--data-dir", data, "--epochs", "1", "--no-progress")
     assert r.returncode == 2 and "already holds a finished run" in r.stderr
     assert (out / "last.pt").read_bytes() == before
+
+
+def test_bad_data_with_overwrite_keeps_the_existing_run(tmp_path, fake_run):
+    src, _ = fake_run
+    before = (src / "last.pt").read_bytes()
+    r = run_cli("train", "--out", src, "--overwrite", "--data-dir", _bad_data("truncated", tmp_path), "--no-progress")
+    assert r.returncode == 2 and "truncated" in r.stderr
+    assert (src / "last.pt").read_bytes() == before and (src / "DONE").exists()
 
 
 def test_eval_bad_run_dirs(tmp_path, fake_run):

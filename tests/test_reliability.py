@@ -48,7 +48,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, real_d
     assert 1 <= len(_history(killed)) < 4, "the kill should land between the first and the last checkpoint"
     assert not ckpt_io.is_done(killed)
 
-    r = subprocess.run([sys.executable, "-m", "embedfm", "train", "--resume", "--out", str(killed), "--no-progress"],
+    r = subprocess.run([sys.executable, "-m", "embedfm", "train", "--resume", str(killed), "--no-progress"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert ckpt_io.is_done(killed)
@@ -156,6 +156,6 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_run):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert f"embedfm train --resume --out {out}" in err and "Traceback" not in err
+    assert f"embedfm train --resume {out}" in err and "Traceback" not in err
     ckpt = ckpt_io.load_checkpoint(out)  # the checkpoint on disk is whole
     assert ckpt["epoch"] + 1 == len(ckpt["history"]) >= 2
