@@ -106,7 +106,6 @@ def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cos
             "knn": {**classifier_metrics(y_test, pred_knn, focus), "k": k, "metric": metric},
         },
         "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
-        "eval_seconds": None,
     }
     entry["eval_seconds"] = round(time.perf_counter() - t0, 2)
     arrays = {"train_embeddings": train_emb.numpy(), "train_labels": y_train, "test_embeddings": test_emb.numpy(),

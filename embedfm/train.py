@@ -156,7 +156,7 @@ def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = 
     device = select_device(cfg.device)
     data = data or load_fashion_mnist(cfg.data_dir)
     splits = make_splits(data, cfg.val_size, cfg.limit)
-    steps_per_epoch(cfg, len(splits.train_y))
+    steps = steps_per_epoch(cfg, len(splits.train_y))
     run = prepare_run_dir(cfg, overwrite, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -164,7 +164,6 @@ def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = 
     model_args = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "num_classes": 10}
     # channels_last: oneDNN's fastest conv layout on CPU (~1.3x here, see scripts/bench)
     model = build_model(**model_args).to(device, memory_format=torch.channels_last)
-    steps = steps_per_epoch(cfg, len(splits.train_y))
     opt, sched = make_optimizer(model, cfg, cfg.epochs * steps)
     objective = build_objective(cfg)
     history, start_epoch = [], 0
