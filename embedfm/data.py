@@ -116,7 +116,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = Tr
     An explicitly given dir is used as is (and validated by the reader). Failing all, the files are
     downloaded through torchvision's mirrors into the cache dir (needs internet).
     """
-    for candidate, explicit in ((data_dir, True), (os.environ.get("EMBEDFM_DATA"), True)):
+    for candidate in (data_dir, os.environ.get("EMBEDFM_DATA")):
         if candidate:
             p = Path(candidate)
             if p.exists() and not p.is_dir():

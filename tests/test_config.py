@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -34,5 +35,5 @@ def test_unknown_key_in_file(tmp_path):
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3
