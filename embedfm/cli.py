@@ -1,4 +1,4 @@
-"""The `embedfm` command: parses arguments and dispatches to train / eval / viz. Nothing else.
+"""The `embedfm` command: parses arguments and dispatches to train / eval / viz / tune. Nothing else.
 
 Errors a user can fix (`EmbedfmError`) print one line on stderr and exit with code 2; `--debug`
 shows the traceback instead. Ctrl-C exits with 130 after saying how to resume.
@@ -119,6 +119,41 @@ def add_viz(sub) -> None:
     p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
 
 
+def add_tune(sub) -> None:
+    from embedfm.tune import OBJECTIVES, PRUNERS, TRIAL_DEFAULTS, TuneConfig
+
+    d = TuneConfig()
+    p = sub.add_parser("tune", help="hyper-parameter search on the validation split (Optuna)",
+                       description="Search the loss's hyper-parameters (embedfm.tune.SPACE) with Optuna's TPE "
+                                   "sampler on the validation split, pruning bad trials by their per-epoch "
+                                   "validation figure. The study lives in a SQLite file in --out: rerun the same "
+                                   "command to resume it or add trials; point several workers at one --storage "
+                                   "to share it. Writes best_config.json (for `embedfm train --config`), "
+                                   "trials.csv/md and plots. The test set is never read. Trials default to "
+                                   f"--epochs {TRIAL_DEFAULTS['epochs']} --limit {TRIAL_DEFAULTS['limit']}.")
+    a = p.add_argument
+    a("--loss", choices=["ce", "triplet"], default="triplet", help="which loss's space to search [triplet]")
+    a("--trials", type=int, default=d.trials, help=f"finished trials the study should hold [{d.trials}]")
+    a("--timeout", type=float, help="seconds after which no new trial starts [none]")
+    a("--objective", choices=list(OBJECTIVES), default=d.objective,
+      help=f"val_acc (maximise) or focus_error: validation focus-group error (minimise) [{d.objective}]")
+    a("--pruner", choices=list(PRUNERS), default=d.pruner, help=f"early stopping of bad trials [{d.pruner}]")
+    a("--out", help="study dir [artifacts/tune/<loss>]")
+    a("--storage", help="Optuna storage URL [sqlite:///<out>/study.db]")
+    a("--study", dest="study_name", help="study name [<loss>-<backbone>-<objective>]")
+    a("--sampler-seed", type=int, default=0, help="TPE seed; give each worker of a shared study its own [0]")
+    a("--config", help="JSON config the trials start from (searched keys are overridden)")
+    a("--backbone", help="network before the embedding head [fastcnn]")
+    a("--epochs", type=int, help=f"epochs per trial [{TRIAL_DEFAULTS['epochs']}]")
+    a("--limit", type=int, help=f"train images per trial [{TRIAL_DEFAULTS['limit']}]")
+    a("--batch-size", type=int, help="images per step [256]")
+    a("--val-size", type=int, help="validation images [5000]")
+    a("--data-dir", help="dir with the four Fashion-MNIST IDX .gz files")
+    a("--seed", type=int, help="training seed of every trial [0]")
+    a("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
+    a("--threads", type=int, help="torch CPU threads")
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """argparse prints the whole usage block on a bad flag; we print one line and point at --help."""
 
@@ -131,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and CE + triplet (distance-weighted sampling), evaluate with FAISS kNN, draw UMAP.")
     p.add_argument("--version", action="version", version=f"embedfm {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,viz}", parser_class=OneLineErrors)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,viz,tune}", parser_class=OneLineErrors)
     add_train(sub)
     add_eval(sub)
     add_viz(sub)
+    add_tune(sub)
     return p
 
 
@@ -175,9 +211,25 @@ def cmd_viz(args) -> None:
     visualize(args.runs, out=args.out, max_points=args.max_points, seed=args.seed, focus=args.focus_classes)
 
 
+def cmd_tune(args) -> None:
+    from embedfm.tune import TuneConfig, resolve_base, tune
+
+    keys = ("loss", "backbone", "epochs", "limit", "batch_size", "val_size", "data_dir", "seed", "device", "threads")
+    base = resolve_base(args.config, {k: getattr(args, k) for k in keys})
+    tc = TuneConfig(base=base, trials=args.trials, timeout=args.timeout, out=args.out or f"artifacts/tune/{base.loss}",
+                    storage=args.storage, study_name=args.study_name, objective=args.objective, pruner=args.pruner,
+                    sampler_seed=args.sampler_seed)
+    try:
+        tune(tc)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished trials are in the study. Continue by rerunning the same command "
+              f"(study dir {tc.out})", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz}
+    commands = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "tune": cmd_tune}
     try:
         commands[args.command](args)
     except EmbedfmError as e:

@@ -26,6 +26,7 @@ from embedfm.data import (FashionMNIST, Splits, augment, balanced_batches, load_
                           shuffled_batches, to_float)
 from embedfm.errors import EmbedfmError
 from embedfm.knn import KNNClassifier
+from embedfm.metrics import focus_group_error
 from embedfm.models import build_model, count_macs, count_params, fuse_for_inference
 from embedfm.objectives import build_objective
 
@@ -86,7 +87,11 @@ def make_optimizer(model, cfg: TrainConfig, steps: int):
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=cfg.warmup_frac,
+    if steps < 4:  # too few steps to warm up and anneal (OneCycleLR divides by zero): constant lr
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    # at least 2 warm-up steps: OneCycleLR needs its warm-up phase to end after step 0
+    pct = min(max(cfg.warmup_frac, 2.5 / steps), 0.5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=pct,
                                                 div_factor=20.0, final_div_factor=200.0)
     return opt, sched
 
@@ -107,15 +112,17 @@ def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
 
 @torch.no_grad()
 def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> dict:
-    """Validation figures: loss and accuracy of the softmax head, accuracy of a kNN over a fixed
-    subset of the train split (cheap stand-in for the full-train kNN that eval runs)."""
+    """Validation figures: loss, accuracy and focus-group error of the softmax head, accuracy of a kNN
+    over a fixed subset of the train split (cheap stand-in for the full-train kNN that eval runs)."""
     logits, emb = embed(model, splits.val_x, device, tta_flip=cfg.tta_flip)
     n_ref = min(VAL_KNN_REFS, len(splits.train_y))
     _, ref_emb = embed(model, splits.train_x[:n_ref], device)
     knn = KNNClassifier(k=min(cfg.knn_k, n_ref)).fit(ref_emb.numpy(), splits.train_y[:n_ref].numpy())
     knn_pred = torch.from_numpy(knn.predict(emb.numpy()))
+    pred = logits.argmax(1)
     return {"val_loss": F.cross_entropy(logits, splits.val_y).item(),
-            "val_acc": (logits.argmax(1) == splits.val_y).float().mean().item(),
+            "val_acc": (pred == splits.val_y).float().mean().item(),
+            "val_focus_err": focus_group_error(splits.val_y.numpy(), pred.numpy(), cfg.focus_classes),
             "val_knn_acc": (knn_pred == splits.val_y).float().mean().item()}
 
 
@@ -143,8 +150,12 @@ def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> Path:
 
 
 def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = False, resume: bool = False,
-          progress: bool = True, log=print) -> dict:
-    """Train one run into `cfg.out`. Returns {"run_dir", "history", "seconds"}."""
+          progress: bool = True, log=print, on_epoch=None) -> dict:
+    """Train one run into `cfg.out`. Returns {"run_dir", "history", "seconds"}.
+
+    `on_epoch(row)` is called with each epoch's history row after its checkpoint is saved; an
+    exception it raises stops the run there (how `embedfm tune` prunes a trial).
+    """
     if resume:
         old = ckpt_io.load_checkpoint(cfg.out)
         cfg = from_dict(old["config"], source=f"{cfg.out}/{ckpt_io.CHECKPOINT}")
@@ -196,6 +207,8 @@ def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = 
                                                                           "n_val": len(splits.val_y)}})
         ckpt_io.atomic_write_json(run / "history.json", history)
         ckpt_io.atomic_write_csv(run / "summary.csv", history)
+        if on_epoch is not None:
+            on_epoch(row)
     ckpt_io.atomic_write_text(run / ckpt_io.DONE, f"finished {len(history)} epochs\n")
     return {"run_dir": str(run), "history": history, "seconds": train_seconds}
 
@@ -241,5 +254,6 @@ def run_epoch(model, objective, opt, sched, splits: Splits, cfg: TrainConfig, ge
 def format_row(row: dict, epochs: int) -> str:
     trip = f" triplet {row['triplet']:.3f} ({row['triplets']:.0f} triplets/batch)" if "triplet" in row else ""
     return (f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.3f}{trip} train acc {row['train_acc']:.4f} | "
-            f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.4f} knn {row['val_knn_acc']:.4f} | "
+            f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.4f} focus err {row['val_focus_err']:.4f} "
+            f"knn {row['val_knn_acc']:.4f} | "
             f"{row['images_per_s']:.0f} img/s, {row['train_seconds']:.0f} s")

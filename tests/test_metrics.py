@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embedfm.evaluate import classifier_metrics, focus_group_error, retrieval_metrics
+from embedfm.metrics import classifier_metrics, focus_group_error, retrieval_metrics
 
 
 def test_focus_group_error_by_hand():

@@ -1,0 +1,347 @@
+"""Hyper-parameter search on the validation split with Optuna: `embedfm tune`.
+
+One study = one SQLite file (by default) in the study dir, so a crashed study resumes by rerunning
+the same command, and several workers can share it. Each trial is an ordinary embedfm run dir under
+`<study dir>/trials/`, so `eval` / `viz` work on any trial unchanged; the test set is never read.
+
+- search space: `SPACE` below, one table for both losses (the CE side is a subset of the triplet side);
+- sampler: TPE, seeded; the built-in defaults are always trial 0, so the study measures how far the
+  search moved validation figures over them at the same budget;
+- pruning: median (or successive halving) on the per-epoch validation figure, so bad trials stop early;
+- output: `best_config.json` (accepted by `embedfm train --config`), `trials.csv` / `trials.md`,
+  Optuna's matplotlib plots as PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedfm import checkpoint as ckpt_io
+from embedfm.config import TrainConfig
+from embedfm.errors import ConfigError, EmbedfmError
+
+# name: (kind, low, high) for floats ("log" = log-uniform) or ("choice", [values]).
+SPACE = {
+    "lr":                        ("log", 1e-3, 2e-2),
+    "weight_decay":              ("log", 1e-3, 0.3),
+    "label_smoothing":           ("float", 0.0, 0.2),
+    # metric-learning side (loss = triplet only)
+    "triplet_weight":            ("log", 0.1, 4.0),
+    "margin":                    ("float", 0.05, 0.5),
+    "embedding_dim":             ("choice", [32, 64, 128]),
+    "m_per_class":               ("choice", [4, 8, 12]),
+    "miner_cutoff":              ("float", 0.2, 0.8),
+    "miner_nonzero_loss_cutoff": ("float", 1.0, 1.6),
+    "focus_oversample":          ("float", 1.0, 2.5),
+}
+PARAMS = {
+    "ce": ("lr", "weight_decay", "label_smoothing"),
+    "triplet": tuple(SPACE),
+}
+OBJECTIVES = {  # flag value: (history key, direction)
+    "val_acc": ("val_acc", "maximize"),
+    "focus_error": ("val_focus_err", "minimize"),
+}
+PRUNERS = ("median", "halving", "none")
+# a trial's budget unless --config / flags say otherwise: ~1 min per trial on 2 CPU cores
+TRIAL_DEFAULTS = {"epochs": 3, "limit": 20_000}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    base: TrainConfig = field(default_factory=lambda: TrainConfig(**TRIAL_DEFAULTS))
+    trials: int = 20                  # finished (complete + pruned) trials the study should hold
+    timeout: float | None = None      # stop starting new trials after this many seconds
+    out: str = "artifacts/tune/study"
+    storage: str | None = None        # default: sqlite:///<out>/study.db
+    study_name: str | None = None     # default: "<loss>-<backbone>-<objective>"
+    objective: str = "val_acc"
+    pruner: str = "median"
+    sampler_seed: int = 0             # give each worker of a shared study its own
+
+    def __post_init__(self):
+        _check(self.trials >= 1, f"--trials must be at least 1, got {self.trials}")
+        _check(self.timeout is None or self.timeout > 0, f"--timeout must be positive, got {self.timeout}")
+        _check(self.objective in OBJECTIVES, f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        _check(self.pruner in PRUNERS, f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
+
+    @property
+    def name(self) -> str:
+        return self.study_name or f"{self.base.loss}-{self.base.backbone}-{self.objective}"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def resolve_base(config_file: str | None, overrides: dict) -> TrainConfig:
+    """A trial's base config: defaults < TRIAL_DEFAULTS (small budget) < --config FILE < flags."""
+    from embedfm.config import from_dict, load_config_file
+
+    d = {**TRIAL_DEFAULTS, **(load_config_file(config_file) if config_file else {})}
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(d, source=config_file or "flags")
+
+
+def suggest(trial, loss: str) -> dict:
+    """Draw one point of the search space for `loss`."""
+    params = {}
+    for name in PARAMS[loss]:
+        kind, *args = SPACE[name]
+        if kind == "choice":
+            params[name] = trial.suggest_categorical(name, args[0])
+        else:
+            params[name] = trial.suggest_float(name, args[0], args[1], log=kind == "log")
+    return params
+
+
+def defaults_point(loss: str) -> dict:
+    """The built-in defaults as a point of the space: enqueued as trial 0 of every new study."""
+    d = TrainConfig().to_dict()
+    return {name: d[name] for name in PARAMS[loss]}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def open_study(tc: TuneConfig):
+    import optuna
+
+    Path(tc.out).mkdir(parents=True, exist_ok=True)
+    storage = tc.storage_url
+    if storage.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
+        # heartbeats: a trial whose worker died (kill, power cut) is marked failed and retried once
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                storage, heartbeat_interval=60, grace_period=180,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+              "halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+              "none": optuna.pruners.NopPruner()}[tc.pruner]
+    direction = OBJECTIVES[tc.objective][1]
+    try:
+        study = optuna.create_study(study_name=tc.name, storage=storage, load_if_exists=True, direction=direction,
+                                    sampler=optuna.samplers.TPESampler(seed=tc.sampler_seed), pruner=pruner)
+    except ValueError as e:  # e.g. the stored study was created with the other direction
+        raise EmbedfmError(f"study {tc.name!r} in {tc.storage_url}: {e}") from None
+    study.set_user_attr("loss", tc.base.loss)
+    study.set_user_attr("objective", tc.objective)
+    if not study.trials:
+        study.enqueue_trial(defaults_point(tc.base.loss), user_attrs={"defaults": True})
+    return study
+
+
+def finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def make_objective(tc: TuneConfig, data, log):
+    import optuna
+
+    from embedfm.train import train
+
+    key = OBJECTIVES[tc.objective][0]
+
+    def objective(trial) -> float:
+        params = suggest(trial, tc.base.loss)
+        run_dir = Path(tc.out) / "trials" / f"{trial.number:04d}"
+        try:
+            cfg = dataclasses.replace(tc.base, **params, out=str(run_dir))
+        except ConfigError as e:  # a point the space allows but this base config does not (e.g. small batch)
+            raise optuna.TrialPruned(f"invalid combination: {e}") from None
+        trial.set_user_attr("run_dir", str(run_dir))
+
+        def on_epoch(row: dict) -> None:
+            trial.set_user_attr("epochs", row["epoch"])
+            for k in ("val_acc", "val_focus_err", "val_knn_acc", "train_seconds"):
+                trial.set_user_attr(k, row[k])
+            trial.report(row[key], step=row["epoch"])
+            if row["epoch"] < cfg.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+        try:
+            result = train(cfg, data=data, overwrite=True, progress=False, log=lambda *a, **k: None,
+                           on_epoch=on_epoch)
+        except EmbedfmError as e:  # e.g. a non-finite loss at a high learning rate: a bad point, not a crash
+            trial.set_user_attr("error", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        return float(result["history"][-1][key])
+
+    return objective
+
+
+def progress_line(study, trial, target: int, key: str) -> str:
+    from optuna.trial import TrialState
+
+    a = trial.user_attrs
+    if trial.state == TrialState.COMPLETE:
+        what = f"{key} {trial.value:.4f}"
+    elif trial.state == TrialState.PRUNED:
+        what = f"error: {a['error']}" if "error" in a else f"pruned after epoch {a.get('epochs', 0)}"
+    else:
+        what = trial.state.name.lower()
+    try:
+        best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
+    except ValueError:
+        best = "no best yet"
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    dur = trial.duration.total_seconds() if trial.duration else 0.0
+    return f"trial {trial.number} [{finished(study)}/{target}]: {what} | {best} | {dur:.0f} s | {params}"
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def tune(tc: TuneConfig, data=None, log=print) -> dict:
+    """Run (or continue) a study until it holds `tc.trials` finished trials or `tc.timeout` passes;
+    then write best_config.json, trials.csv/md and the plots. Returns a summary dict."""
+    import optuna
+
+    from embedfm.data import load_fashion_mnist
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = data or load_fashion_mnist(tc.base.data_dir)
+    study = open_study(tc)
+    done = finished(study)
+    key = OBJECTIVES[tc.objective][0]
+    log(f"embedfm tune → {tc.out}  study {tc.name!r} in {tc.storage_url}: {done} finished trial(s), "
+        f"target {tc.trials}; {tc.objective} ({OBJECTIVES[tc.objective][1]}), {tc.pruner} pruning, "
+        f"{tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial")
+    t0 = time.perf_counter()
+    if done < tc.trials:
+        stop = optuna.study.MaxTrialsCallback(tc.trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                 optuna.trial.TrialState.PRUNED))
+        report = lambda s, t: log(progress_line(s, t, tc.trials, key))  # noqa: E731
+        study.optimize(make_objective(tc, data, log), timeout=tc.timeout, callbacks=[report, stop])
+    else:
+        log(f"the study already holds {done} finished trials; raise --trials to add more")
+    summary = write_outputs(study, tc)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    log(summary_text(summary))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+
+def trial_rows(study) -> list[dict]:
+    rows = []
+    for t in study.trials:
+        a = t.user_attrs
+        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
+                     "defaults": bool(a.get("defaults", False)), "epochs": a.get("epochs"),
+                     "val_acc": a.get("val_acc"), "val_focus_err": a.get("val_focus_err"),
+                     "val_knn_acc": a.get("val_knn_acc"), "train_seconds": a.get("train_seconds"),
+                     **{k: t.params.get(k) for k in PARAMS[study.user_attrs.get("loss", "triplet")]},
+                     "run_dir": a.get("run_dir")})
+    return rows
+
+
+def best_config(study, tc: TuneConfig) -> dict:
+    """The searched parameters of the best trial plus what they were tuned for (loss, backbone, the
+    base's non-budget settings). Budget and run keys (epochs, limit, out, seed, ...) are left to the
+    command line, so `embedfm train --config best_config.json` trains the full default budget."""
+    skip = {"out", "epochs", "limit", "seed", "data_dir", "device", "threads"}
+    d = {k: v for k, v in tc.base.to_dict().items() if k not in skip}
+    d.update(study.best_trial.params)
+    return d
+
+
+def write_outputs(study, tc: TuneConfig) -> dict:
+    out = Path(tc.out)
+    rows = trial_rows(study)
+    if rows:
+        ckpt_io.atomic_write_csv(out / "trials.csv", rows)
+        ckpt_io.atomic_write_text(out / "trials.md", trials_markdown(rows, tc))
+    summary = {"study": tc.name, "storage": tc.storage_url, "objective": tc.objective,
+               "trials": len(rows), "finished": finished(study), "best": None, "defaults": None, "plots": {}}
+    completed = [r for r in rows if r["state"] == "complete"]
+    if completed:
+        best = study.best_trial
+        summary["best"] = {"number": best.number, "value": best.value, "params": best.params,
+                           **{k: best.user_attrs.get(k) for k in ("val_acc", "val_focus_err", "run_dir")}}
+        ckpt_io.atomic_write_json(out / "best_config.json", best_config(study, tc))
+        summary["best_config"] = str(out / "best_config.json")
+    default_rows = [r for r in completed if r["defaults"]]
+    if default_rows:
+        summary["defaults"] = {k: default_rows[0][k] for k in ("number", "value", "val_acc", "val_focus_err")}
+    summary["plots"] = write_plots(study, out)
+    ckpt_io.atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def write_plots(study, out: Path) -> dict:
+    """Optuna's matplotlib plots as PNG; a plot that needs more finished trials is skipped, not fatal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    plots = {"history.png": ovm.plot_optimization_history, "importances.png": ovm.plot_param_importances,
+             "parallel.png": ovm.plot_parallel_coordinate}
+    done = {}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+                ax = plot(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            ckpt_io.atomic_save_figure(fig, out / name)
+            plt.close(fig)
+            done[name] = "written"
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            done[name] = f"skipped ({e})"
+    return done
+
+
+def trials_markdown(rows: list[dict], tc: TuneConfig) -> str:
+    params = PARAMS[tc.base.loss]
+    head = ["#", "state", "val acc", "val focus err", "epochs", "s", *params]
+    lines = [f"# Study {tc.name}: {tc.objective}, {tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['number']}{' (defaults)' if r['defaults'] else ''}", r["state"],
+                 _cell(r["val_acc"], 4), _cell(r["val_focus_err"], 4), _cell(r["epochs"]),
+                 _cell(r["train_seconds"], 0), *(_cell(r[p], 3) for p in params)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v, digits: int | None = None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if digits is not None and digits >= 1 and abs(v) >= 0.01 else f"{v:.{max(digits or 3, 3)}g}"
+    return str(v)
+
+
+def summary_text(s: dict) -> str:
+    if not s["best"]:
+        return f"no finished trial yet in {s['study']}; rerun the same command to continue"
+    b, d = s["best"], s["defaults"]
+    lines = [f"best trial #{b['number']}: val acc {b['val_acc']:.4f}, val focus err {b['val_focus_err']:.4f} "
+             f"({s['objective']}) → {s['best_config']}"]
+    if d:
+        lines.append(f"defaults (trial #{d['number']}): val acc {d['val_acc']:.4f}, val focus err "
+                     f"{d['val_focus_err']:.4f}; change {b['val_acc'] - d['val_acc']:+.4f} acc, "
+                     f"{b['val_focus_err'] - d['val_focus_err']:+.4f} focus err")
+    lines.append("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items()))
+    return "\n".join(lines)
