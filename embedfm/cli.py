@@ -1,4 +1,5 @@
-"""The `embedfm` command: parses arguments and dispatches to train / eval / viz / tune. Nothing else.
+"""The `embedfm` command: parses arguments and dispatches to train / eval / viz / tune / index / search.
+Nothing else.
 
 Errors a user can fix (`EmbedfmError`) print one line on stderr and exit with code 2; `--debug`
 shows the traceback instead. Ctrl-C exits with 130 after saying how to resume.
@@ -119,6 +120,43 @@ def add_viz(sub) -> None:
     p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
 
 
+def add_index(sub) -> None:
+    p = sub.add_parser("index", help="embed a catalogue with a run's model and save a FAISS index",
+                       description="Embed a catalogue (the train set, the test set, a folder of images or an IDX "
+                                   "file) with RUN's model and save a FAISS index, the id → label/source mapping and "
+                                   "the images beside it (default RUN/index/). Index types are faiss factory "
+                                   "strings: Flat (exact), IVF<nlist>,Flat, HNSW<M>, IVF<nlist>,PQ<m>.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run dir whose model embeds the catalogue")
+    p.add_argument("--catalogue", default="train", help="train, test, a folder of images (labels from sub-folder "
+                                                         "names) or an IDX image file")
+    p.add_argument("--labels", help="IDX label file for an IDX catalogue")
+    p.add_argument("--type", dest="factory", default="Flat", help="faiss factory string, e.g. Flat, IVF256,Flat, "
+                                                                  "HNSW32, IVF256,PQ16")
+    p.add_argument("--out", help="index dir (default RUN/index)")
+    p.add_argument("--nprobe", type=int, help="IVF lists searched by default (saved with the index)")
+    p.add_argument("--ef-search", type=int, help="HNSW search breadth by default (saved with the index)")
+    p.add_argument("--threads", type=int, help="faiss threads (default: all cores)")
+    p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_search(sub) -> None:
+    p = sub.add_parser("search", help="nearest catalogue items of query images (needs `embedfm index` first)",
+                       description="Find the k nearest catalogue items of each QUERY: an image file (any size; "
+                                   "converted to 28×28 grey like Fashion-MNIST) or test:N for the N-th test image. "
+                                   "Prints the neighbours with label and cosine similarity and writes a PNG grid.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run dir whose model embeds the queries")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="image file or test:N")
+    p.add_argument("--index", help="index dir (default RUN/index)")
+    p.add_argument("--k", type=int, default=10, help="neighbours per query")
+    p.add_argument("--nprobe", type=int, help="IVF lists to search (default: as saved)")
+    p.add_argument("--ef-search", type=int, help="HNSW search breadth (default: as saved)")
+    p.add_argument("--out", help="grid PNG (default <index dir>/search.png)")
+    p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (for test:N)")
+
+
 def add_tune(sub) -> None:
     from embedfm.tune import OBJECTIVES, PRUNERS, TRIAL_DEFAULTS, TuneConfig
 
@@ -166,11 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and CE + triplet (distance-weighted sampling), evaluate with FAISS kNN, draw UMAP.")
     p.add_argument("--version", action="version", version=f"embedfm {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,viz,tune}", parser_class=OneLineErrors)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,viz,tune,index,search}", parser_class=OneLineErrors)
     add_train(sub)
     add_eval(sub)
     add_viz(sub)
     add_tune(sub)
+    add_index(sub)
+    add_search(sub)
     return p
 
 
@@ -227,9 +267,25 @@ def cmd_tune(args) -> None:
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 
+def cmd_index(args) -> None:
+    from embedfm.index import build
+
+    build(args.run, catalogue=args.catalogue, factory=args.factory, out=args.out, nprobe=args.nprobe,
+          ef_search=args.ef_search, threads=args.threads, data_dir=args.data_dir, labels_file=args.labels,
+          progress=not args.no_progress)
+
+
+def cmd_search(args) -> None:
+    from embedfm.search import search
+
+    search(args.run, args.queries, index_dir=args.index, k=args.k, nprobe=args.nprobe, ef_search=args.ef_search,
+           out=args.out, data_dir=args.data_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "tune": cmd_tune}
+    commands = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "tune": cmd_tune, "index": cmd_index,
+                "search": cmd_search}
     try:
         commands[args.command](args)
     except EmbedfmError as e:

@@ -287,3 +287,46 @@ def balanced_batches(labels: torch.Tensor, batch_size: int, focus_classes: tuple
         cols.append(stream[:nb * per_batch].view(nb, per_batch))
     batches = torch.cat(cols, dim=1)  # (nb, B), grouped by class within each batch
     return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# images from outside the data set (catalogues, search queries)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def to_fashion_mnist(img) -> np.ndarray:
+    """A PIL image of any size and mode → (28, 28) uint8 the way Fashion-MNIST's were made: grey,
+    light garment on a black background (photos on a light background are inverted), trimmed to
+    the garment, longest side resized to 28, centred."""
+    from PIL import Image, ImageOps
+
+    g = ImageOps.exif_transpose(img).convert("L")
+    a = np.asarray(g, dtype=np.uint8)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if border.mean() > 127:  # product photo on white: Fashion-MNIST is negated
+        g = ImageOps.invert(g)
+        a = 255 - a
+    ys, xs = np.nonzero(a > 32)
+    if len(ys):  # trim to the object (the originals were trimmed before resizing)
+        g = g.crop((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    w, h = g.size
+    s = 28 / max(w, h)
+    g = g.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+    canvas = Image.new("L", (28, 28), 0)
+    canvas.paste(g, ((28 - g.size[0]) // 2, (28 - g.size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file → (28, 28) uint8, or one DataError line."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: image file not found")
+    try:
+        with Image.open(p) as img:
+            return to_fashion_mnist(img)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{p}: not a readable image ({e})") from None

@@ -1,0 +1,116 @@
+"""Image search: `embedfm search RUN QUERY...` finds the k nearest catalogue items of each query.
+
+A QUERY is an image file (any size and format PIL reads; made to look like Fashion-MNIST, see
+`data.to_fashion_mnist`) or `test:N`, the N-th test image. The run's model embeds the queries, the
+index built by `embedfm index` answers them; results are printed as a table and drawn as a PNG grid
+(one row per query: the query, then its neighbours nearest first, labels and similarity in titles).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embedfm import CLASS_NAMES
+from embedfm import checkpoint as ckpt_io
+from embedfm.data import load_fashion_mnist, load_image
+from embedfm.errors import EmbedfmError
+from embedfm.index import embed_images, load, set_search_params
+
+TEST_QUERY = re.compile(r"^test:(\d+)$")
+
+
+def load_queries(queries: list[str], data_dir: str | None = None):
+    """(images (Q, 28, 28) uint8, true labels (Q,) with -1 = unknown, names (Q,))."""
+    data = None
+    images, labels = [], []
+    for q in queries:
+        m = TEST_QUERY.match(q)
+        if m:
+            data = data or load_fashion_mnist(data_dir)
+            i = int(m.group(1))
+            if i >= len(data.test_labels):
+                raise EmbedfmError(f"{q}: the test set has {len(data.test_labels)} images (0-{len(data.test_labels) - 1})")
+            images.append(data.test_images[i].numpy())
+            labels.append(int(data.test_labels[i]))
+        elif q.startswith("test:"):
+            raise EmbedfmError(f"{q}: expected test:N with N a test-set index, e.g. test:42")
+        else:
+            images.append(load_image(q))
+            labels.append(-1)
+    return np.stack(images), np.array(labels, dtype=np.int64), list(queries)
+
+
+def label_name(label: int) -> str:
+    return CLASS_NAMES[label] if 0 <= label < len(CLASS_NAMES) else "?"
+
+
+def search(run_dir: str, queries: list[str], index_dir: str | None = None, k: int = 10,
+           nprobe: int | None = None, ef_search: int | None = None, out: str | None = None,
+           data_dir: str | None = None, log=print) -> list[dict]:
+    """Search each query; print a table, write the grid PNG. Returns one dict per query."""
+    ckpt_io.load_checkpoint(run_dir)
+    index, cat, meta = load(index_dir or Path(run_dir) / "index")
+    if k < 1 or k > index.ntotal:
+        raise EmbedfmError(f"--k must be in 1..{index.ntotal} (catalogue size), got {k}")
+    set_search_params(index, nprobe, ef_search)
+    images, true, names = load_queries(queries, data_dir)
+    emb = embed_images(run_dir, images, progress=False)  # (Q, D)
+    if emb.shape[1] != meta["dim"]:
+        raise EmbedfmError(f"the index holds {meta['dim']}-d embeddings but this run makes {emb.shape[1]}-d ones; "
+                           "rebuild the index with this run")
+    t0 = time.perf_counter()
+    sims, ids = index.search(np.ascontiguousarray(emb, dtype=np.float32), k)  # (Q, k) each
+    seconds = time.perf_counter() - t0
+    results = []
+    for qi, name in enumerate(names):
+        hits = [{"rank": r + 1, "id": int(i), "label": int(cat["labels"][i]), "source": str(cat["sources"][i]),
+                 "similarity": float(s)} for r, (s, i) in enumerate(zip(sims[qi], ids[qi])) if i >= 0]
+        results.append({"query": name, "label": int(true[qi]), "hits": hits})
+        log(format_hits(results[-1]))
+    log(f"{len(names)} quer{'y' if len(names) == 1 else 'ies'} against {meta['factory']} over {meta['n']} items "
+        f"in {seconds * 1e3:.1f} ms")
+    out_png = Path(out) if out else Path(index_dir or Path(run_dir) / "index") / "search.png"
+    draw_grid(images, results, cat["images"], out_png)
+    log(f"grid: {out_png}")
+    return results
+
+
+def format_hits(result: dict) -> str:
+    lines = [f"query {result['query']} (label: {label_name(result['label'])})",
+             f"  {'rank':>4}  {'id':>7}  {'label':<12} {'similarity':>10}  source"]
+    for h in result["hits"]:
+        same = "" if result["label"] < 0 else ("  ✓" if h["label"] == result["label"] else "  ✗")
+        lines.append(f"  {h['rank']:>4}  {h['id']:>7}  {label_name(h['label']):<12} {h['similarity']:>10.4f}  "
+                     f"{h['source']}{same}")
+    return "\n".join(lines)
+
+
+def draw_grid(query_images: np.ndarray, results: list[dict], catalogue_images: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = max(len(r["hits"]) for r in results)
+    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.3 * (k + 1), 1.55 * len(results)), squeeze=False)
+    for row, (img, r) in enumerate(zip(query_images, results)):
+        axes[row, 0].imshow(img, cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(f"query\n{label_name(r['label'])}", fontsize=7, fontweight="bold")
+        for col in range(1, k + 1):
+            ax = axes[row, col]
+            if col <= len(r["hits"]):
+                h = r["hits"][col - 1]
+                ax.imshow(catalogue_images[h["id"]], cmap="gray", vmin=0, vmax=255)
+                wrong = r["label"] >= 0 and h["label"] != r["label"]
+                ax.set_title(f"{label_name(h['label'])}\n{h['similarity']:.3f}", fontsize=7,
+                             color="crimson" if wrong else "black")
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    ckpt_io.atomic_save_figure(fig, path)
+    plt.close(fig)
