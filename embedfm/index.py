@@ -76,19 +76,26 @@ def make_index(embeddings: np.ndarray, factory: str = "Flat", threads: int | Non
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if threads:
         faiss.omp_set_num_threads(threads)
-    try:
-        index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise EmbedfmError(f"faiss cannot build index {factory!r} ({_first_line(e)}); "
-                           "try Flat, IVF1024,Flat, HNSW32 or IVF1024,PQ16") from None
+    index = empty_index(factory, x.shape[1], len(x))
     ivf = _ivf(index)
     if ivf is not None:
-        if ivf.nlist > len(x):
-            raise EmbedfmError(f"{factory}: {ivf.nlist} lists need at least as many catalogue items (have {len(x)})")
         ivf.cp.seed = seed  # k-means initialisation: reproducible builds
     if not index.is_trained:
         index.train(x)
     index.add(x)
+    return index
+
+
+def empty_index(factory: str, dim: int, n: int):
+    """The untrained index a factory string describes, or one line saying why it cannot hold n × dim."""
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise EmbedfmError(f"faiss cannot build index {factory!r} for {dim}-d vectors ({_first_line(e)}); "
+                           "try Flat, IVF1024,Flat, HNSW32 or IVF1024,PQ16") from None
+    ivf = _ivf(index)
+    if ivf is not None and ivf.nlist > n:
+        raise EmbedfmError(f"{factory}: {ivf.nlist} lists need at least as many catalogue items (have {n})")
     return index
 
 
@@ -133,9 +140,10 @@ def build(run_dir: str, catalogue: str = "train", factory: str = "Flat", out: st
           nprobe: int | None = None, ef_search: int | None = None, threads: int | None = None,
           data_dir: str | None = None, labels_file: str | None = None, progress: bool = True, log=print) -> dict:
     """Embed `catalogue` with the run's model, build the index, save it. Returns index.json's dict."""
-    ckpt_io.load_checkpoint(run_dir)  # a bad run fails before minutes of embedding
+    ckpt = ckpt_io.load_checkpoint(run_dir)  # a bad run or index type fails before minutes of embedding
     out = Path(out) if out else Path(run_dir) / "index"
     images, labels, sources = catalogue_from(catalogue, data_dir, labels_file)
+    empty_index(factory, ckpt["model_args"]["embedding_dim"], len(images))
     t0 = time.perf_counter()
     emb = embed_images(run_dir, images, progress)  # (N, D)
     t_embed = time.perf_counter() - t0
