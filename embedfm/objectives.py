@@ -17,8 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
+from pytorch_metric_learning.utils import distributed as pml_dist
 
 from embedfm.config import TrainConfig
+from embedfm.distributed import is_active
 
 
 class CrossEntropy(nn.Module):
@@ -67,10 +69,17 @@ class CETriplet(nn.Module):
     def forward(self, logits, embeddings, labels):
         ce, stats = self.ce(logits, embeddings, labels)
         emb = embeddings.float()  # (B, D); the miner's log-weights lose precision in half types
+        scale = 1.0
+        if is_active():
+            # distributed: mine and score over every rank's embeddings (ours first; only ours carry
+            # gradients), as PML's DistributedLossWrapper does; DDP then averages gradients over
+            # ranks, which the world-size factor undoes for this part
+            emb, labels, _ = pml_dist.gather(emb, labels)  # (B_local × world, D), (B_local × world,)
+            scale = float(torch.distributed.get_world_size())
         triplets = self.mine(emb, labels)  # (anchors, positives, negatives), each (T,)
         metric = self.metric(emb, labels, triplets)
         stats.update(triplet=metric.detach(), triplets=torch.tensor(float(len(triplets[0]))))
-        return ce + self.weight * metric, stats
+        return ce + self.weight * scale * metric, stats
 
 
 def build_objective(cfg: TrainConfig) -> nn.Module:

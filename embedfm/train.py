@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embedfm import checkpoint as ckpt_io
+from embedfm import distributed
 from embedfm.config import TrainConfig, from_dict
 from embedfm.data import (FashionMNIST, Splits, augment, balanced_batches, load_fashion_mnist, make_splits,
                           shuffled_batches, to_float)
@@ -34,11 +35,11 @@ VAL_KNN_REFS = 5_000  # train images used as kNN reference for the per-epoch val
 
 
 def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise EmbedfmError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", distributed.from_env().local_rank)  # one GPU per torchrun process
+    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -156,6 +157,7 @@ def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = 
     `on_epoch(row)` is called with each epoch's history row after its checkpoint is saved; an
     exception it raises stops the run there (how `embedfm tune` prunes a trial).
     """
+    old = None
     if resume:
         old = ckpt_io.load_checkpoint(cfg.out)
         cfg = from_dict(old["config"], source=f"{cfg.out}/{ckpt_io.CHECKPOINT}")
@@ -168,54 +170,75 @@ def train(cfg: TrainConfig, data: FashionMNIST | None = None, overwrite: bool = 
     data = data or load_fashion_mnist(cfg.data_dir)
     splits = make_splits(data, cfg.val_size, cfg.limit)
     steps = steps_per_epoch(cfg, len(splits.train_y))
-    run = prepare_run_dir(cfg, overwrite, resume)
+    dd = distributed.init(device, cfg.batch_size)
+    try:
+        return _train(cfg, data, splits, steps, device, dd, overwrite, resume, progress and dd.main,
+                      log if dd.main else (lambda *a, **k: None), on_epoch, old)
+    finally:
+        distributed.close(dd)
+
+
+def _train(cfg, data, splits, steps, device, dd, overwrite, resume, progress, log, on_epoch, old) -> dict:
+    run = Path(cfg.out)
+    if dd.main:
+        prepare_run_dir(cfg, overwrite, resume)
+    dd.barrier()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     gen = seed_everything(cfg.seed)
     model_args = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "num_classes": 10}
     # channels_last: oneDNN's fastest conv layout on CPU (~1.3x here, see scripts/bench)
-    model = build_model(**model_args).to(device, memory_format=torch.channels_last)
-    opt, sched = make_optimizer(model, cfg, cfg.epochs * steps)
+    net = build_model(**model_args).to(device, memory_format=torch.channels_last)
+    opt, sched = make_optimizer(net, cfg, cfg.epochs * steps)
     objective = build_objective(cfg)
     history, start_epoch = [], 0
     if resume:
-        model.load_state_dict(old["model"])
+        net.load_state_dict(old["model"])
         opt.load_state_dict(old["optimizer"])
         sched.load_state_dict(old["scheduler"])
         set_rng_state(old["rng"], gen)
         history, start_epoch = old["history"], old["epoch"] + 1
         log(f"resuming {run} after epoch {old['epoch'] + 1}/{cfg.epochs}")
+    # DDP averages gradients over processes; `net` stays the plain model for validation and checkpoints
+    model = torch.nn.parallel.DistributedDataParallel(net) if dd.enabled else net
 
-    log(f"embedfm train → {run}  ({count_params(model) / 1e3:.0f} k params, "
-        f"{count_macs(model) / 1e6:.1f} M MACs/image, {len(splits.train_y)} train / {len(splits.val_y)} val, "
-        f"device {device}, {torch.get_num_threads()} threads)\n{cfg.describe()}")
-    ckpt_io.atomic_write_json(run / "config.json", cfg.to_dict())
+    procs = f", {dd.world} processes" if dd.enabled else ""
+    log(f"embedfm train → {run}  ({count_params(net) / 1e3:.0f} k params, "
+        f"{count_macs(net) / 1e6:.1f} M MACs/image, {len(splits.train_y)} train / {len(splits.val_y)} val, "
+        f"device {device}, {torch.get_num_threads()} threads{procs})\n{cfg.describe()}")
+    if dd.main:
+        ckpt_io.atomic_write_json(run / "config.json", cfg.to_dict())
     train_seconds = history[-1]["train_seconds"] if history else 0.0
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        stats = run_epoch(model, objective, opt, sched, splits, cfg, gen, device, epoch, progress)
+        stats = run_epoch(model, objective, opt, sched, splits, cfg, gen, device, epoch, progress, dd)
         train_seconds += time.perf_counter() - t0
-        row = {"epoch": epoch + 1, **stats, **validate(model, splits, cfg, device),
+        if not dd.main:  # rank 0 validates and writes; the others wait for it
+            dd.barrier()
+            continue
+        row = {"epoch": epoch + 1, **stats, **validate(net, splits, cfg, device),
                "lr": sched.get_last_lr()[0], "train_seconds": round(train_seconds, 2)}
         history.append(row)
         log(format_row(row, cfg.epochs))
         ckpt_io.save_checkpoint(run, {
-            "model_args": model_args, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "model_args": model_args, "model": net.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "config": cfg.to_dict(),
             "rng": rng_state(gen), "data": data.fingerprint(), "splits": {"n_train": len(splits.train_y),
                                                                           "n_val": len(splits.val_y)}})
         ckpt_io.atomic_write_json(run / "history.json", history)
         ckpt_io.atomic_write_csv(run / "summary.csv", history)
+        dd.barrier()
         if on_epoch is not None:
             on_epoch(row)
-    ckpt_io.atomic_write_text(run / ckpt_io.DONE, f"finished {len(history)} epochs\n")
+    if dd.main:
+        ckpt_io.atomic_write_text(run / ckpt_io.DONE, f"finished {len(history)} epochs\n")
     return {"run_dir": str(run), "history": history, "seconds": train_seconds}
 
 
 def run_epoch(model, objective, opt, sched, splits: Splits, cfg: TrainConfig, gen: torch.Generator,
-              device: torch.device, epoch: int, progress: bool) -> dict:
-    """One pass over the planned batches; returns the epoch's mean train figures."""
+              device: torch.device, epoch: int, progress: bool, dd=distributed.Dist()) -> dict:
+    """One pass over the planned batches; returns the epoch's mean train figures (over all ranks)."""
     model.train()
     batches = plan_epoch(cfg, splits.train_y, gen)  # (steps, B)
     sums: dict[str, float] = {}
@@ -224,12 +247,13 @@ def run_epoch(model, objective, opt, sched, splits: Splits, cfg: TrainConfig, ge
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
                file=sys.stderr, dynamic_ncols=True)
     for step, idx in enumerate(bar):
-        x = to_float(augment(splits.train_x[idx], cfg.crop_pad, cfg.flip, gen))  # (B, 1, 28, 28)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        y = splits.train_y[idx].to(device)  # (B,)
+        # every rank augments the whole global batch (keeps the generators in step), then takes its shard
+        x = dd.shard(augment(splits.train_x[idx], cfg.crop_pad, cfg.flip, gen))  # (B / world, 28, 28)
+        x = to_float(x).to(device).contiguous(memory_format=torch.channels_last)  # (B / world, 1, 28, 28)
+        y = dd.shard(splits.train_y[idx]).to(device)  # (B / world,)
         logits, emb = model(x)
         loss, parts = objective(logits, emb, y)
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(dd.sum([loss.item()], device)[0]):  # all ranks stop together
             raise EmbedfmError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
                                "stopped, the last good checkpoint is kept (try a lower --lr)")
         opt.zero_grad(set_to_none=True)
@@ -245,7 +269,10 @@ def run_epoch(model, objective, opt, sched, splits: Splits, cfg: TrainConfig, ge
                             ips=f"{seen / (time.perf_counter() - t0):.0f}")
     bar.close()
     n = len(batches)
-    out = {k: round(v / n, 5) for k, v in sums.items()}
+    keys = list(sums)
+    totals = dd.sum([sums[k] for k in keys] + [correct, seen], device)  # means over ranks
+    out = {k: round(v / n / dd.world, 5) for k, v in zip(keys, totals)}
+    correct, seen = totals[-2], totals[-1]
     out["train_acc"] = round(correct / seen, 5)
     out["images_per_s"] = round(seen / (time.perf_counter() - t0), 1)
     return out

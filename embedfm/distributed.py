@@ -1,0 +1,80 @@
+"""Multi-process training with PyTorch's own engine: `torchrun --nproc_per_node N -m embedfm train ...`.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR; `init()` joins the process group (gloo on
+CPU, NCCL on CUDA). Without torchrun everything here is a no-op and training is single-process.
+
+How a run is split (so N processes train the same model a single process would, batch for batch):
+- every rank draws the same batch plan and the same augmentation from the same seeded generator,
+  then keeps its shard `batch[rank::world]`: the global batch is `--batch-size`, class balance
+  and focus over-sampling hold for the global batch (a distributed class-balanced sampler);
+- DistributedDataParallel averages gradients; the triplet miner and loss see the embeddings of all
+  ranks (gathered with pytorch-metric-learning's distributed utilities), see objectives.py;
+- only rank 0 validates, logs and writes the run dir; the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from embedfm.errors import EmbedfmError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a global batch (B,) → (B / world,)."""
+        return batch[self.rank::self.world]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: list[float], device) -> list[float]:
+        """Element-wise sum over ranks of a few floats."""
+        if not self.enabled:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def from_env() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device: torch.device, batch_size: int) -> Dist:
+    """Join the process group torchrun describes (if any); returns this process's place in it."""
+    d = from_env()
+    if not d.enabled:
+        return d
+    if batch_size % d.world:
+        raise EmbedfmError(f"--batch-size {batch_size} must divide evenly among {d.world} processes")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return d
+
+
+def close(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
