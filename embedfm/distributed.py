@@ -66,6 +66,8 @@ def init(device: torch.device, batch_size: int) -> Dist:
         return d
     if batch_size % d.world:
         raise EmbedfmError(f"--batch-size {batch_size} must divide evenly among {d.world} processes")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (barrier, all_reduce) run on this process's GPU
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return d
