@@ -147,7 +147,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_run):
     _, data = fake_run
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "embedfm", "train", "--out", str(out), "--data-dir", str(data), "--limit", "200",
-           "--val-size", "50", "--epochs", "200", "--batch-size", "50", "--no-progress"]
+           "--val-size", "50", "--epochs", "5000", "--batch-size", "50", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while len(_history(out)) < 2 and time.time() < deadline:
