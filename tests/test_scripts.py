@@ -1,0 +1,43 @@
+"""scripts/summarize on hand-written run dirs: grouping by config, mean ± sample std, validation columns."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(d: Path, seed: int, loss: str, acc: float, val_acc: float, val_focus_err=None) -> None:
+    d.mkdir(parents=True)
+    per_class = {str(c): {"recall": acc} for c in range(10)}
+    clf = {"accuracy": acc, "focus_group_error": 1 - acc, "per_class": per_class}
+    cfg = {"loss": loss, "backbone": "fastcnn", "epochs": 3, "sampler": "auto", "seed": seed, "out": str(d)}
+    run = {"config": cfg, "classifiers": {"softmax": clf, "knn": clf},
+           "retrieval": {"precision_at_1": acc, "map_at_r": acc / 2}, "train_seconds": 10.0 * (seed + 1)}
+    (d / "report.json").write_text(json.dumps({"runs": {d.name: run}}))
+    last = {"epoch": 3, "val_acc": val_acc}
+    if val_focus_err is not None:
+        last["val_focus_err"] = val_focus_err
+    (d / "history.json").write_text(json.dumps([last]))
+
+
+def test_summarize_groups_seeds_and_reports_validation(tmp_path):
+    _fake_run(tmp_path / "ce_s0", 0, "ce", 0.90, 0.91, 0.20)
+    _fake_run(tmp_path / "ce_s1", 1, "ce", 0.92, 0.93)  # an older history without val_focus_err
+    _fake_run(tmp_path / "triplet_s0", 0, "triplet", 0.95, 0.96, 0.10)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize"), str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = {r["method"].split(" ")[0]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    ce, tr = rows["ce"], rows["triplet"]
+    assert ce["seeds"] == "2" and tr["seeds"] == "1"
+    # mean of 90 and 92 = 91, sample std = sqrt(2) = 1.41
+    assert ce["test acc softmax %"] == "91.00 ± 1.41"
+    assert ce["val acc %"] == "92.00 ± 1.41"
+    assert ce["val focus err %"] == "20.00 ± 0.00"  # one finite value: no spread to report
+    assert tr["test acc softmax %"] == "95.00 ± 0.00"
+    assert tr["MAP@R"] == "0.475 ± 0.000"
+    assert ce["train s/run"] == "15"
+    assert ce["method"] == "ce / fastcnn / 3 ep"  # only the loss differs, and it leads the label
+    assert (tmp_path / "summary.md").read_text().startswith("| method | seeds | val acc %")
