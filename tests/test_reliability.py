@@ -148,7 +148,10 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_run):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "embedfm", "train", "--out", str(out), "--data-dir", str(data), "--limit", "200",
            "--val-size", "50", "--epochs", "5000", "--batch-size", "50", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell that runs the suite in the background (`make test &`, nohup) starts it with SIGINT ignored,
+    # children inherit that, and Python then never raises KeyboardInterrupt: give the child Ctrl-C back.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while len(_history(out)) < 2 and time.time() < deadline:
         time.sleep(0.05)
