@@ -1,4 +1,5 @@
-"""scripts/summarize on hand-written run dirs: grouping by config, mean ± sample std, validation columns."""
+"""scripts/summarize on hand-written run dirs: grouping by config, mean ± sample std, validation columns;
+scripts/bench's partial-run merge of bench.json / bench.md."""
 import csv
 import json
 import subprocess
@@ -41,3 +42,30 @@ def test_summarize_groups_seeds_and_reports_validation(tmp_path):
     assert ce["train s/run"] == "15"
     assert ce["method"] == "ce / fastcnn / 3 ep"  # only the loss differs, and it leads the label
     assert (tmp_path / "summary.md").read_text().startswith("| method | seeds | val acc %")
+
+
+def _load_script(name: str):
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader(name, str(ROOT / "scripts" / name))
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_bench_partial_run_updates_only_its_sections(tmp_path):
+    bench = _load_script("bench")
+    old = {"date": "2026-01-01", "train_peak_fraction": 0.6, "knn_speedup": 1.5, "eval_seconds": 20.0}
+    (tmp_path / "bench.json").write_text(json.dumps(old))
+    (tmp_path / "bench.md").write_text("| section | measurement | figures |\n|---|---|---|\n"
+                                       "| 2 training step | old step | a |\n| 4 kNN | old knn | b |\n"
+                                       "| 5 eval and viz | old eval | c |\n")
+    bench.ROWS[:] = [("4 kNN", "new knn", "x"), ("4 kNN", "new knn 2", "y")]
+    bench.write_outputs(tmp_path, {"date": "2026-02-02", "knn_speedup": 2.0}, {"knn"})
+    new = json.loads((tmp_path / "bench.json").read_text())
+    assert new["knn_speedup"] == 2.0 and new["train_peak_fraction"] == 0.6 and new["date"] == "2026-01-01"
+    assert new["section_dates"]["knn"] == "2026-02-02" and new["section_dates"]["step"] == "2026-01-01"
+    lines = (tmp_path / "bench.md").read_text().splitlines()
+    assert [ln.split("|")[2].strip() for ln in lines[2:]] == ["old step", "new knn", "new knn 2", "old eval"]
