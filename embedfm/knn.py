@@ -42,11 +42,15 @@ def build_index(reference: np.ndarray, metric: str = "cosine", factory: str = "F
     return index
 
 
+def _check_tie_rule(ties: str) -> None:
+    if ties not in TIE_RULES:
+        raise EmbedfmError(f"unknown kNN tie rule {ties!r}; choose from {', '.join(TIE_RULES)}")
+
+
 def vote(neighbor_labels: np.ndarray, num_classes: int, ties: str = "nearest") -> np.ndarray:
     """Majority vote over (Q, k) labels ordered nearest first; ties → nearest tied class, or the
     smallest tied class id with ties="smallest"."""
-    if ties not in TIE_RULES:
-        raise EmbedfmError(f"unknown kNN tie rule {ties!r}; choose from {', '.join(TIE_RULES)}")
+    _check_tie_rule(ties)
     Q, k = neighbor_labels.shape
     counts = np.zeros((Q, num_classes), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(Q), k), neighbor_labels.ravel()), 1)
@@ -67,8 +71,7 @@ class KNNClassifier:
                  ties: str = "nearest"):
         if k < 1:
             raise EmbedfmError(f"k must be at least 1, got {k}")
-        if ties not in TIE_RULES:
-            raise EmbedfmError(f"unknown kNN tie rule {ties!r}; choose from {', '.join(TIE_RULES)}")
+        _check_tie_rule(ties)
         self.k, self.metric, self.factory, self.num_classes, self.ties = k, metric, factory, num_classes, ties
 
     def fit(self, reference: np.ndarray, labels: np.ndarray) -> "KNNClassifier":
