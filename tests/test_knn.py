@@ -39,7 +39,7 @@ def test_vote_by_hand():
     # row 2: all different → the nearest (5).
     nl = np.array([[3, 1, 3, 0], [2, 1, 1, 2], [5, 6, 7, 8]])
     assert vote(nl, 10).tolist() == [3, 2, 5]
-    # scikit-learn's rule: row 1's tie → class 1 (smaller id); row 2's five-way tie → 5
+    # scikit-learn's rule: row 1's tie → class 1 (smaller id); row 2's four-way tie → 5
     assert vote(nl, 10, ties="smallest").tolist() == [3, 1, 5]
 
 
