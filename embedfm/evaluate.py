@@ -1,8 +1,9 @@
 """Evaluation: test-set metrics of each run's softmax head and FAISS kNN, compared side by side.
 
 The only module that touches the test set. For every run it embeds the run's train split (the kNN
-reference) and the test set, classifies the test set twice (softmax head; kNN over the train
-embeddings), and computes:
+reference) and the test set, classifies the test set with the softmax head and with a kNN over the
+train embeddings (and, when the run uses flip test-time augmentation, a second kNN whose queries
+average each test image's embedding with its mirror's, `knn_flip`), and computes:
 - accuracy, per-class precision / recall / F1, confusion matrix (scikit-learn),
 - focus-group error: among test images whose label is a focus class, the share predicted as a
   *different* focus class (the T-shirt / pullover / coat / shirt confusion),
@@ -51,28 +52,34 @@ def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cos
         raise EmbedfmError(f"k={k} is larger than the number of reference embeddings ({len(splits.train_y)})")
 
     t0 = time.perf_counter()
-    _, train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train")
-    test_logits, test_emb = embed(model, splits.test_x, device, tta_flip=cfg.tta_flip, progress=progress,
-                                  desc="embed test")
+    train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train").emb
+    test_logits, test_emb, test_emb_flip = embed(model, splits.test_x, device, tta_flip=cfg.tta_flip,
+                                                 progress=progress, desc="embed test")
     y_train, y_test = splits.train_y.numpy(), splits.test_y.numpy()
     knn = KNNClassifier(k=k, metric=metric).fit(train_emb.numpy(), y_train)
     pred_knn = knn.predict(test_emb.numpy())
     pred_softmax = test_logits.argmax(1).numpy()
+    classifiers = {"softmax": classifier_metrics(y_test, pred_softmax, focus),
+                   "knn": {**classifier_metrics(y_test, pred_knn, focus), "k": k, "metric": metric}}
+    arrays = {"pred_softmax": pred_softmax, "pred_knn": pred_knn}
+    if test_emb_flip is not None:
+        # the same index queried with each test image's embedding averaged with its mirror's (references
+        # stay single images: averaging them too measured no better on validation and costs a second pass)
+        arrays["pred_knn_flip"] = knn.predict(test_emb_flip.numpy())
+        classifiers["knn_flip"] = {**classifier_metrics(y_test, arrays["pred_knn_flip"], focus), "k": k,
+                                   "metric": metric}
     entry = {
         "run_dir": str(run_dir), "loss": cfg.loss, "backbone": cfg.backbone, "seed": cfg.seed,
         "embedding_dim": cfg.embedding_dim, "epochs": len(ckpt.get("history", [])),
         "train_seconds": (ckpt.get("history") or [{}])[-1].get("train_seconds"),
         "complete": ckpt_io.is_done(run_dir),
         "config": cfg.to_dict(),
-        "classifiers": {
-            "softmax": classifier_metrics(y_test, pred_softmax, focus),
-            "knn": {**classifier_metrics(y_test, pred_knn, focus), "k": k, "metric": metric},
-        },
+        "classifiers": classifiers,
         "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
     }
     entry["eval_seconds"] = round(time.perf_counter() - t0, 2)
     arrays = {"train_embeddings": train_emb.numpy(), "train_labels": y_train, "test_embeddings": test_emb.numpy(),
-              "test_labels": y_test, "pred_softmax": pred_softmax, "pred_knn": pred_knn}
+              "test_labels": y_test, **arrays}
     return entry, arrays
 
 
@@ -122,7 +129,9 @@ def evaluate(run_dirs: list[str], out: str | Path | None = None, k: int = 10, me
         save_embeddings(r, arrays)
         runs[name] = entry
         sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
-        log(f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}, "
+        kf = entry["classifiers"].get("knn_flip")
+        log(f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}"
+            + (f" ({kf['accuracy']:.4f} flip-averaged)" if kf else "") + ", "
             f"focus-group error {sm['focus_group_error']:.4f} / {kn['focus_group_error']:.4f}, "
             f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)")
     focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])

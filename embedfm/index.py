@@ -132,8 +132,7 @@ def embed_images(run_dir: str | Path, images: np.ndarray, progress: bool = True)
 
     device = select_device("auto")
     model, _ = ckpt_io.load_model(run_dir, device)
-    _, emb = embed(model, torch.from_numpy(images), device, progress=progress, desc="embed catalogue")
-    return emb.numpy()
+    return embed(model, torch.from_numpy(images), device, progress=progress, desc="embed catalogue").emb.numpy()
 
 
 def build(run_dir: str, catalogue: str = "train", factory: str = "Flat", out: str | None = None,

@@ -20,13 +20,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
+def _label(clf: str, c: dict) -> str:
+    return {"softmax": "softmax", "knn": f"kNN (k={c.get('k')})",
+            "knn_flip": f"kNN (k={c.get('k')}), flip-averaged queries"}.get(clf, clf)
+
+
 def summary_table(report: dict) -> list[str]:
+    """One row per run and classifier (softmax, kNN, and kNN with flip-averaged queries where evaluated)."""
     lines = ["| run | loss | classifier | accuracy | focus-group error | shirt recall | P@1 | MAP@R |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in report["runs"].items():
-        for clf in ("softmax", "knn"):
-            c = r["classifiers"][clf]
-            label = clf if clf == "softmax" else f"kNN (k={c['k']})"
+        for clf, c in r["classifiers"].items():
+            label = _label(clf, c)
             ret = r["retrieval"]
             lines.append(f"| {name} | {r['loss']} | {label} | {_pct(c['accuracy'])} | {_pct(c['focus_group_error'])} | "
                          f"{c['per_class'][str(SHIRT)]['recall']:.3f} | {ret['precision_at_1']:.4f} | {ret['map_at_r']:.4f} |")
@@ -52,7 +57,8 @@ def render_markdown(report: dict, figures: list[str]) -> str:
     md = ["# embedfm evaluation report", "",
           f"Test set: 10 000 Fashion-MNIST images. Focus classes: {focus}.",
           "Focus-group error = share of focus-class test images predicted as a *different* focus class. "
-          "kNN: FAISS exact search over the run's train-split embeddings (cosine). "
+          "kNN: FAISS exact search over the run's train-split embeddings (cosine); \"flip-averaged queries\": "
+          "each test image's embedding averaged with its mirror's. "
           "Retrieval (P@1, MAP@R): each test image queried against the other test images.", "",
           "## Summary", "", *summary_table(report), "",
           "## Per class (precision / recall / F1)", "", *per_class_table(report), ""]

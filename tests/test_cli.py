@@ -37,7 +37,7 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
     for name, loss in (("ce", "ce"), ("triplet", "triplet")):
         r = report["runs"][name]
         assert r["loss"] == loss and r["backbone"] == "fastcnn" and r["embedding_dim"] == 64
-        for clf in ("softmax", "knn"):
+        for clf in ("softmax", "knn", "knn_flip"):  # knn_flip: tta_flip is on by default
             c = r["classifiers"][clf]
             assert 0.3 < c["accuracy"] <= 1  # 40 steps on 2000 images: far above chance (0.1)
             assert np.array(c["confusion"]).sum() == 10000
@@ -48,9 +48,10 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
         z = np.load(tmp_path / name / "embeddings.npz")
         assert z["test_embeddings"].shape == (10000, 64) and z["train_embeddings"].shape == (2000, 64)
         assert set(z.files) == {"train_embeddings", "train_labels", "test_embeddings", "test_labels",
-                                "pred_softmax", "pred_knn"}
-        acc = (z["pred_knn"] == z["test_labels"]).mean()
-        assert acc == pytest.approx(r["classifiers"]["knn"]["accuracy"])
+                                "pred_softmax", "pred_knn", "pred_knn_flip"}
+        for clf in ("knn", "knn_flip"):
+            acc = (z[f"pred_{clf}"] == z["test_labels"]).mean()
+            assert acc == pytest.approx(r["classifiers"][clf]["accuracy"])
     for f in ("report.md", "confusion.png", "confusion_diff.png"):
         assert (tmp_path / f).is_file()
 
