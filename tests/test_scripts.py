@@ -40,6 +40,7 @@ def test_summarize_groups_seeds_and_reports_validation(tmp_path):
     assert tr["test acc softmax %"] == "95.00"
     assert tr["MAP@R"] == "0.475"
     assert ce["train s/run"] == "15"
+    assert ce["test acc kNN flip-avg %"] == "–"  # these reports predate the flip-averaged kNN
     assert ce["method"] == "ce / fastcnn / 3 ep"  # only the loss differs, and it leads the label
     assert (tmp_path / "summary.md").read_text().startswith("| method | seeds | val acc %")
 
