@@ -59,15 +59,14 @@ def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cos
     knn = KNNClassifier(k=k, metric=metric).fit(train_emb.numpy(), y_train)
     pred_knn = knn.predict(test_emb.numpy())
     pred_softmax = test_logits.argmax(1).numpy()
-    classifiers = {"softmax": classifier_metrics(y_test, pred_softmax, focus),
-                   "knn": {**classifier_metrics(y_test, pred_knn, focus), "k": k, "metric": metric}}
+    knn_metrics = lambda pred: {**classifier_metrics(y_test, pred, focus), "k": k, "metric": metric}  # noqa: E731
+    classifiers = {"softmax": classifier_metrics(y_test, pred_softmax, focus), "knn": knn_metrics(pred_knn)}
     arrays = {"pred_softmax": pred_softmax, "pred_knn": pred_knn}
     if test_emb_flip is not None:
         # the same index queried with each test image's embedding averaged with its mirror's (references
         # stay single images: averaging them too measured no better on validation and costs a second pass)
         arrays["pred_knn_flip"] = knn.predict(test_emb_flip.numpy())
-        classifiers["knn_flip"] = {**classifier_metrics(y_test, arrays["pred_knn_flip"], focus), "k": k,
-                                   "metric": metric}
+        classifiers["knn_flip"] = knn_metrics(arrays["pred_knn_flip"])
     entry = {
         "run_dir": str(run_dir), "loss": cfg.loss, "backbone": cfg.backbone, "seed": cfg.seed,
         "embedding_dim": cfg.embedding_dim, "epochs": len(ckpt.get("history", [])),

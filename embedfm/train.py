@@ -106,13 +106,17 @@ def make_optimizer(model, cfg: TrainConfig, steps: int):
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    return opt, one_cycle(opt, cfg, steps)
+
+
+def one_cycle(opt, cfg: TrainConfig, steps: int):
+    """The one-cycle lr schedule of `steps` steps peaking at cfg.lr, for any optimizer."""
     if steps < 4:  # too few steps to warm up and anneal (OneCycleLR divides by zero): constant lr
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     # at least 2 warm-up steps: OneCycleLR needs its warm-up phase to end after step 0
     pct = min(max(cfg.warmup_frac, 2.5 / steps), 0.5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=pct,
-                                                div_factor=20.0, final_div_factor=200.0)
-    return opt, sched
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=pct,
+                                               div_factor=20.0, final_div_factor=200.0)
 
 
 def plan_epoch(cfg: TrainConfig, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
