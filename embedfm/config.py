@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None        # torch intra-op threads; None = torch's default
+    compile: bool = False             # torch.compile the training forward/backward (x1.10 for resnet20 on CPU, x0.98 fastcnn)
     knn_k: int = 10                   # k of the per-epoch validation kNN
     tta_flip: bool = True             # softmax predictions average the image and its mirror
 

@@ -223,6 +223,8 @@ def _train(cfg, data, splits, steps, device, dd, overwrite, resume, progress, lo
         log(f"resuming {run} after epoch {old['epoch'] + 1}/{cfg.epochs}")
     # DDP averages gradients over processes; `net` stays the plain model for validation and checkpoints
     model = torch.nn.parallel.DistributedDataParallel(net) if dd.enabled else net
+    if cfg.compile:  # shares net's parameters; batches have one fixed shape, so it compiles once
+        model = torch.compile(model)
 
     procs = f", {dd.world} processes" if dd.enabled else ""
     log(f"embedfm train → {run}  ({count_params(net) / 1e3:.0f} k params, "

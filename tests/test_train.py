@@ -45,3 +45,21 @@ def test_embed_flip_tta_matches_a_per_image_loop():
             torch.testing.assert_close(out.emb_flip[i], torch.nn.functional.normalize(em + em_m, dim=1)[0],
                                        atol=1e-5, rtol=1e-4)
     assert torch.allclose(out.emb_flip.norm(dim=1), torch.ones(5))
+
+
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, fake_data_dir):
+    """--compile changes speed, not the run: same losses (to float tolerance) as eager, and the
+    checkpoint holds the plain model's keys, so eval/resume need no compiler."""
+    from embedfm import checkpoint as ckpt_io
+    from embedfm.train import train
+
+    def run(name, compiled):
+        cfg = TrainConfig(backbone="linear", loss="triplet", epochs=1, batch_size=100, limit=200, val_size=50,
+                          data_dir=str(fake_data_dir), out=str(tmp_path / name), compile=compiled)
+        return train(cfg, progress=False, log=lambda *a: None)["history"][0]
+
+    eager, compiled = run("eager", False), run("compiled", True)
+    for key in ("train_loss", "triplet", "val_loss"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-4)
+    state = ckpt_io.load_checkpoint(tmp_path / "compiled")["model"]
+    assert state.keys() == ckpt_io.load_checkpoint(tmp_path / "eager")["model"].keys()
