@@ -127,11 +127,18 @@ def index_bytes(index) -> int:
 # the command
 
 
-def embed_images(run_dir: str | Path, images: np.ndarray, progress: bool = True) -> np.ndarray:
-    from embedfm.train import embed, select_device
+def load_run_model(run_dir: str | Path):
+    """(model in eval mode on the best device, its checkpoint), loaded once; a bad run fails with one line."""
+    from embedfm.train import select_device
 
-    device = select_device("auto")
-    model, _ = ckpt_io.load_model(run_dir, device)
+    return ckpt_io.load_model(run_dir, select_device("auto"))
+
+
+def embed_images(model, images: np.ndarray, progress: bool = True) -> np.ndarray:
+    """uint8 images (N, 28, 28) → unit-norm embeddings (N, D), float32, on the model's device."""
+    from embedfm.train import embed
+
+    device = next(model.parameters()).device
     return embed(model, torch.from_numpy(images), device, progress=progress, desc="embed catalogue").emb.numpy()
 
 
@@ -139,12 +146,12 @@ def build(run_dir: str, catalogue: str = "train", factory: str = "Flat", out: st
           nprobe: int | None = None, ef_search: int | None = None, threads: int | None = None,
           data_dir: str | None = None, labels_file: str | None = None, progress: bool = True, log=print) -> dict:
     """Embed `catalogue` with the run's model, build the index, save it. Returns index.json's dict."""
-    ckpt = ckpt_io.load_checkpoint(run_dir)  # a bad run or index type fails before minutes of embedding
+    model, ckpt = load_run_model(run_dir)  # a bad run or index type fails before minutes of embedding
     out = Path(out) if out else Path(run_dir) / "index"
     images, labels, sources = catalogue_from(catalogue, data_dir, labels_file)
     empty_index(factory, ckpt["model_args"]["embedding_dim"], len(images))
     t0 = time.perf_counter()
-    emb = embed_images(run_dir, images, progress)  # (N, D)
+    emb = embed_images(model, images, progress)  # (N, D)
     t_embed = time.perf_counter() - t0
     t0 = time.perf_counter()
     index = make_index(emb, factory, threads)

@@ -18,7 +18,7 @@ from embedfm import CLASS_NAMES
 from embedfm import checkpoint as ckpt_io
 from embedfm.data import load_fashion_mnist, load_image
 from embedfm.errors import EmbedfmError
-from embedfm.index import embed_images, load, set_search_params
+from embedfm.index import embed_images, load, load_run_model, set_search_params
 
 TEST_QUERY = re.compile(r"^test:(\d+)$")
 
@@ -52,13 +52,13 @@ def search(run_dir: str, queries: list[str], index_dir: str | None = None, k: in
            nprobe: int | None = None, ef_search: int | None = None, out: str | None = None,
            data_dir: str | None = None, log=print) -> list[dict]:
     """Search each query; print a table, write the grid PNG. Returns one dict per query."""
-    ckpt_io.load_checkpoint(run_dir)
+    model, _ = load_run_model(run_dir)  # a bad run fails before the index is read
     index, cat, meta = load(index_dir or Path(run_dir) / "index")
     if k < 1 or k > index.ntotal:
         raise EmbedfmError(f"--k must be in 1..{index.ntotal} (catalogue size), got {k}")
     set_search_params(index, nprobe, ef_search)
     images, true, names = load_queries(queries, data_dir)
-    emb = embed_images(run_dir, images, progress=False)  # (Q, D)
+    emb = embed_images(model, images, progress=False)  # (Q, D)
     if emb.shape[1] != meta["dim"]:
         raise EmbedfmError(f"the index holds {meta['dim']}-d embeddings but this run makes {emb.shape[1]}-d ones; "
                            "rebuild the index with this run")
