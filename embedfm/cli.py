@@ -31,6 +31,15 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where a flag has a default: not for unset (None) or off switches."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model (CE or CE + triplet) into a run dir",
                        description="Train one model. Defaults come from the built-in config, then --config FILE, "
@@ -99,7 +108,7 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test-set report comparing runs: softmax vs kNN, confusion, focus-group error",
                        description="Evaluate runs on the test set and compare them side by side. Writes report.md, "
                                    "report.json and confusion PNGs into --out, embeddings.npz into each run dir.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_ShowDefaults)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs; the first is the baseline for difference plots")
     p.add_argument("--out", help="report dir (default: the run dir, or the runs' common parent)")
     p.add_argument("--k", type=int, default=10, help="neighbours of the kNN classifier")
@@ -114,7 +123,7 @@ def add_viz(sub) -> None:
                        description="Draw umap.png: UMAP of each run's test embeddings side by side, focus classes "
                                    "highlighted, focus-class silhouette in each title. Uses embeddings.npz from "
                                    "`embedfm eval` (computed if missing).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_ShowDefaults)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs")
     p.add_argument("--out", help="figure dir (default: the run dir, or the runs' common parent)")
     p.add_argument("--max-points", type=int, default=10_000, help="test points per panel (random subset)")
@@ -128,7 +137,7 @@ def add_index(sub) -> None:
                                    "file) with RUN's model and save a FAISS index, the id → label/source mapping and "
                                    "the images beside it (default RUN/index/). Index types are faiss factory "
                                    "strings: Flat (exact), IVF<nlist>,Flat, HNSW<M>, IVF<nlist>,PQ<m>.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_ShowDefaults)
     p.add_argument("run", metavar="RUN", help="run dir whose model embeds the catalogue")
     p.add_argument("--catalogue", default="train", help="train, test, a folder of images (labels from sub-folder "
                                                          "names) or an IDX image file")
@@ -148,7 +157,7 @@ def add_search(sub) -> None:
                        description="Find the k nearest catalogue items of each QUERY: an image file (any size; "
                                    "converted to 28×28 grey like Fashion-MNIST) or test:N for the N-th test image. "
                                    "Prints the neighbours with label and cosine similarity and writes a PNG grid.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_ShowDefaults)
     p.add_argument("run", metavar="RUN", help="run dir whose model embeds the queries")
     p.add_argument("queries", nargs="+", metavar="QUERY", help="image file or test:N")
     p.add_argument("--index", help="index dir (default RUN/index)")

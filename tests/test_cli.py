@@ -153,8 +153,9 @@ def test_debug_flag_shows_traceback(tmp_path):
 
 
 def test_help_explains_every_flag():
-    for cmd in ("train", "eval", "viz"):
+    for cmd in ("train", "eval", "viz", "tune", "index", "search"):
         r = run_cli(cmd, "--help")
         assert r.returncode == 0
         assert "--out" in r.stdout
+        assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout  # unset says nothing
     assert "--triplet-weight" in run_cli("train", "--help").stdout
