@@ -26,6 +26,10 @@ def _fake_run(d: Path, seed: int, loss: str, acc: float, val_acc: float, val_foc
 def test_summarize_groups_seeds_and_reports_validation(tmp_path):
     _fake_run(tmp_path / "ce_s0", 0, "ce", 0.90, 0.91, 0.20)
     _fake_run(tmp_path / "ce_s1", 1, "ce", 0.92, 0.93)  # an older history without val_focus_err
+    # a config written after a key was added (at its default) still groups with one written before
+    report = json.loads((tmp_path / "ce_s1" / "report.json").read_text())
+    report["runs"]["ce_s1"]["config"].update(crop_pad=0, compile=True)
+    (tmp_path / "ce_s1" / "report.json").write_text(json.dumps(report))
     _fake_run(tmp_path / "triplet_s0", 0, "triplet", 0.95, 0.96, 0.10)
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize"), str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT)
