@@ -74,3 +74,18 @@ def test_bench_partial_run_updates_only_its_sections(tmp_path):
     assert new["section_dates"]["knn"] == "2026-02-02" and new["section_dates"]["step"] == "2026-01-01"
     lines = (tmp_path / "bench.md").read_text().splitlines()
     assert [ln.split("|")[2].strip() for ln in lines[2:]] == ["old step", "new knn", "new knn 2", "old eval"]
+
+
+def test_summarize_labels_a_key_older_reports_lack(tmp_path):
+    """A setting that varies between methods but is missing from an older report's config is labelled
+    with its default there (not a KeyError)."""
+    _fake_run(tmp_path / "ce_s0", 0, "ce", 0.90, 0.91)  # no crop_pad in its config: predates the key
+    _fake_run(tmp_path / "triplet_s0", 0, "triplet", 0.95, 0.96)
+    report = json.loads((tmp_path / "triplet_s0" / "report.json").read_text())
+    report["runs"]["triplet_s0"]["config"]["crop_pad"] = 2
+    (tmp_path / "triplet_s0" / "report.json").write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize"), str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    methods = [r["method"] for r in csv.DictReader(open(tmp_path / "summary.csv"))]
+    assert methods == ["ce / fastcnn / 3 ep (crop_pad=0)", "triplet / fastcnn / 3 ep (crop_pad=2)"]
