@@ -18,10 +18,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from embedfm.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the checkpoint functions only: the atomic writers serve torch-free callers
+# too (`embedfm tune --help`, scripts), and importing torch costs ~3 s.
 
 FORMAT_VERSION = 1
 CHECKPOINT = "last.pt"
@@ -78,6 +83,8 @@ def atomic_write_csv(path: str | Path, rows: list[dict]) -> None:
 def save_checkpoint(run_dir: str | Path, state: dict) -> None:
     """`state` must hold model_args, model, config; usually also optimizer, scheduler, epoch,
     history, rng and data fingerprint. The format version is added here."""
+    import torch
+
     buf = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buf)
     atomic_write_bytes(Path(run_dir) / CHECKPOINT, buf.getvalue())
@@ -85,6 +92,8 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> None:
 
 def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict:
     """Load `RUN/last.pt` (or a .pt path), with one clear line for each way it can be unusable."""
+    import torch
+
     p = Path(run_dir)
     if p.is_dir():
         p = p / CHECKPOINT

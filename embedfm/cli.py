@@ -93,14 +93,17 @@ def add_train(sub) -> None:
 
 
 def _show_config_defaults(parser: argparse.ArgumentParser) -> None:
-    """Append each flag's built-in default, read from TrainConfig, so --help never drifts from it."""
-    from embedfm.config import FIELDS, TrainConfig
+    """Append each flag's built-in default, read from TrainConfig's fields, so --help never drifts from it.
 
-    defaults = TrainConfig().to_dict()
+    Read from the dataclass fields rather than a validated TrainConfig(): validation imports the models
+    (torch, ~3 s), which `--help` has no need of.
+    """
+    from embedfm.config import FIELDS
+
     for action in parser._actions:
         if action.dest in FIELDS and action.help:
-            d = defaults[action.dest]
-            shown = ",".join(map(str, d)) if isinstance(d, list) else ("unset" if d is None else d)
+            d = FIELDS[action.dest].default
+            shown = ",".join(map(str, d)) if isinstance(d, tuple) else ("unset" if d is None else d)
             action.help += f" [{shown}]"
 
 

@@ -19,13 +19,16 @@ SAMPLERS = ("auto", "random", "balanced")
 METRIC_LOSSES = ("triplet", "margin")
 MININGS = ("all", "focus")
 DEVICES = ("auto", "cpu", "cuda")
+# the keys of models.BACKBONES (a test keeps them equal); named here so that validating a config, and
+# so `--help`, does not import torch
+BACKBONES = ("fastcnn", "linear", "mlp", "lenet", "vgg", "resnet20")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # what to train
     loss: str = "ce"                  # "ce": plain classifier; "triplet": CE + weight × triplet loss
-    backbone: str = "fastcnn"         # see models.BACKBONES
+    backbone: str = "fastcnn"         # one of BACKBONES (models.BACKBONES)
     embedding_dim: int = 64           # low-dim on purpose: distance-weighted sampling degrades at 128-d
     # metric-learning side (used when loss == "triplet")
     margin: float = 0.2               # triplet margin, on unit-norm embeddings (distances in [0, 2])
@@ -89,8 +92,6 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Range and consistency checks, each failing with one line that says what to fix."""
-    from embedfm.models import BACKBONES
-
     _check(c.loss in LOSSES, f"unknown loss {c.loss!r}; choose from {', '.join(LOSSES)}")
     _check(c.backbone in BACKBONES, f"unknown backbone {c.backbone!r}; choose from {', '.join(BACKBONES)}")
     _check(c.metric_loss in METRIC_LOSSES, f"unknown metric loss {c.metric_loss!r}; choose from {', '.join(METRIC_LOSSES)}")

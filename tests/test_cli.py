@@ -159,3 +159,11 @@ def test_help_explains_every_flag():
         assert "--out" in r.stdout
         assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout  # unset says nothing
     assert "--triplet-weight" in run_cli("train", "--help").stdout
+
+
+def test_help_does_not_import_torch():
+    """`--help` only parses: building the parsers (config defaults, tune's defaults) must not pull in torch."""
+    code = ("import sys; from embedfm.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

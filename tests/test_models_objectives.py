@@ -104,3 +104,10 @@ def test_focus_mining_only_makes_focus_triplets():
     for idx in (a, p, n):
         assert torch.isin(y[idx], focus).all()
     assert (y[a] == y[p]).all() and (y[a] != y[n]).all()
+
+
+def test_config_names_every_backbone():
+    """config.BACKBONES (torch-free, for validation) must list exactly the models that exist."""
+    from embedfm import config
+
+    assert sorted(config.BACKBONES) == sorted(BACKBONES)
