@@ -1,15 +1,19 @@
-"""Training configuration: one frozen dataclass with the defaults, validation, and file I/O.
+"""Training configuration: the one schema of embedfm's settings, its validation, and config files.
 
-Resolution order (timm-style): dataclass defaults < `--config FILE` (JSON) < command-line flags.
-The resolved config is printed at the start of a run and saved as `config.json` in the run dir and
-inside every checkpoint, so a run describes itself.
+Every `TrainConfig` field carries its default, its help text, its choices and its group (see `setting`);
+`embedfm train --help` and `embedfm tune --help` are generated from it, `embedfm summarize` reads the groups to
+know which settings change what a run learns. Resolution order (timm-style): field defaults < `--config FILE`
+(JSON) < command-line flags. The resolved config is printed at the start of a run and saved as `config.json` in
+the run dir and inside every checkpoint, so a run describes itself.
+
+This module does not import torch: `--help` and config validation stay fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedfm.errors import ConfigError
@@ -18,51 +22,108 @@ LOSSES = ("ce", "triplet")
 SAMPLERS = ("auto", "random", "balanced")
 METRIC_LOSSES = ("triplet", "margin")
 MININGS = ("all", "focus")
+OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
-# the keys of models.BACKBONES (a test keeps them equal); named here so that validating a config, and
-# so `--help`, does not import torch
+# the keys of models.BACKBONES (a test keeps them equal); named here so that validating a config, and so
+# `--help`, does not import torch
 BACKBONES = ("fastcnn", "linear", "mlp", "lenet", "vgg", "resnet20")
+FOCUS_CLASSES = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt: the group every classifier confuses
+
+# Groups, in the order `--help` shows them. Settings in RUN_GROUP say where and how fast a run happens, not
+# what it learns: `embedfm summarize` groups runs that differ only in those (and in the seed).
+GROUPS = {
+    "model": "what to train",
+    "metric": "metric-learning side (--loss triplet only)",
+    "batches": "batches",
+    "optimisation": "optimisation",
+    "data": "data",
+    "run": "where and how fast to run",
+}
+RUN_GROUP = "run"
+
+
+def setting(default, help: str, group: str, choices: tuple | None = None, metavar: str | None = None):
+    """A config field with its help text, choices and `--help` group (the schema the CLI is generated from)."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "metavar": metavar})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # what to train
-    loss: str = "ce"                  # "ce": plain classifier; "triplet": CE + weight × triplet loss
-    backbone: str = "fastcnn"         # one of BACKBONES (models.BACKBONES)
-    embedding_dim: int = 64           # low-dim on purpose: distance-weighted sampling degrades at 128-d
-    # metric-learning side (used when loss == "triplet")
-    margin: float = 0.2               # triplet margin, on unit-norm embeddings (distances in [0, 2])
-    triplet_weight: float = 1.0
-    metric_loss: str = "triplet"      # "triplet" (TripletMarginLoss) or "margin" (MarginLoss, Wu et al.)
-    beta: float = 1.2                 # MarginLoss boundary between positive and negative distances
-    mining: str = "all"               # "all": mine the whole batch; "focus": only among focus-class images
-    miner_cutoff: float = 0.5         # DistanceWeightedMiner: distances below this are clipped
-    miner_nonzero_loss_cutoff: float = 1.4  # ... and negatives farther than this are never drawn
-    sampler: str = "auto"             # auto = balanced for triplet, random for ce
-    m_per_class: int = 8              # a balanced batch holds at least this many images of each class
-    focus_classes: tuple[int, ...] = (0, 2, 4, 6)
-    focus_oversample: float = 1.5     # balanced sampler draws focus classes this many times as often
+    loss: str = setting(
+        "ce",
+        "ce: plain classifier; triplet: CE + weight × metric loss over distance-weighted-mined triplets",
+        "model",
+        LOSSES,
+    )
+    backbone: str = setting("fastcnn", "network before the embedding head", "model", BACKBONES)
+    # low-dimensional on purpose: distance-weighted sampling is designed for (and degrades above) ~128-d
+    embedding_dim: int = setting(64, "embedding size (unit norm); low dims suit distance-weighted sampling", "model")
+    # metric-learning side
+    margin: float = setting(0.2, "triplet margin on unit-norm embeddings (distances in [0, 2])", "metric")
+    triplet_weight: float = setting(1.0, "weight of the metric loss next to CE", "metric")
+    metric_loss: str = setting(
+        "triplet",
+        "metric loss next to CE: TripletMarginLoss, or MarginLoss with boundary "
+        "--beta (the loss Wu et al. paired with distance-weighted sampling)",
+        "metric",
+        METRIC_LOSSES,
+    )
+    beta: float = setting(1.2, "MarginLoss boundary β between positive and negative distances", "metric")
+    mining: str = setting(
+        "all", "all: mine triplets in the whole batch; focus: only among focus-class images", "metric", MININGS
+    )
+    miner_cutoff: float = setting(0.5, "DistanceWeightedMiner: distances below this are clipped", "metric")
+    miner_nonzero_loss_cutoff: float = setting(
+        1.4, "DistanceWeightedMiner: negatives farther than this are never drawn (> --miner-cutoff)", "metric"
+    )
+    # batches
+    sampler: str = setting("auto", "batch sampler; auto = balanced for triplet, random for ce", "batches", SAMPLERS)
+    m_per_class: int = setting(8, "least images of each class in a balanced batch", "batches")
+    focus_classes: tuple[int, ...] = setting(
+        FOCUS_CLASSES, "confusable classes to report on and over-sample (comma-separated ids)", "batches"
+    )
+    focus_oversample: float = setting(
+        1.5, "balanced sampler draws focus classes this many times as often (1 = off)", "batches"
+    )
     # optimisation
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 4e-3                  # peak learning rate of the one-cycle schedule (AdamW)
-    weight_decay: float = 5e-2
-    label_smoothing: float = 0.1
-    warmup_frac: float = 0.2          # share of steps spent warming up to the peak lr
+    epochs: int = setting(3, "passes over the train split", "optimisation")
+    batch_size: int = setting(256, "images per step (the global batch under torchrun)", "optimisation")
+    optimizer: str = setting(
+        "adamw",
+        "adamw, or sgd (Nesterov momentum 0.9; --weight-decay is then an L2 coefficient)",
+        "optimisation",
+        OPTIMIZERS,
+    )
+    lr: float = setting(4e-3, "peak learning rate of the one-cycle schedule", "optimisation")
+    weight_decay: float = setting(5e-2, "weight decay of conv/linear weights (not of BN or biases)", "optimisation")
+    label_smoothing: float = setting(0.1, "cross-entropy label smoothing", "optimisation")
+    warmup_frac: float = setting(0.2, "share of steps spent warming up to the peak lr", "optimisation")
     # data
-    data_dir: str | None = None
-    val_size: int = 5000              # fixed stratified validation split carved from train
-    limit: int | None = None          # train on a stratified subset of this many images
-    crop_pad: int = 0                 # random-crop padding in pixels (0 disables: at a 3-epoch budget crops cost 0.9 pt val acc)
-    flip: bool = True
+    val_size: int = setting(5000, "images in the fixed stratified validation split carved from train", "data")
+    limit: int | None = setting(None, "train on a stratified subset of N images (smoke tests, quick looks)", "data")
+    # 0 by default: at a 3-epoch budget random crops slow convergence more than they regularise
+    crop_pad: int = setting(0, "random-crop padding in pixels (0 = no crop)", "data")
+    flip: bool = setting(True, "random horizontal flips", "data")
+    tta_flip: bool = setting(True, "softmax predictions average the image and its mirror", "data")
+    knn_k: int = setting(10, "k of the per-epoch validation kNN", "data")
     # run
-    out: str = "artifacts/runs/run"
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None        # torch intra-op threads; None = torch's default
-    compile: bool = False             # torch.compile the training forward/backward (x1.10 for resnet20 on CPU, x0.98 fastcnn)
-    knn_k: int = 10                   # k of the per-epoch validation kNN
-    tta_flip: bool = True             # softmax predictions average the image and its mirror
+    out: str = setting("artifacts/runs/run", "run dir to write (checkpoint, config, history)", "run", metavar="DIR")
+    data_dir: str | None = setting(
+        None,
+        "dir with the four Fashion-MNIST IDX .gz files (else $EMBEDFM_DATA, /usr/share/datasets/fashion-mnist, "
+        "else download)",
+        "run",
+        metavar="DIR",
+    )
+    seed: int = setting(0, "seed of weights, batches, augmentation and mining", "run")
+    device: str = setting("auto", "auto = CUDA when present", "run", DEVICES)
+    threads: int | None = setting(None, "torch CPU threads (default: torch's choice)", "run")
+    compile: bool = setting(
+        False,
+        "torch.compile the training step (needs a C++ compiler on CPU; speed only, checkpoints hold the plain model)",
+        "run",
+    )
 
     def __post_init__(self):
         validate(self)
@@ -92,13 +153,13 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Range and consistency checks, each failing with one line that says what to fix."""
-    _check(c.loss in LOSSES, f"unknown loss {c.loss!r}; choose from {', '.join(LOSSES)}")
-    _check(c.backbone in BACKBONES, f"unknown backbone {c.backbone!r}; choose from {', '.join(BACKBONES)}")
-    _check(c.metric_loss in METRIC_LOSSES, f"unknown metric loss {c.metric_loss!r}; choose from {', '.join(METRIC_LOSSES)}")
-    _check(c.mining in MININGS, f"unknown mining {c.mining!r}; choose from {', '.join(MININGS)}")
+    for f in dataclasses.fields(c):  # every field with choices: loss, backbone, metric_loss, ...
+        choices, value = f.metadata["choices"], getattr(c, f.name)
+        _check(
+            choices is None or value in choices,
+            f"--{flag(f.name)} {value!r} is not one of {', '.join(map(str, choices or ()))}",
+        )
     _check(c.beta > 0, f"--beta must be positive, got {c.beta}")
-    _check(c.sampler in SAMPLERS, f"unknown sampler {c.sampler!r}; choose from {', '.join(SAMPLERS)}")
-    _check(c.device in DEVICES, f"unknown device {c.device!r}; choose from {', '.join(DEVICES)}")
     _check(c.epochs > 0, f"--epochs must be positive, got {c.epochs}")
     _check(c.batch_size >= 2, f"--batch-size must be at least 2, got {c.batch_size}")
     _check(c.lr > 0, f"--lr must be positive, got {c.lr}")
@@ -108,17 +169,24 @@ def validate(c: TrainConfig) -> None:
     _check(c.embedding_dim >= 2, f"--embedding-dim must be at least 2, got {c.embedding_dim}")
     _check(c.margin >= 0, f"--margin must be non-negative, got {c.margin}")
     _check(c.triplet_weight >= 0, f"--triplet-weight must be non-negative, got {c.triplet_weight}")
-    _check(0 <= c.miner_cutoff < c.miner_nonzero_loss_cutoff,
-           f"miner cutoffs need 0 <= cutoff < nonzero-loss cutoff, got {c.miner_cutoff}, {c.miner_nonzero_loss_cutoff}")
-    _check(len(c.focus_classes) > 0 and all(0 <= k <= 9 for k in c.focus_classes),
-           f"--focus-classes must be class ids in 0-9, got {','.join(map(str, c.focus_classes))}")
+    _check(
+        0 <= c.miner_cutoff < c.miner_nonzero_loss_cutoff,
+        f"--miner-cutoff must be >= 0 and below --miner-nonzero-loss-cutoff, got {c.miner_cutoff} and "
+        f"{c.miner_nonzero_loss_cutoff}",
+    )
+    _check(
+        len(c.focus_classes) > 0 and all(0 <= k <= 9 for k in c.focus_classes),
+        f"--focus-classes must be class ids in 0-9, got {','.join(map(str, c.focus_classes))}",
+    )
     _check(len(set(c.focus_classes)) == len(c.focus_classes), "--focus-classes lists a class twice")
     _check(c.mining == "all" or len(c.focus_classes) >= 2, "--mining focus needs at least two focus classes")
     _check(c.focus_oversample >= 1, f"--focus-oversample must be >= 1, got {c.focus_oversample}")
     _check(c.m_per_class >= 2, f"--m-per-class must be at least 2 (a positive pair), got {c.m_per_class}")
     _check(c.val_size >= 10, f"--val-size must be at least 10, got {c.val_size}")
-    _check(c.limit is None or c.limit >= 10 * c.m_per_class,
-           f"--limit must be at least {10 * c.m_per_class} (m-per-class × 10 classes), got {c.limit}")
+    _check(
+        c.limit is None or c.limit >= 10 * c.m_per_class,
+        f"--limit must be at least {10 * c.m_per_class} (--m-per-class × 10 classes), got {c.limit}",
+    )
     _check(c.crop_pad >= 0, f"--crop-pad must be non-negative, got {c.crop_pad}")
     _check(c.knn_k >= 1, f"--knn-k must be at least 1, got {c.knn_k}")
     _check(c.threads is None or c.threads >= 1, f"--threads must be at least 1, got {c.threads}")
@@ -126,9 +194,11 @@ def validate(c: TrainConfig) -> None:
         from embedfm.data import class_counts_per_batch
 
         least = int(class_counts_per_batch(c.batch_size, c.focus_classes, c.focus_oversample).min())
-        _check(least >= c.m_per_class,
-               f"--batch-size {c.batch_size} is too small for the balanced sampler: it must hold "
-               f"{c.m_per_class} images of each of 10 classes (use >= {_min_batch(c)} or lower --m-per-class)")
+        _check(
+            least >= c.m_per_class,
+            f"--batch-size {c.batch_size} is too small for the balanced sampler: it must hold "
+            f"{c.m_per_class} images of each of 10 classes (use >= {_min_batch(c)} or lower --m-per-class)",
+        )
 
 
 def _min_batch(c: TrainConfig) -> int:
@@ -141,6 +211,16 @@ def _min_batch(c: TrainConfig) -> int:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a config key: batch_size → batch-size (used as --batch-size)."""
+    return name.replace("_", "-")
+
+
+def run_keys() -> set[str]:
+    """Keys of the `run` group: where and how fast a run happens (out, seed, device, ...), not what it learns."""
+    return {n for n, f in FIELDS.items() if f.metadata["group"] == RUN_GROUP}
 
 
 def from_dict(d: dict, source: str = "config") -> TrainConfig:

@@ -134,8 +134,8 @@ def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = Tr
 
 def download_fashion_mnist(dest: Path) -> Path:
     """Fetch the four IDX files with torchvision's downloader (mirrors + MD5 checks) into `dest`."""
-    from torchvision.datasets.utils import download_url
     from torchvision.datasets import FashionMNIST as TVFashionMNIST
+    from torchvision.datasets.utils import download_url
 
     dest.mkdir(parents=True, exist_ok=True)
     md5 = {name: m for name, m in TVFashionMNIST.resources}
@@ -144,8 +144,10 @@ def download_fashion_mnist(dest: Path) -> Path:
             if not (dest / fname).is_file():
                 download_url(TVFashionMNIST.mirrors[0] + fname, str(dest), fname, md5[fname])
     except Exception as e:  # network errors come in many types; the user needs one line
-        raise DataError(f"Fashion-MNIST not found locally and the download failed ({e}); "
-                        "install Debian's dataset-fashion-mnist or pass --data-dir") from None
+        raise DataError(
+            f"Fashion-MNIST not found locally and the download failed ({e}); "
+            "install Debian's dataset-fashion-mnist or pass --data-dir"
+        ) from None
     return dest
 
 
@@ -154,8 +156,12 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> FashionMNIS
     root = find_data_dir(data_dir)
     arrays = {k: read_idx(root / f) for k, f in FILES.items()}
     for split in ("train", "test"):
-        _check_pair(arrays[f"{split}_images"], arrays[f"{split}_labels"],
-                    root / FILES[f"{split}_images"], root / FILES[f"{split}_labels"])
+        _check_pair(
+            arrays[f"{split}_images"],
+            arrays[f"{split}_labels"],
+            root / FILES[f"{split}_images"],
+            root / FILES[f"{split}_labels"],
+        )
     # np.frombuffer gives read-only views; copy once into torch-owned memory
     tensors = {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}
     return FashionMNIST(**tensors, source=str(root))
@@ -206,8 +212,14 @@ def make_splits(data: FashionMNIST, val_size: int, limit: int | None = None, spl
         sub, _ = stratified_split(data.train_labels[train_idx], len(train_idx) - limit, split_seed + 1)
         train_idx = train_idx[sub]
     ty = data.train_labels.long()
-    return Splits(data.train_images[train_idx], ty[train_idx], data.train_images[val_idx], ty[val_idx],
-                  data.test_images, data.test_labels.long())
+    return Splits(
+        data.train_images[train_idx],
+        ty[train_idx],
+        data.train_images[val_idx],
+        ty[val_idx],
+        data.test_images,
+        data.test_labels.long(),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,8 +257,9 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> tor
     return torch.randperm(n, generator=generator)[: nb * batch_size].view(nb, batch_size)
 
 
-def class_counts_per_batch(batch_size: int, focus_classes: tuple[int, ...], focus_oversample: float,
-                           num_classes: int = NUM_CLASSES) -> torch.Tensor:
+def class_counts_per_batch(
+    batch_size: int, focus_classes: tuple[int, ...], focus_oversample: float, num_classes: int = NUM_CLASSES
+) -> torch.Tensor:
     """How many samples of each class a balanced batch holds: (num_classes,) summing to batch_size.
 
     Each class gets a share proportional to its weight (focus classes `focus_oversample`, others 1),
@@ -261,8 +274,13 @@ def class_counts_per_batch(batch_size: int, focus_classes: tuple[int, ...], focu
     return counts
 
 
-def balanced_batches(labels: torch.Tensor, batch_size: int, focus_classes: tuple[int, ...],
-                     focus_oversample: float, generator: torch.Generator) -> torch.Tensor:
+def balanced_batches(
+    labels: torch.Tensor,
+    batch_size: int,
+    focus_classes: tuple[int, ...],
+    focus_oversample: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """(len(labels) // batch_size, batch_size) indices where every batch holds every class, with
     `class_counts_per_batch` samples each (so the triplet miner always finds positives).
 
@@ -279,12 +297,14 @@ def balanced_batches(labels: torch.Tensor, batch_size: int, focus_classes: tuple
         idx = torch.nonzero(labels == c).squeeze(1)
         per_batch = int(counts[c])
         if len(idx) < per_batch:
-            raise DataError(f"class {c} has {len(idx)} training images, fewer than the {per_batch} a balanced "
-                            "batch needs; lower --batch-size or raise --limit")
+            raise DataError(
+                f"class {c} has {len(idx)} training images, fewer than the {per_batch} a balanced "
+                "batch needs; lower --batch-size or raise --limit"
+            )
         usable = len(idx) // per_batch * per_batch
         reps = -(-nb * per_batch // usable)  # ceil
         stream = torch.cat([idx[torch.randperm(len(idx), generator=generator)[:usable]] for _ in range(reps)])
-        cols.append(stream[:nb * per_batch].view(nb, per_batch))
+        cols.append(stream[: nb * per_batch].view(nb, per_batch))
     batches = torch.cat(cols, dim=1)  # (nb, B), grouped by class within each batch
     return batches
 

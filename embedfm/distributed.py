@@ -39,7 +39,7 @@ class Dist:
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's share of a global batch (B,) → (B / world,)."""
-        return batch[self.rank::self.world]
+        return batch[self.rank :: self.world]
 
     def barrier(self) -> None:
         if self.enabled:

@@ -18,27 +18,32 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from embedfm import CLASS_NAMES
-from embedfm import checkpoint as ckpt_io
+from embedfm import CLASS_NAMES, checkpoint, rundir
 from embedfm.config import from_dict
 from embedfm.data import load_fashion_mnist, make_splits
 from embedfm.errors import EmbedfmError
+from embedfm.fileio import atomic_save_npz
+from embedfm.inference import embed, select_device
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import classifier_metrics, retrieval_metrics
-from embedfm.train import embed, select_device
+from embedfm.rundir import default_out, run_names
 
 # ----------------------------------------------------------------------------------------------
 # one run
 
 
-def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cosine",
-                 focus: tuple[int, ...] | None = None, progress: bool = True) -> tuple[dict, dict]:
+def evaluate_run(
+    run_dir: str | Path,
+    data=None,
+    k: int = 10,
+    metric: str = "cosine",
+    focus: tuple[int, ...] | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict]:
     """Evaluate one run. Returns (report entry, arrays for embeddings.npz)."""
-    model, ckpt = ckpt_io.load_model(run_dir)
+    model, ckpt = checkpoint.load_model(run_dir)
     try:
-        cfg = from_dict(ckpt["config"], source=f"{run_dir}/{ckpt_io.CHECKPOINT}")
+        cfg = from_dict(ckpt["config"], source=f"{run_dir}/{rundir.CHECKPOINT}")
     except EmbedfmError as e:
         raise EmbedfmError(f"{run_dir}: checkpoint holds an incompatible config ({e})") from None
     focus = tuple(focus or cfg.focus_classes)
@@ -53,13 +58,14 @@ def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cos
 
     t0 = time.perf_counter()
     train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train").emb
-    test_logits, test_emb, test_emb_flip = embed(model, splits.test_x, device, tta_flip=cfg.tta_flip,
-                                                 progress=progress, desc="embed test")
+    test_logits, test_emb, test_emb_flip = embed(
+        model, splits.test_x, device, tta_flip=cfg.tta_flip, progress=progress, desc="embed test"
+    )
     y_train, y_test = splits.train_y.numpy(), splits.test_y.numpy()
     knn = KNNClassifier(k=k, metric=metric).fit(train_emb.numpy(), y_train)
     pred_knn = knn.predict(test_emb.numpy())
     pred_softmax = test_logits.argmax(1).numpy()
-    knn_metrics = lambda pred: {**classifier_metrics(y_test, pred, focus), "k": k, "metric": metric}  # noqa: E731
+    knn_metrics = lambda pred: {**classifier_metrics(y_test, pred, focus), "k": k, "metric": metric}
     classifiers = {"softmax": classifier_metrics(y_test, pred_softmax, focus), "knn": knn_metrics(pred_knn)}
     arrays = {"pred_softmax": pred_softmax, "pred_knn": pred_knn}
     if test_emb_flip is not None:
@@ -68,59 +74,55 @@ def evaluate_run(run_dir: str | Path, data=None, k: int = 10, metric: str = "cos
         arrays["pred_knn_flip"] = knn.predict(test_emb_flip.numpy())
         classifiers["knn_flip"] = knn_metrics(arrays["pred_knn_flip"])
     entry = {
-        "run_dir": str(run_dir), "loss": cfg.loss, "backbone": cfg.backbone, "seed": cfg.seed,
-        "embedding_dim": cfg.embedding_dim, "epochs": len(ckpt.get("history", [])),
+        "run_dir": str(run_dir),
+        "loss": cfg.loss,
+        "backbone": cfg.backbone,
+        "seed": cfg.seed,
+        "embedding_dim": cfg.embedding_dim,
+        "epochs": len(ckpt.get("history", [])),
         "train_seconds": (ckpt.get("history") or [{}])[-1].get("train_seconds"),
-        "complete": ckpt_io.is_done(run_dir),
+        "complete": rundir.is_done(run_dir),
         "config": cfg.to_dict(),
         "classifiers": classifiers,
         "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
     }
     entry["eval_seconds"] = round(time.perf_counter() - t0, 2)
-    arrays = {"train_embeddings": train_emb.numpy(), "train_labels": y_train, "test_embeddings": test_emb.numpy(),
-              "test_labels": y_test, **arrays}
+    arrays = {
+        "train_embeddings": train_emb.numpy(),
+        "train_labels": y_train,
+        "test_embeddings": test_emb.numpy(),
+        "test_labels": y_test,
+        **arrays,
+    }
     return entry, arrays
 
 
 def save_embeddings(run_dir: str | Path, arrays: dict) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # uncompressed: float embeddings barely compress and compression costs seconds
-    ckpt_io.atomic_write_bytes(Path(run_dir) / "embeddings.npz", buf.getvalue())
+    atomic_save_npz(Path(run_dir) / rundir.EMBEDDINGS, arrays)
 
 
-def run_names(run_dirs: list[str]) -> list[str]:
-    """Short unique names for runs: the dir name, or parent/dir when names collide."""
-    names = [Path(r).resolve().name for r in run_dirs]
-    if len(set(names)) < len(names):
-        names = ["/".join(Path(r).resolve().parts[-2:]) for r in run_dirs]
-    if len(set(names)) < len(names):
-        raise EmbedfmError("the same run dir is given twice")
-    return names
-
-
-def default_out(run_dirs: list[str]) -> Path:
-    """One run: its own dir. Several: their common parent (e.g. artifacts/demo for demo/ce + demo/triplet)."""
-    import os
-
-    paths = [str(Path(r).resolve()) for r in run_dirs]
-    return Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath(paths))
-
-
-def evaluate(run_dirs: list[str], out: str | Path | None = None, k: int = 10, metric: str = "cosine",
-             focus: tuple[int, ...] | None = None, data_dir: str | None = None, progress: bool = True,
-             log=print) -> dict:
+def evaluate(
+    run_dirs: list[str],
+    out: str | Path | None = None,
+    k: int = 10,
+    metric: str = "cosine",
+    focus: tuple[int, ...] | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Evaluate runs, write report.json / report.md / figures into `out`. Returns the report."""
     from embedfm.report import write_report
 
     names = run_names(run_dirs)
     # fail on a bad run dir, or runs that cannot be compared, before spending minutes on the others
-    fingerprints = {name: json.dumps(ckpt_io.load_checkpoint(r).get("data"), sort_keys=True)
-                    for name, r in zip(names, run_dirs)}
+    fingerprints = {
+        name: json.dumps(checkpoint.load_checkpoint(r).get("data"), sort_keys=True) for name, r in zip(names, run_dirs)
+    }
     if len(set(fingerprints.values())) > 1:
-        raise EmbedfmError("these runs were trained on different data and cannot be compared: "
-                           + ", ".join(fingerprints))
+        raise EmbedfmError(
+            "these runs were trained on different data and cannot be compared: " + ", ".join(fingerprints)
+        )
     data = load_fashion_mnist(data_dir) if data_dir else None
     runs = {}
     for name, r in zip(names, run_dirs):
@@ -129,10 +131,13 @@ def evaluate(run_dirs: list[str], out: str | Path | None = None, k: int = 10, me
         runs[name] = entry
         sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
         kf = entry["classifiers"].get("knn_flip")
-        log(f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}"
-            + (f" ({kf['accuracy']:.4f} flip-averaged)" if kf else "") + ", "
+        log(
+            f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}"
+            + (f" ({kf['accuracy']:.4f} flip-averaged)" if kf else "")
+            + ", "
             f"focus-group error {sm['focus_group_error']:.4f} / {kn['focus_group_error']:.4f}, "
-            f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)")
+            f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)"
+        )
     focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])
     report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
     out = Path(out) if out else default_out(run_dirs)

@@ -14,19 +14,18 @@ Index types are faiss factory strings: "Flat" (exact), "IVF<nlist>,Flat", "HNSW<
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
-import torch
 
 from embedfm import CLASS_NAMES
-from embedfm import checkpoint as ckpt_io
 from embedfm.data import IMAGE_SUFFIXES, load_fashion_mnist, load_image, read_idx
 from embedfm.errors import DataError, EmbedfmError
+from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json
+from embedfm.inference import embed_images, load_run_model
 
 INDEX_FILE, CATALOGUE_FILE, META_FILE = "index.faiss", "catalogue.npz", "index.json"
 
@@ -91,8 +90,10 @@ def empty_index(factory: str, dim: int, n: int):
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise EmbedfmError(f"faiss cannot build index {factory!r} for {dim}-d vectors ({_first_line(e)}); "
-                           "try Flat, IVF1024,Flat, HNSW32 or IVF1024,PQ16") from None
+        raise EmbedfmError(
+            f"faiss cannot build index {factory!r} for {dim}-d vectors ({_first_line(e)}); "
+            "try Flat, IVF1024,Flat, HNSW32 or IVF1024,PQ16"
+        ) from None
     ivf = _ivf(index)
     if ivf is not None and ivf.nlist > n:
         raise EmbedfmError(f"{factory}: {ivf.nlist} lists need at least as many catalogue items (have {n})")
@@ -127,52 +128,57 @@ def index_bytes(index) -> int:
 # the command
 
 
-def load_run_model(run_dir: str | Path):
-    """(model in eval mode on the best device, its checkpoint), loaded once; a bad run fails with one line."""
-    from embedfm.train import select_device
-
-    return ckpt_io.load_model(run_dir, select_device("auto"))
-
-
-def embed_images(model, images: np.ndarray, progress: bool = True) -> np.ndarray:
-    """uint8 images (N, 28, 28) → unit-norm embeddings (N, D), float32, on the model's device."""
-    from embedfm.train import embed
-
-    device = next(model.parameters()).device
-    return embed(model, torch.from_numpy(images), device, progress=progress, desc="embed catalogue").emb.numpy()
-
-
-def build(run_dir: str, catalogue: str = "train", factory: str = "Flat", out: str | None = None,
-          nprobe: int | None = None, ef_search: int | None = None, threads: int | None = None,
-          data_dir: str | None = None, labels_file: str | None = None, progress: bool = True, log=print) -> dict:
+def build(
+    run_dir: str,
+    catalogue: str = "train",
+    factory: str = "Flat",
+    out: str | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    threads: int | None = None,
+    data_dir: str | None = None,
+    labels_file: str | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Embed `catalogue` with the run's model, build the index, save it. Returns index.json's dict."""
     model, ckpt = load_run_model(run_dir)  # a bad run or index type fails before minutes of embedding
     out = Path(out) if out else Path(run_dir) / "index"
     images, labels, sources = catalogue_from(catalogue, data_dir, labels_file)
     empty_index(factory, ckpt["model_args"]["embedding_dim"], len(images))
     t0 = time.perf_counter()
-    emb = embed_images(model, images, progress)  # (N, D)
+    emb = embed_images(model, images, progress, desc="embed catalogue")  # (N, D)
     t_embed = time.perf_counter() - t0
     t0 = time.perf_counter()
     index = make_index(emb, factory, threads)
     t_build = time.perf_counter() - t0
-    meta = {"run_dir": str(run_dir), "catalogue": catalogue, "factory": factory, "metric": "inner_product",
-            "n": int(index.ntotal), "dim": int(emb.shape[1]), "index_bytes": index_bytes(index),
-            "embed_seconds": round(t_embed, 2), "build_seconds": round(t_build, 2),
-            "nprobe": nprobe, "ef_search": ef_search, "faiss_version": faiss.__version__}
+    meta = {
+        "run_dir": str(run_dir),
+        "catalogue": catalogue,
+        "factory": factory,
+        "metric": "inner_product",
+        "n": int(index.ntotal),
+        "dim": int(emb.shape[1]),
+        "index_bytes": index_bytes(index),
+        "embed_seconds": round(t_embed, 2),
+        "build_seconds": round(t_build, 2),
+        "nprobe": nprobe,
+        "ef_search": ef_search,
+        "faiss_version": faiss.__version__,
+    }
     save(out, index, images, labels, sources, meta)
-    log(f"index {factory} of {meta['n']} items × {meta['dim']}-d ({meta['index_bytes'] / 2**20:.1f} MiB) → {out} "
-        f"(embed {t_embed:.1f} s, build {t_build:.1f} s)")
+    log(
+        f"index {factory} of {meta['n']} items × {meta['dim']}-d ({meta['index_bytes'] / 2**20:.1f} MiB) → {out} "
+        f"(embed {t_embed:.1f} s, build {t_build:.1f} s)"
+    )
     return meta
 
 
 def save(out: Path, index, images, labels, sources, meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_io.atomic_write_bytes(out / INDEX_FILE, faiss.serialize_index(index).tobytes())
-    buf = io.BytesIO()
-    np.savez(buf, images=images, labels=labels, sources=sources)
-    ckpt_io.atomic_write_bytes(out / CATALOGUE_FILE, buf.getvalue())
-    ckpt_io.atomic_write_json(out / META_FILE, meta)  # written last: its presence means a complete index
+    atomic_write_bytes(out / INDEX_FILE, faiss.serialize_index(index).tobytes())
+    atomic_save_npz(out / CATALOGUE_FILE, {"images": images, "labels": labels, "sources": sources})
+    atomic_write_json(out / META_FILE, meta)  # written last: its presence means a complete index
 
 
 def load(index_dir: str | Path):

@@ -66,14 +66,15 @@ def vote(neighbor_labels: np.ndarray, num_classes: int, ties: str = "nearest") -
 class KNNClassifier:
     """fit(reference, labels) then predict(queries) — a FAISS index plus a vote."""
 
-    def __init__(self, k: int = 10, metric: str = "cosine", factory: str = "Flat", num_classes: int = 10,
-                 ties: str = "nearest"):
+    def __init__(
+        self, k: int = 10, metric: str = "cosine", factory: str = "Flat", num_classes: int = 10, ties: str = "nearest"
+    ):
         if k < 1:
             raise EmbedfmError(f"k must be at least 1, got {k}")
         _check_tie_rule(ties)
         self.k, self.metric, self.factory, self.num_classes, self.ties = k, metric, factory, num_classes, ties
 
-    def fit(self, reference: np.ndarray, labels: np.ndarray) -> "KNNClassifier":
+    def fit(self, reference: np.ndarray, labels: np.ndarray) -> KNNClassifier:
         if self.k > len(reference):
             raise EmbedfmError(f"k={self.k} is larger than the number of reference embeddings ({len(reference)})")
         self.index = build_index(reference, self.metric, self.factory)

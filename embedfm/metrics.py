@@ -35,8 +35,14 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict:
     """P@1, R-precision, MAP@R of each test item against the other test items (PML)."""
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
-                              k="max_bin_count", device=torch.device("cpu"))
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+    )
     acc = calc.get_accuracy(torch.from_numpy(embeddings), torch.from_numpy(labels))
-    return {"precision_at_1": float(acc["precision_at_1"]), "r_precision": float(acc["r_precision"]),
-            "map_at_r": float(acc["mean_average_precision_at_r"])}
+    return {
+        "precision_at_1": float(acc["precision_at_1"]),
+        "r_precision": float(acc["r_precision"]),
+        "map_at_r": float(acc["mean_average_precision_at_r"]),
+    }

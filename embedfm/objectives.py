@@ -42,17 +42,27 @@ class CETriplet(nn.Module):
     confusable classes).
     """
 
-    def __init__(self, label_smoothing: float, margin: float, weight: float, cutoff: float,
-                 nonzero_loss_cutoff: float, metric_loss: str = "triplet", beta: float = 1.2,
-                 mining: str = "all", focus_classes: tuple[int, ...] = (0, 2, 4, 6)):
+    def __init__(
+        self,
+        label_smoothing: float,
+        margin: float,
+        weight: float,
+        cutoff: float,
+        nonzero_loss_cutoff: float,
+        metric_loss: str = "triplet",
+        beta: float = 1.2,
+        mining: str = "all",
+        focus_classes: tuple[int, ...] = (0, 2, 4, 6),
+    ):
         super().__init__()
         self.ce = CrossEntropy(label_smoothing)
         self.weight = weight
         self.mining = mining
         self.register_buffer("focus", torch.tensor(focus_classes, dtype=torch.long), persistent=False)
         distance = distances.LpDistance(p=2, power=1, normalize_embeddings=True)
-        self.miner = miners.DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
-                                                  distance=distance)
+        self.miner = miners.DistanceWeightedMiner(
+            cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff, distance=distance
+        )
         if metric_loss == "margin":
             self.metric = losses.MarginLoss(margin=margin, beta=beta, distance=distance)
         else:
@@ -85,5 +95,14 @@ class CETriplet(nn.Module):
 def build_objective(cfg: TrainConfig) -> nn.Module:
     if cfg.loss == "ce":
         return CrossEntropy(cfg.label_smoothing)
-    return CETriplet(cfg.label_smoothing, cfg.margin, cfg.triplet_weight, cfg.miner_cutoff,
-                     cfg.miner_nonzero_loss_cutoff, cfg.metric_loss, cfg.beta, cfg.mining, cfg.focus_classes)
+    return CETriplet(
+        cfg.label_smoothing,
+        cfg.margin,
+        cfg.triplet_weight,
+        cfg.miner_cutoff,
+        cfg.miner_nonzero_loss_cutoff,
+        cfg.metric_loss,
+        cfg.beta,
+        cfg.mining,
+        cfg.focus_classes,
+    )

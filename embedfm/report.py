@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from embedfm import CLASS_NAMES
-from embedfm import checkpoint as ckpt_io
+from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text
 
 SHIRT = 6
 
@@ -21,20 +21,27 @@ def _pct(x: float) -> str:
 
 
 def _label(clf: str, c: dict) -> str:
-    return {"softmax": "softmax", "knn": f"kNN (k={c.get('k')})",
-            "knn_flip": f"kNN (k={c.get('k')}), flip-averaged queries"}.get(clf, clf)
+    return {
+        "softmax": "softmax",
+        "knn": f"kNN (k={c.get('k')})",
+        "knn_flip": f"kNN (k={c.get('k')}), flip-averaged queries",
+    }.get(clf, clf)
 
 
 def summary_table(report: dict) -> list[str]:
     """One row per run and classifier (softmax, kNN, and kNN with flip-averaged queries where evaluated)."""
-    lines = ["| run | loss | classifier | accuracy | focus-group error | shirt recall | P@1 | MAP@R |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | loss | classifier | accuracy | focus-group error | shirt recall | P@1 | MAP@R |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in report["runs"].items():
         for clf, c in r["classifiers"].items():
             label = _label(clf, c)
             ret = r["retrieval"]
-            lines.append(f"| {name} | {r['loss']} | {label} | {_pct(c['accuracy'])} | {_pct(c['focus_group_error'])} | "
-                         f"{c['per_class'][str(SHIRT)]['recall']:.3f} | {ret['precision_at_1']:.4f} | {ret['map_at_r']:.4f} |")
+            lines.append(
+                f"| {name} | {r['loss']} | {label} | {_pct(c['accuracy'])} | {_pct(c['focus_group_error'])} | "
+                f"{c['per_class'][str(SHIRT)]['recall']:.3f} | {ret['precision_at_1']:.4f} | {ret['map_at_r']:.4f} |"
+            )
     return lines
 
 
@@ -54,20 +61,32 @@ def per_class_table(report: dict) -> list[str]:
 
 def render_markdown(report: dict, figures: list[str]) -> str:
     focus = ", ".join(f"{c} {CLASS_NAMES[c]}" for c in report["focus_classes"])
-    md = ["# embedfm evaluation report", "",
-          f"Test set: 10 000 Fashion-MNIST images. Focus classes: {focus}.",
-          "Focus-group error = share of focus-class test images predicted as a *different* focus class. "
-          "kNN: FAISS exact search over the run's train-split embeddings (cosine); \"flip-averaged queries\": "
-          "each test image's embedding averaged with its mirror's. "
-          "Retrieval (P@1, MAP@R): each test image queried against the other test images.", "",
-          "## Summary", "", *summary_table(report), "",
-          "## Per class (precision / recall / F1)", "", *per_class_table(report), ""]
+    md = [
+        "# embedfm evaluation report",
+        "",
+        f"Test set: 10 000 Fashion-MNIST images. Focus classes: {focus}.",
+        "Focus-group error = share of focus-class test images predicted as a *different* focus class. "
+        'kNN: FAISS exact search over the run\'s train-split embeddings (cosine); "flip-averaged queries": '
+        "each test image's embedding averaged with its mirror's. "
+        "Retrieval (P@1, MAP@R): each test image queried against the other test images.",
+        "",
+        "## Summary",
+        "",
+        *summary_table(report),
+        "",
+        "## Per class (precision / recall / F1)",
+        "",
+        *per_class_table(report),
+        "",
+    ]
     md += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     md += ["## Runs", ""]
     for name, r in report["runs"].items():
-        md.append(f"- **{name}**: `{r['run_dir']}`, loss {r['loss']}, backbone {r['backbone']}, seed {r['seed']}, "
-                  f"{r['epochs']} epochs, {r['train_seconds']} s training, embedding dim {r['embedding_dim']}"
-                  + ("" if r.get("complete", True) else " (**unfinished run**)"))
+        md.append(
+            f"- **{name}**: `{r['run_dir']}`, loss {r['loss']}, backbone {r['backbone']}, seed {r['seed']}, "
+            f"{r['epochs']} epochs, {r['train_seconds']} s training, embedding dim {r['embedding_dim']}"
+            + ("" if r.get("complete", True) else " (**unfinished run**)")
+        )
     return "\n".join(md) + "\n"
 
 
@@ -75,6 +94,7 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
     """confusion.png: row-normalised matrices, one row per run, (softmax, kNN) side by side.
     confusion_diff.png: each later run minus the first (the baseline), in percentage points."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -93,15 +113,22 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
         ax.set_yticks(range(10), [f"{i} {CLASS_NAMES[i]}" for i in range(10)], fontsize=7)
         for t in ax.get_yticklabels() + ax.get_xticklabels():
             if int(t.get_text().split()[0]) in focus:
-                t.set_fontweight("bold"); t.set_color("crimson")
+                t.set_fontweight("bold")
+                t.set_color("crimson")
         ax.set_xlabel("predicted", fontsize=8)
         signed = vmin < 0
         for i in range(10):
             for j in range(10):
                 if abs(m[i, j]) >= (0.25 if signed else 0.5):
-                    ax.text(j, i, f"{m[i, j]:+.1f}" if signed else f"{m[i, j]:.0f}", ha="center", va="center",
-                            fontsize=5 if signed else 5.5,
-                            color="white" if abs(m[i, j]) > 0.6 * max(abs(vmin), vmax) else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:+.1f}" if signed else f"{m[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=5 if signed else 5.5,
+                        color="white" if abs(m[i, j]) > 0.6 * max(abs(vmin), vmax) else "black",
+                    )
         return im
 
     files = []
@@ -109,11 +136,17 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
     for row, n in enumerate(names):
         for col, clf in enumerate(("softmax", "knn")):
             c = runs[n]["classifiers"][clf]
-            draw(axes[row, col], norm(c["confusion"]), f"{n} — {clf}: acc {_pct(c['accuracy'])}, "
-                 f"focus err {_pct(c['focus_group_error'])}", "Blues", 0, 100)
+            draw(
+                axes[row, col],
+                norm(c["confusion"]),
+                f"{n} — {clf}: acc {_pct(c['accuracy'])}, focus err {_pct(c['focus_group_error'])}",
+                "Blues",
+                0,
+                100,
+            )
     fig.suptitle("Test confusion matrices (row-normalised, %)")
     fig.tight_layout()
-    ckpt_io.atomic_save_figure(fig, out / "confusion.png")
+    atomic_save_figure(fig, out / "confusion.png")
     plt.close(fig)
     files.append("confusion.png")
 
@@ -125,10 +158,11 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
                 d = norm(runs[n]["classifiers"][clf]["confusion"]) - norm(runs[base]["classifiers"][clf]["confusion"])
                 lim = max(2.0, float(np.abs(d).max()))
                 draw(axes[row, col], d, f"{n} − {base} — {clf} (pp)", "RdBu_r", -lim, lim)
-        fig.suptitle("Difference of row-normalised confusion matrices (percentage points): "
-                     "blue off-diagonal = fewer errors")
+        fig.suptitle(
+            "Difference of row-normalised confusion matrices (percentage points): blue off-diagonal = fewer errors"
+        )
         fig.tight_layout()
-        ckpt_io.atomic_save_figure(fig, out / "confusion_diff.png")
+        atomic_save_figure(fig, out / "confusion_diff.png")
         plt.close(fig)
         files.append("confusion_diff.png")
     return files
@@ -138,7 +172,7 @@ def write_report(report: dict, out: str | Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_confusions(report, out)
-    ckpt_io.atomic_write_json(out / "report.json", report)
+    atomic_write_json(out / "report.json", report)
     rerender_markdown(out)
 
 
@@ -152,6 +186,9 @@ def rerender_markdown(out: str | Path) -> None:
     md = render_markdown(report, figures)
     if (out / "umap.json").exists():
         sil = json.loads((out / "umap.json").read_text())["focus_silhouette"]
-        md = md.replace("## Runs\n", "Focus-class silhouette in the embedding space (cosine; +1 = apart, 0 = "
-                        "overlapping): " + ", ".join(f"{n} {v:.3f}" for n, v in sil.items()) + ".\n\n## Runs\n")
-    ckpt_io.atomic_write_text(out / "report.md", md)
+        md = md.replace(
+            "## Runs\n",
+            "Focus-class silhouette in the embedding space (cosine; +1 = apart, 0 = "
+            "overlapping): " + ", ".join(f"{n} {v:.3f}" for n, v in sil.items()) + ".\n\n## Runs\n",
+        )
+    atomic_write_text(out / "report.md", md)

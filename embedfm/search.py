@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from embedfm import CLASS_NAMES
-from embedfm import checkpoint as ckpt_io
 from embedfm.data import load_fashion_mnist, load_image
 from embedfm.errors import EmbedfmError
-from embedfm.index import embed_images, load, load_run_model, set_search_params
+from embedfm.fileio import atomic_save_figure
+from embedfm.index import load, set_search_params
+from embedfm.inference import embed_images, load_run_model
 
 TEST_QUERY = re.compile(r"^test:(\d+)$")
 
@@ -33,7 +34,9 @@ def load_queries(queries: list[str], data_dir: str | None = None):
             data = data or load_fashion_mnist(data_dir)
             i = int(m.group(1))
             if i >= len(data.test_labels):
-                raise EmbedfmError(f"{q}: the test set has {len(data.test_labels)} images (0-{len(data.test_labels) - 1})")
+                raise EmbedfmError(
+                    f"{q}: the test set has {len(data.test_labels)} images (0-{len(data.test_labels) - 1})"
+                )
             images.append(data.test_images[i].numpy())
             labels.append(int(data.test_labels[i]))
         elif q.startswith("test:"):
@@ -48,9 +51,17 @@ def label_name(label: int) -> str:
     return CLASS_NAMES[label] if 0 <= label < len(CLASS_NAMES) else "?"
 
 
-def search(run_dir: str, queries: list[str], index_dir: str | None = None, k: int = 10,
-           nprobe: int | None = None, ef_search: int | None = None, out: str | None = None,
-           data_dir: str | None = None, log=print) -> list[dict]:
+def search(
+    run_dir: str,
+    queries: list[str],
+    index_dir: str | None = None,
+    k: int = 10,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    out: str | None = None,
+    data_dir: str | None = None,
+    log=print,
+) -> list[dict]:
     """Search each query; print a table, write the grid PNG. Returns one dict per query."""
     model, _ = load_run_model(run_dir)  # a bad run fails before the index is read
     index, cat, meta = load(index_dir or Path(run_dir) / "index")
@@ -60,19 +71,32 @@ def search(run_dir: str, queries: list[str], index_dir: str | None = None, k: in
     images, true, names = load_queries(queries, data_dir)
     emb = embed_images(model, images, progress=False)  # (Q, D)
     if emb.shape[1] != meta["dim"]:
-        raise EmbedfmError(f"the index holds {meta['dim']}-d embeddings but this run makes {emb.shape[1]}-d ones; "
-                           "rebuild the index with this run")
+        raise EmbedfmError(
+            f"the index holds {meta['dim']}-d embeddings but this run makes {emb.shape[1]}-d ones; "
+            "rebuild the index with this run"
+        )
     t0 = time.perf_counter()
     sims, ids = index.search(np.ascontiguousarray(emb, dtype=np.float32), k)  # (Q, k) each
     seconds = time.perf_counter() - t0
     results = []
     for qi, name in enumerate(names):
-        hits = [{"rank": r + 1, "id": int(i), "label": int(cat["labels"][i]), "source": str(cat["sources"][i]),
-                 "similarity": float(s)} for r, (s, i) in enumerate(zip(sims[qi], ids[qi])) if i >= 0]
+        hits = [
+            {
+                "rank": r + 1,
+                "id": int(i),
+                "label": int(cat["labels"][i]),
+                "source": str(cat["sources"][i]),
+                "similarity": float(s),
+            }
+            for r, (s, i) in enumerate(zip(sims[qi], ids[qi]))
+            if i >= 0
+        ]
         results.append({"query": name, "label": int(true[qi]), "hits": hits})
         log(format_hits(results[-1]))
-    log(f"{len(names)} quer{'y' if len(names) == 1 else 'ies'} against {meta['factory']} over {meta['n']} items "
-        f"in {seconds * 1e3:.1f} ms")
+    log(
+        f"{len(names)} quer{'y' if len(names) == 1 else 'ies'} against {meta['factory']} over {meta['n']} items "
+        f"in {seconds * 1e3:.1f} ms"
+    )
     out_png = Path(out) if out else Path(index_dir or Path(run_dir) / "index") / "search.png"
     draw_grid(images, results, cat["images"], out_png)
     log(f"grid: {out_png}")
@@ -80,12 +104,16 @@ def search(run_dir: str, queries: list[str], index_dir: str | None = None, k: in
 
 
 def format_hits(result: dict) -> str:
-    lines = [f"query {result['query']} (label: {label_name(result['label'])})",
-             f"  {'rank':>4}  {'id':>7}  {'label':<12} {'similarity':>10}  source"]
+    lines = [
+        f"query {result['query']} (label: {label_name(result['label'])})",
+        f"  {'rank':>4}  {'id':>7}  {'label':<12} {'similarity':>10}  source",
+    ]
     for h in result["hits"]:
         same = "" if result["label"] < 0 else ("  ✓" if h["label"] == result["label"] else "  ✗")
-        lines.append(f"  {h['rank']:>4}  {h['id']:>7}  {label_name(h['label']):<12} {h['similarity']:>10.4f}  "
-                     f"{h['source']}{same}")
+        lines.append(
+            f"  {h['rank']:>4}  {h['id']:>7}  {label_name(h['label']):<12} {h['similarity']:>10.4f}  "
+            f"{h['source']}{same}"
+        )
     return "\n".join(lines)
 
 
@@ -106,11 +134,14 @@ def draw_grid(query_images: np.ndarray, results: list[dict], catalogue_images: n
                 h = r["hits"][col - 1]
                 ax.imshow(catalogue_images[h["id"]], cmap="gray", vmin=0, vmax=255)
                 wrong = r["label"] >= 0 and h["label"] != r["label"]
-                ax.set_title(f"{label_name(h['label'])}\n{h['similarity']:.3f}", fontsize=7,
-                             color="crimson" if wrong else "black")
+                ax.set_title(
+                    f"{label_name(h['label'])}\n{h['similarity']:.3f}",
+                    fontsize=7,
+                    color="crimson" if wrong else "black",
+                )
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    ckpt_io.atomic_save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)

@@ -21,23 +21,23 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedfm import checkpoint as ckpt_io
-from embedfm.config import TrainConfig
+from embedfm.config import TrainConfig, flag, setting
 from embedfm.errors import ConfigError, EmbedfmError
+from embedfm.fileio import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
 
 # name: (kind, low, high) for floats ("log" = log-uniform) or ("choice", [values]).
 SPACE = {
-    "lr":                        ("log", 1e-3, 2e-2),
-    "weight_decay":              ("log", 1e-3, 0.3),
-    "label_smoothing":           ("float", 0.0, 0.2),
+    "lr": ("log", 1e-3, 2e-2),
+    "weight_decay": ("log", 1e-3, 0.3),
+    "label_smoothing": ("float", 0.0, 0.2),
     # metric-learning side (loss = triplet only)
-    "triplet_weight":            ("log", 0.1, 4.0),
-    "margin":                    ("float", 0.05, 0.5),
-    "embedding_dim":             ("choice", [32, 64, 128]),
-    "m_per_class":               ("choice", [4, 8, 12]),
-    "miner_cutoff":              ("float", 0.2, 0.8),
+    "triplet_weight": ("log", 0.1, 4.0),
+    "margin": ("float", 0.05, 0.5),
+    "embedding_dim": ("choice", [32, 64, 128]),
+    "m_per_class": ("choice", [4, 8, 12]),
+    "miner_cutoff": ("float", 0.2, 0.8),
     "miner_nonzero_loss_cutoff": ("float", 1.0, 1.6),
-    "focus_oversample":          ("float", 1.0, 2.5),
+    "focus_oversample": ("float", 1.0, 2.5),
 }
 PARAMS = {
     "ce": ("lr", "weight_decay", "label_smoothing"),
@@ -49,26 +49,45 @@ OBJECTIVES = {  # flag value: (history key, direction)
 }
 PRUNERS = ("median", "halving", "none")
 # a trial's budget unless --config / flags say otherwise: ~1 min per trial on 2 CPU cores
-TRIAL_DEFAULTS = {"epochs": 3, "limit": 20_000}
+TRIAL_DEFAULTS = {"loss": "triplet", "epochs": 3, "limit": 20_000}
+
+
+# The settings of the base config that `embedfm tune` exposes as flags (the searched ones are in SPACE).
+BASE_FLAGS = ("loss", "backbone", "epochs", "limit", "batch_size", "val_size", "data_dir", "seed", "device", "threads")
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     base: TrainConfig = field(default_factory=lambda: TrainConfig(**TRIAL_DEFAULTS))
-    trials: int = 20                  # finished (complete + pruned) trials the study should hold
-    timeout: float | None = None      # stop starting new trials after this many seconds
-    out: str = "artifacts/tune/study"
-    storage: str | None = None        # default: sqlite:///<out>/study.db
-    study_name: str | None = None     # default: "<loss>-<backbone>-<objective>"
-    objective: str = "val_acc"
-    pruner: str = "median"
-    sampler_seed: int = 0             # give each worker of a shared study its own
+    trials: int = setting(20, "finished (complete + pruned) trials the study should hold", "study")
+    timeout: float | None = setting(None, "seconds after which no new trial starts", "study")
+    out: str | None = setting(None, "study dir (default: artifacts/tune/<loss>)", "study", metavar="DIR")
+    storage: str | None = setting(
+        None, "Optuna storage URL (default: sqlite:///<study dir>/study.db)", "study", metavar="URL"
+    )
+    study_name: str | None = setting(
+        None, "study name (default: <loss>-<backbone>-<objective>)", "study", metavar="NAME"
+    )
+    objective: str = setting(
+        "val_acc",
+        "val_acc: validation accuracy (maximise); focus_error: validation focus-group error (minimise)",
+        "study",
+        tuple(OBJECTIVES),
+    )
+    pruner: str = setting("median", "early stopping of trials whose per-epoch figure falls behind", "study", PRUNERS)
+    sampler_seed: int = setting(0, "TPE seed; give each worker of a shared study its own", "study")
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            _check(
+                choices is None or getattr(self, f.name) in choices,
+                f"--{flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices or ())}",
+            )
         _check(self.trials >= 1, f"--trials must be at least 1, got {self.trials}")
         _check(self.timeout is None or self.timeout > 0, f"--timeout must be positive, got {self.timeout}")
-        _check(self.objective in OBJECTIVES, f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
-        _check(self.pruner in PRUNERS, f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        if self.out is None:  # the one default study dir, per loss
+            object.__setattr__(self, "out", f"artifacts/tune/{self.base.loss}")
 
     @property
     def storage_url(self) -> str:
@@ -124,15 +143,26 @@ def open_study(tc: TuneConfig):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
-                storage, heartbeat_interval=60, grace_period=180,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-              "halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-              "none": optuna.pruners.NopPruner()}[tc.pruner]
+                storage,
+                heartbeat_interval=60,
+                grace_period=180,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+    pruner = {
+        "median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        "halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        "none": optuna.pruners.NopPruner(),
+    }[tc.pruner]
     direction = OBJECTIVES[tc.objective][1]
     try:
-        study = optuna.create_study(study_name=tc.name, storage=storage, load_if_exists=True, direction=direction,
-                                    sampler=optuna.samplers.TPESampler(seed=tc.sampler_seed), pruner=pruner)
+        study = optuna.create_study(
+            study_name=tc.name,
+            storage=storage,
+            load_if_exists=True,
+            direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=tc.sampler_seed),
+            pruner=pruner,
+        )
     except ValueError as e:  # e.g. the stored study was created with the other direction
         raise EmbedfmError(f"study {tc.name!r} in {tc.storage_url}: {e}") from None
     study.set_user_attr("loss", tc.base.loss)
@@ -151,7 +181,7 @@ def finished(study) -> int:
 def make_objective(tc: TuneConfig, data, log):
     import optuna
 
-    from embedfm.train import train
+    from embedfm.train import Hooks, train
 
     key = OBJECTIVES[tc.objective][0]
 
@@ -173,8 +203,8 @@ def make_objective(tc: TuneConfig, data, log):
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
         try:
-            result = train(cfg, data=data, overwrite=True, progress=False, log=lambda *a, **k: None,
-                           on_epoch=on_epoch)
+            quiet = lambda *a, **k: None
+            result = train(cfg, data=data, overwrite=True, progress=False, log=quiet, hooks=Hooks(on_epoch=on_epoch))
         except EmbedfmError as e:  # e.g. a non-finite loss at a high learning rate: a bad point, not a crash
             trial.set_user_attr("error", str(e))
             raise optuna.TrialPruned(str(e)) from None
@@ -218,14 +248,17 @@ def tune(tc: TuneConfig, data=None, log=print) -> dict:
     study = open_study(tc)
     done = finished(study)
     key = OBJECTIVES[tc.objective][0]
-    log(f"embedfm tune → {tc.out}  study {tc.name!r} in {tc.storage_url}: {done} finished trial(s), "
+    log(
+        f"embedfm tune → {tc.out}  study {tc.name!r} in {tc.storage_url}: {done} finished trial(s), "
         f"target {tc.trials}; {tc.objective} ({OBJECTIVES[tc.objective][1]}), {tc.pruner} pruning, "
-        f"{tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial")
+        f"{tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial"
+    )
     t0 = time.perf_counter()
     if done < tc.trials:
-        stop = optuna.study.MaxTrialsCallback(tc.trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                 optuna.trial.TrialState.PRUNED))
-        report = lambda s, t: log(progress_line(s, t, tc.trials, key))  # noqa: E731
+        stop = optuna.study.MaxTrialsCallback(
+            tc.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+        report = lambda s, t: log(progress_line(s, t, tc.trials, key))
         study.optimize(make_objective(tc, data, log), timeout=tc.timeout, callbacks=[report, stop])
     else:
         log(f"the study already holds {done} finished trials; raise --trials to add more")
@@ -243,12 +276,21 @@ def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.trials:
         a = t.user_attrs
-        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
-                     "defaults": bool(a.get("defaults", False)), "epochs": a.get("epochs"),
-                     "val_acc": a.get("val_acc"), "val_focus_err": a.get("val_focus_err"),
-                     "val_knn_acc": a.get("val_knn_acc"), "train_seconds": a.get("train_seconds"),
-                     **{k: t.params.get(k) for k in PARAMS[study.user_attrs.get("loss", "triplet")]},
-                     "run_dir": a.get("run_dir")})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "defaults": bool(a.get("defaults", False)),
+                "epochs": a.get("epochs"),
+                "val_acc": a.get("val_acc"),
+                "val_focus_err": a.get("val_focus_err"),
+                "val_knn_acc": a.get("val_knn_acc"),
+                "train_seconds": a.get("train_seconds"),
+                **{k: t.params.get(k) for k in PARAMS[study.user_attrs.get("loss", "triplet")]},
+                "run_dir": a.get("run_dir"),
+            }
+        )
     return rows
 
 
@@ -266,22 +308,34 @@ def write_outputs(study, tc: TuneConfig) -> dict:
     out = Path(tc.out)
     rows = trial_rows(study)
     if rows:
-        ckpt_io.atomic_write_csv(out / "trials.csv", rows)
-        ckpt_io.atomic_write_text(out / "trials.md", trials_markdown(rows, tc))
-    summary = {"study": tc.name, "storage": tc.storage_url, "objective": tc.objective,
-               "trials": len(rows), "finished": finished(study), "best": None, "defaults": None, "plots": {}}
+        atomic_write_csv(out / "trials.csv", rows)
+        atomic_write_text(out / "trials.md", trials_markdown(rows, tc))
+    summary = {
+        "study": tc.name,
+        "storage": tc.storage_url,
+        "objective": tc.objective,
+        "trials": len(rows),
+        "finished": finished(study),
+        "best": None,
+        "defaults": None,
+        "plots": {},
+    }
     completed = [r for r in rows if r["state"] == "complete"]
     if completed:
         best = study.best_trial
-        summary["best"] = {"number": best.number, "value": best.value, "params": best.params,
-                           **{k: best.user_attrs.get(k) for k in ("val_acc", "val_focus_err", "run_dir")}}
-        ckpt_io.atomic_write_json(out / "best_config.json", best_config(study, tc))
+        summary["best"] = {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            **{k: best.user_attrs.get(k) for k in ("val_acc", "val_focus_err", "run_dir")},
+        }
+        atomic_write_json(out / "best_config.json", best_config(study, tc))
         summary["best_config"] = str(out / "best_config.json")
     default_rows = [r for r in completed if r["defaults"]]
     if default_rows:
         summary["defaults"] = {k: default_rows[0][k] for k in ("number", "value", "val_acc", "val_focus_err")}
     summary["plots"] = write_plots(study, out)
-    ckpt_io.atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 
@@ -293,8 +347,11 @@ def write_plots(study, out: Path) -> dict:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
-    plots = {"history.png": ovm.plot_optimization_history, "importances.png": ovm.plot_param_importances,
-             "parallel.png": ovm.plot_parallel_coordinate}
+    plots = {
+        "history.png": ovm.plot_optimization_history,
+        "importances.png": ovm.plot_param_importances,
+        "parallel.png": ovm.plot_parallel_coordinate,
+    }
     done = {}
     for name, plot in plots.items():
         try:
@@ -304,7 +361,7 @@ def write_plots(study, out: Path) -> dict:
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5)
             fig.tight_layout()
-            ckpt_io.atomic_save_figure(fig, out / name)
+            atomic_save_figure(fig, out / name)
             plt.close(fig)
             done[name] = "written"
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
@@ -315,12 +372,22 @@ def write_plots(study, out: Path) -> dict:
 def trials_markdown(rows: list[dict], tc: TuneConfig) -> str:
     params = PARAMS[tc.base.loss]
     head = ["#", "state", "val acc", "val focus err", "epochs", "s", *params]
-    lines = [f"# Study {tc.name}: {tc.objective}, {tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"# Study {tc.name}: {tc.objective}, {tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows:
-        cells = [f"{r['number']}{' (defaults)' if r['defaults'] else ''}", r["state"],
-                 _cell(r["val_acc"], 4), _cell(r["val_focus_err"], 4), _cell(r["epochs"]),
-                 _cell(r["train_seconds"], 0), *(_cell(r[p], 3) for p in params)]
+        cells = [
+            f"{r['number']}{' (defaults)' if r['defaults'] else ''}",
+            r["state"],
+            _cell(r["val_acc"], 4),
+            _cell(r["val_focus_err"], 4),
+            _cell(r["epochs"]),
+            _cell(r["train_seconds"], 0),
+            *(_cell(r[p], 3) for p in params),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -329,7 +396,11 @@ def _cell(v, digits: int | None = None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}f}" if digits is not None and digits >= 1 and abs(v) >= 0.01 else f"{v:.{max(digits or 3, 3)}g}"
+        return (
+            f"{v:.{digits}f}"
+            if digits is not None and digits >= 1 and abs(v) >= 0.01
+            else f"{v:.{max(digits or 3, 3)}g}"
+        )
     return str(v)
 
 
@@ -337,11 +408,15 @@ def summary_text(s: dict) -> str:
     if not s["best"]:
         return f"no finished trial yet in {s['study']}; rerun the same command to continue"
     b, d = s["best"], s["defaults"]
-    lines = [f"best trial #{b['number']}: val acc {b['val_acc']:.4f}, val focus err {b['val_focus_err']:.4f} "
-             f"({s['objective']}) → {s['best_config']}"]
+    lines = [
+        f"best trial #{b['number']}: val acc {b['val_acc']:.4f}, val focus err {b['val_focus_err']:.4f} "
+        f"({s['objective']}) → {s['best_config']}"
+    ]
     if d:
-        lines.append(f"defaults (trial #{d['number']}): val acc {d['val_acc']:.4f}, val focus err "
-                     f"{d['val_focus_err']:.4f}; change {b['val_acc'] - d['val_acc']:+.4f} acc, "
-                     f"{b['val_focus_err'] - d['val_focus_err']:+.4f} focus err")
+        lines.append(
+            f"defaults (trial #{d['number']}): val acc {d['val_acc']:.4f}, val focus err "
+            f"{d['val_focus_err']:.4f}; change {b['val_acc'] - d['val_acc']:+.4f} acc, "
+            f"{b['val_focus_err'] - d['val_focus_err']:+.4f} focus err"
+        )
     lines.append("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items()))
     return "\n".join(lines)

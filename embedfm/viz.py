@@ -17,14 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-from embedfm import CLASS_NAMES
-from embedfm import checkpoint as ckpt_io
+from embedfm import CLASS_NAMES, checkpoint, rundir
 from embedfm.errors import EmbedfmError
+from embedfm.fileio import atomic_save_figure, atomic_write_json
 
 NUMBA_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedfm" / "numba"
 FOCUS_COLORS = {0: "#1f77b4", 2: "#2ca02c", 4: "#d62728", 6: "#ff7f0e"}
-OTHER_COLORS = ["#9e9e9e", "#8c564b", "#bcbd22", "#e377c2", "#17becf", "#7f7f7f", "#9467bd", "#393b79", "#637939",
-                "#843c39"]
+OTHER_COLORS = [
+    "#9e9e9e",
+    "#8c564b",
+    "#bcbd22",
+    "#e377c2",
+    "#17becf",
+    "#7f7f7f",
+    "#9467bd",
+    "#393b79",
+    "#637939",
+    "#843c39",
+]
 
 
 def _enable_numba_cache() -> None:
@@ -32,8 +42,9 @@ def _enable_numba_cache() -> None:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(NUMBA_CACHE))
 
 
-def focus_silhouette(embeddings: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], max_points: int = 4000,
-                     seed: int = 0) -> float:
+def focus_silhouette(
+    embeddings: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], max_points: int = 4000, seed: int = 0
+) -> float:
     """Silhouette score (cosine) of the focus-class points only: +1 = well apart, 0 = overlapping."""
     from sklearn.metrics import silhouette_score
 
@@ -44,8 +55,9 @@ def focus_silhouette(embeddings: np.ndarray, labels: np.ndarray, focus: tuple[in
     return float(silhouette_score(x, y, metric="cosine", sample_size=min(max_points, len(y)), random_state=seed))
 
 
-def umap_2d(embeddings: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-            n_epochs: int = 200) -> np.ndarray:
+def umap_2d(
+    embeddings: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1, n_epochs: int = 200
+) -> np.ndarray:
     """(N, D) unit-norm embeddings → (N, 2) layout.
 
     The kNN graph comes from FAISS (exact, cosine) and is handed to UMAP as `precomputed_knn`: exact
@@ -62,8 +74,15 @@ def umap_2d(embeddings: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_di
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     sims, idx = build_index(x, "cosine").search(x, n_neighbors)  # (N, k), self first
     dists = np.maximum(1.0 - sims, 0.0).astype(np.float32)  # cosine distance
-    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric="cosine", random_state=seed, n_jobs=1,
-                        n_epochs=n_epochs, precomputed_knn=(idx, dists, None))
+    reducer = umap.UMAP(
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        metric="cosine",
+        random_state=seed,
+        n_jobs=1,
+        n_epochs=n_epochs,
+        precomputed_knn=(idx, dists, None),
+    )
     with warnings.catch_warnings():  # "no search index: transform() unavailable" etc. — we only fit
         warnings.simplefilter("ignore")
         return reducer.fit_transform(x)
@@ -73,8 +92,8 @@ def load_test_embeddings(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, d
     """(test embeddings (N, D), test labels (N,), checkpoint config) of a run."""
     from embedfm.evaluate import evaluate_run, save_embeddings
 
-    ckpt = ckpt_io.load_checkpoint(run_dir)
-    path = Path(run_dir) / "embeddings.npz"
+    ckpt = checkpoint.load_checkpoint(run_dir)
+    path = Path(run_dir) / rundir.EMBEDDINGS
     if not path.exists():
         _, arrays = evaluate_run(run_dir, progress=False)
         save_embeddings(run_dir, arrays)
@@ -92,23 +111,37 @@ def draw_panel(ax, xy: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], t
         ax.scatter(xy[m, 0], xy[m, 1], s=1, c=OTHER_COLORS[c], alpha=0.25, linewidths=0, label=f"{c} {CLASS_NAMES[c]}")
     for c in focus:
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=3, c=FOCUS_COLORS.get(c, OTHER_COLORS[c]), alpha=0.8, linewidths=0,
-                   label=f"{c} {CLASS_NAMES[c]}")
+        ax.scatter(
+            xy[m, 0],
+            xy[m, 1],
+            s=3,
+            c=FOCUS_COLORS.get(c, OTHER_COLORS[c]),
+            alpha=0.8,
+            linewidths=0,
+            label=f"{c} {CLASS_NAMES[c]}",
+        )
     ax.set_title(title, fontsize=10)
-    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
-def visualize(run_dirs: list[str], out: str | Path | None = None, max_points: int = 10_000, seed: int = 0,
-              focus: tuple[int, ...] | None = None, log=print) -> Path:
+def visualize(
+    run_dirs: list[str],
+    out: str | Path | None = None,
+    max_points: int = 10_000,
+    seed: int = 0,
+    focus: tuple[int, ...] | None = None,
+    log=print,
+) -> Path:
     """Draw `umap.png` into `out` (default as for eval); returns its path."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from embedfm.evaluate import default_out, run_names
 
     if max_points < 20:
         raise EmbedfmError(f"--max-points must be at least 20, got {max_points}")
-    names = run_names(run_dirs)
+    names = rundir.run_names(run_dirs)
     loaded = [load_test_embeddings(r) for r in run_dirs]
     focus = tuple(focus or loaded[0][2]["focus_classes"])
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 6), squeeze=False)
@@ -118,25 +151,40 @@ def visualize(run_dirs: list[str], out: str | Path | None = None, max_points: in
         idx = np.sort(rng.permutation(len(labels))[:max_points]) if len(labels) > max_points else np.arange(len(labels))
         sil = focus_silhouette(emb, labels, focus, seed=seed)
         xy = umap_2d(emb[idx], seed=seed)
-        draw_panel(ax, xy, labels[idx], focus, f"{name} ({cfg['loss']}, {cfg['backbone']})\n"
-                   f"focus-class silhouette (cosine, {emb.shape[1]}-d): {sil:.3f}")
+        draw_panel(
+            ax,
+            xy,
+            labels[idx],
+            focus,
+            f"{name} ({cfg['loss']}, {cfg['backbone']})\nfocus-class silhouette (cosine, {emb.shape[1]}-d): {sil:.3f}",
+        )
         stats[name] = sil
         log(f"{name}: focus-class silhouette {sil:.3f}")
     handles, lbls = axes[0, 0].get_legend_handles_labels()
     order = sorted(range(len(lbls)), key=lambda i: int(lbls[i].split()[0]))
-    fig.legend([handles[i] for i in order], [lbls[i] for i in order], loc="lower center", ncol=10, fontsize=8,
-               markerscale=5, frameon=False)
+    fig.legend(
+        [handles[i] for i in order],
+        [lbls[i] for i in order],
+        loc="lower center",
+        ncol=10,
+        fontsize=8,
+        markerscale=5,
+        frameon=False,
+    )
     fig.suptitle(f"UMAP of test embeddings (seed {seed}); focus classes {', '.join(map(str, focus))} drawn large")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    out = Path(out) if out else default_out(run_dirs)
+    out = Path(out) if out else rundir.default_out(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "umap.png"
-    ckpt_io.atomic_save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)
-    ckpt_io.atomic_write_json(out / "umap.json", {"seed": seed, "max_points": max_points,
-                                                  "focus_classes": list(focus), "focus_silhouette": stats})
+    atomic_write_json(
+        out / "umap.json",
+        {"seed": seed, "max_points": max_points, "focus_classes": list(focus), "focus_silhouette": stats},
+    )
     if (out / "report.json").exists():  # an eval report lives here: show the figure in it
         from embedfm.report import rerender_markdown
+
         rerender_markdown(out)
     log(f"figure: {path}")
     return path

@@ -58,6 +58,25 @@ def fake_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     data = make_fake_dataset(root / "data", n_train=300, n_test=50)
     out = root / "run"
-    assert main(["train", "--out", str(out), "--data-dir", str(data), "--limit", "200", "--val-size", "50",
-                 "--epochs", "1", "--batch-size", "50", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--data-dir",
+                str(data),
+                "--limit",
+                "200",
+                "--val-size",
+                "50",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "50",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out, data

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_fake_dataset, write_idx
+
 from embedfm.cli import main
 from embedfm.data import FILES
 
@@ -47,8 +47,15 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
         assert set(r["retrieval"]) >= {"precision_at_1", "r_precision", "map_at_r"}
         z = np.load(tmp_path / name / "embeddings.npz")
         assert z["test_embeddings"].shape == (10000, 64) and z["train_embeddings"].shape == (2000, 64)
-        assert set(z.files) == {"train_embeddings", "train_labels", "test_embeddings", "test_labels",
-                                "pred_softmax", "pred_knn", "pred_knn_flip"}
+        assert set(z.files) == {
+            "train_embeddings",
+            "train_labels",
+            "test_embeddings",
+            "test_labels",
+            "pred_softmax",
+            "pred_knn",
+            "pred_knn_flip",
+        }
         for clf in ("knn", "knn_flip"):
             acc = (z[f"pred_{clf}"] == z["test_labels"]).mean()
             assert acc == pytest.approx(r["classifiers"][clf]["accuracy"])
@@ -72,6 +79,7 @@ def _bad_data(kind: str, tmp: Path) -> Path:
         f.write_bytes(b"hello")
     elif kind == "magic":
         import gzip
+
         f.write_bytes(gzip.compress(b"\x00\x00\x08\x99" + b"\x00" * 100))
     elif kind == "dims":
         write_idx(f, np.zeros((200, 32, 32)))
@@ -86,9 +94,14 @@ def _bad_data(kind: str, tmp: Path) -> Path:
 
 
 BAD_TRAIN = {
-    "missing": "file not found", "truncated": "truncated or corrupt", "not_gzip": "not a gzip file",
-    "magic": "wrong IDX magic", "dims": "expected 28x28", "length": "holds 200 labels",
-    "label": "outside 0-9", "dir_is_file": "is a file",
+    "missing": "file not found",
+    "truncated": "truncated or corrupt",
+    "not_gzip": "not a gzip file",
+    "magic": "wrong IDX magic",
+    "dims": "expected 28x28",
+    "length": "holds 200 labels",
+    "label": "outside 0-9",
+    "dir_is_file": "is a file",
 }
 
 
@@ -102,15 +115,18 @@ def test_bad_data_is_one_line_exit_2(tmp_path, kind):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--lr", "-0.1"], "--lr must be positive"),
-    (["--loss", "triplet", "--batch-size", "30"], "too small for the balanced sampler"),
-    (["--backbone", "nope"], "unknown backbone"),
-    (["--focus-classes", "0,10"], "class ids in 0-9"),
-    (["--loss", "arcface"], "invalid choice: 'arcface'"),
-    (["--epochs", "three"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--lr", "-0.1"], "--lr must be positive"),
+        (["--loss", "triplet", "--batch-size", "30"], "too small for the balanced sampler"),
+        (["--backbone", "nope"], "unknown backbone"),
+        (["--focus-classes", "0,10"], "class ids in 0-9"),
+        (["--loss", "arcface"], "invalid choice: 'arcface'"),
+        (["--epochs", "three"], "invalid int value"),
+    ],
+)
 def test_bad_train_flags(tmp_path, flags, message):
     r = run_cli("train", "--out", tmp_path / "out", *flags)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -163,7 +179,6 @@ def test_help_explains_every_flag():
 
 def test_help_does_not_import_torch():
     """`--help` only parses: building the parsers (config defaults, tune's defaults) must not pull in torch."""
-    code = ("import sys; from embedfm.cli import build_parser; build_parser(); "
-            "print('torch' in sys.modules)")
+    code = "import sys; from embedfm.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

@@ -7,14 +7,17 @@ from embedfm.config import TrainConfig, resolve
 from embedfm.errors import ConfigError
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": 0}, "--epochs must be positive"),
-    ({"lr": -1.0}, "--lr must be positive"),
-    ({"loss": "arcface"}, "unknown loss"),
-    ({"backbone": "resnet9000"}, "unknown backbone"),
-    ({"focus_classes": (0, 12)}, "--focus-classes must be class ids in 0-9"),
-    ({"loss": "triplet", "batch_size": 40, "m_per_class": 8}, "too small for the balanced sampler"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "--epochs must be positive"),
+        ({"lr": -1.0}, "--lr must be positive"),
+        ({"loss": "arcface"}, "unknown loss"),
+        ({"backbone": "resnet9000"}, "unknown backbone"),
+        ({"focus_classes": (0, 12)}, "--focus-classes must be class ids in 0-9"),
+        ({"loss": "triplet", "batch_size": 40, "m_per_class": 8}, "too small for the balanced sampler"),
+    ],
+)
 def test_validation_messages(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)

@@ -3,10 +3,20 @@ import gzip
 import numpy as np
 import pytest
 import torch
-
 from conftest import idx_bytes, make_fake_dataset, write_idx
-from embedfm.data import (FILES, augment, balanced_batches, class_counts_per_batch, find_data_dir,
-                          load_fashion_mnist, make_splits, read_idx, shuffled_batches, stratified_split)
+
+from embedfm.data import (
+    FILES,
+    augment,
+    balanced_batches,
+    class_counts_per_batch,
+    find_data_dir,
+    load_fashion_mnist,
+    make_splits,
+    read_idx,
+    shuffled_batches,
+    stratified_split,
+)
 from embedfm.errors import DataError
 
 
@@ -17,14 +27,17 @@ def test_read_idx_roundtrip(tmp_path):
     assert np.array_equal(read_idx(write_idx(tmp_path / "y.gz", labels)), labels)
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "file not found"),
-    (b"plain bytes, not gzip at all", "not a gzip file"),
-    ("truncated", "truncated or corrupt gzip"),
-    (gzip.compress(b"\x00\x00\x09\x99" + b"\x00" * 20), "wrong IDX magic"),
-    (gzip.compress(idx_bytes(np.zeros((3, 28, 28)))[:-5]), "header says"),
-    (gzip.compress(b"\x00\x00"), "too short"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "file not found"),
+        (b"plain bytes, not gzip at all", "not a gzip file"),
+        ("truncated", "truncated or corrupt gzip"),
+        (gzip.compress(b"\x00\x00\x09\x99" + b"\x00" * 20), "wrong IDX magic"),
+        (gzip.compress(idx_bytes(np.zeros((3, 28, 28)))[:-5]), "header says"),
+        (gzip.compress(b"\x00\x00"), "too short"),
+    ],
+)
 def test_read_idx_rejects_bad_files(tmp_path, content, message):
     p = tmp_path / "bad.gz"
     if content == "truncated":
@@ -43,12 +56,15 @@ def test_load_fake_dataset(fake_data_dir):
     assert d.test_labels.shape == (50,)
 
 
-@pytest.mark.parametrize("defect, message", [
-    ("dims", "are 27x28, expected 28x28"),
-    ("length", "holds 200 images but"),
-    ("label", "label 12 at index 5 is outside 0-9"),
-    ("swapped", "expected an image file"),
-])
+@pytest.mark.parametrize(
+    "defect, message",
+    [
+        ("dims", "are 27x28, expected 28x28"),
+        ("length", "holds 200 images but"),
+        ("label", "label 12 at index 5 is outside 0-9"),
+        ("swapped", "expected an image file"),
+    ],
+)
 def test_load_rejects_inconsistent_files(fake_data_dir, defect, message):
     img, lbl = fake_data_dir / FILES["train_images"], fake_data_dir / FILES["train_labels"]
     if defect == "dims":
@@ -104,7 +120,7 @@ def test_augment_crop_is_a_shifted_window():
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for a, p in zip(out, padded):  # brute force: some offset of the padded image matches
-        assert any(torch.equal(a, p[dy:dy + 28, dx:dx + 28]) for dy in range(5) for dx in range(5))
+        assert any(torch.equal(a, p[dy : dy + 28, dx : dx + 28]) for dy in range(5) for dx in range(5))
 
 
 def test_shuffled_batches_cover_once():

@@ -29,11 +29,39 @@ def test_batch_must_divide_among_processes(monkeypatch):
 def test_two_gloo_processes_train_a_run_that_eval_loads(tmp_path, real_data_dir):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "29517", "-m", "embedfm", "train", "--loss", "triplet",
-                        "--data-dir", str(real_data_dir), "--limit", "1000", "--val-size", "500", "--epochs", "2",
-                        "--batch-size", "100", "--out", str(run), "--no-progress"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "embedfm",
+            "train",
+            "--loss",
+            "triplet",
+            "--data-dir",
+            str(real_data_dir),
+            "--limit",
+            "1000",
+            "--val-size",
+            "500",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "100",
+            "--out",
+            str(run),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("embedfm train →") == 1 and "2 processes" in r.stdout  # only rank 0 logs
     hist = json.loads((run / "history.json").read_text())

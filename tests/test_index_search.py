@@ -38,14 +38,14 @@ def test_approximate_indexes_find_most_true_neighbours_at_full_probe(factory):
 
 def test_photo_on_white_becomes_a_centred_bright_garment():
     photo = np.full((300, 200), 255, dtype=np.uint8)  # white background, portrait
-    photo[50:250, 60:140] = 40                           # a dark garment, 200 tall × 80 wide
+    photo[50:250, 60:140] = 40  # a dark garment, 200 tall × 80 wide
     a = to_fashion_mnist(Image.fromarray(photo).convert("RGB"))
     assert a.shape == (28, 28) and a.dtype == np.uint8
-    assert a[:, 0].max() == 0 and a.max() >= 200        # black background, bright garment (inverted)
+    assert a[:, 0].max() == 0 and a.max() >= 200  # black background, bright garment (inverted)
     rows, cols = np.nonzero(a > 128)
-    assert rows.min() == 0 and rows.max() == 27          # longest side fills 28 pixels
+    assert rows.min() == 0 and rows.max() == 27  # longest side fills 28 pixels
     assert abs((cols.min() + cols.max()) / 2 - 13.5) <= 1  # centred horizontally
-    assert 9 <= cols.max() - cols.min() + 1 <= 13        # aspect kept: 80/200 × 28 ≈ 11
+    assert 9 <= cols.max() - cols.min() + 1 <= 13  # aspect kept: 80/200 × 28 ≈ 11
 
 
 def test_index_then_search_through_the_cli(tmp_path, fake_run, capsys):
@@ -57,8 +57,25 @@ def test_index_then_search_through_the_cli(tmp_path, fake_run, capsys):
 
     Image.fromarray(np.full((40, 30), 200, dtype=np.uint8)).save(tmp_path / "q.png")
     capsys.readouterr()
-    assert main(["search", str(run), "test:3", str(tmp_path / "q.png"), "--index", str(idx), "--k", "4",
-                 "--data-dir", str(data), "--out", str(tmp_path / "grid.png")]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(run),
+                "test:3",
+                str(tmp_path / "q.png"),
+                "--index",
+                str(idx),
+                "--k",
+                "4",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(tmp_path / "grid.png"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "query test:3 (label: Dress)" in out and f"query {tmp_path / 'q.png'} (label: ?)" in out
     assert (tmp_path / "grid.png").stat().st_size > 0
@@ -69,25 +86,45 @@ def test_index_then_search_through_the_cli(tmp_path, fake_run, capsys):
     first = [line.split()[1] for line in out.splitlines()[2:6]]
     from embedfm.index import embed_images, load_run_model
     from embedfm.search import load_queries
+
     q = embed_images(load_run_model(run)[0], load_queries(["test:3"], str(data))[0], progress=False)
     assert first == [str(i) for i in index.search(q, 4)[1][0]]
 
     # a compressed type builds from the same command
-    assert main(["index", str(run), "--data-dir", str(data), "--out", str(tmp_path / "pq"), "--type", "IVF4,PQ8",
-                 "--nprobe", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(run),
+                "--data-dir",
+                str(data),
+                "--out",
+                str(tmp_path / "pq"),
+                "--type",
+                "IVF4,PQ8",
+                "--nprobe",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "pq" / "index.json").read_text())["nprobe"] == 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["search", "{run}", "test:0", "--index", "{tmp}/none"], "no index here"),
-    (["index", "{run}", "--type", "Nonsense12", "--out", "{tmp}/x"], "faiss cannot build index"),
-    (["index", "{run}", "--type", "IVF4096,Flat", "--out", "{tmp}/x"], "need at least as many catalogue items"),
-    (["index", "{run}", "--catalogue", "{tmp}/missing", "--out", "{tmp}/x"], "not 'train', 'test', a folder"),
-    (["search", "{run}", "test:99999", "--index", "{idx}"], "the test set has 50 images"),
-    (["search", "{run}", "test:x", "--index", "{idx}"], "expected test:N"),
-    (["search", "{run}", "{tmp}/nope.png", "--index", "{idx}"], "image file not found"),
-    (["search", "{run}", "test:0", "--index", "{idx}", "--k", "0"], "--k must be in 1..300"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "{run}", "test:0", "--index", "{tmp}/none"], "no index here"),
+        (["index", "{run}", "--type", "Nonsense12", "--out", "{tmp}/x"], "faiss cannot build index"),
+        (["index", "{run}", "--type", "IVF4096,Flat", "--out", "{tmp}/x"], "need at least as many catalogue items"),
+        (["index", "{run}", "--catalogue", "{tmp}/missing", "--out", "{tmp}/x"], "not 'train', 'test', a folder"),
+        (["search", "{run}", "test:99999", "--index", "{idx}"], "the test set has 50 images"),
+        (["search", "{run}", "test:x", "--index", "{idx}"], "expected test:N"),
+        (["search", "{run}", "{tmp}/nope.png", "--index", "{idx}"], "image file not found"),
+        (["search", "{run}", "test:0", "--index", "{idx}", "--k", "0"], "--k must be in 1..300"),
+    ],
+)
 def test_bad_index_and_search_input_is_one_line(tmp_path, fake_run, capsys, args, message):
     run, data = fake_run
     idx = tmp_path / "idx"

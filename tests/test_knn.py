@@ -14,7 +14,7 @@ def brute_knn_predict(ref, ref_labels, queries, k, metric, ties="nearest"):
         labs = ref_labels[nn]
         counts = np.bincount(labs, minlength=10)
         best = counts.max()
-        tied = [l for l in labs if counts[l] == best]  # nearest first
+        tied = [c for c in labs if counts[c] == best]  # nearest first
         preds.append(tied[0] if ties == "nearest" else min(tied))
     return np.array(preds)
 
@@ -63,4 +63,3 @@ def test_unknown_tie_rule():
 def test_k_larger_than_reference():
     with pytest.raises(EmbedfmError, match="larger than the number of reference"):
         KNNClassifier(k=5).fit(np.zeros((3, 4), np.float32), np.zeros(3))
-

@@ -57,7 +57,9 @@ def test_one_train_step_per_loss_lowers_loss_on_a_fixed_batch():
             torch.manual_seed(1)  # same mined triplets each step
             loss, _ = obj(*model(x), y)
             first = first if first is not None else loss.item()
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         assert loss.item() < first
 
 
@@ -70,7 +72,9 @@ def test_every_backbone_takes_a_train_step_with_each_loss():
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             x, y = _batch(n_per_class=3)
             loss, stats = obj(*model(x), y)
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
             assert torch.isfinite(loss), (name, loss_name)
             if loss_name == "triplet":
                 assert stats["triplets"] > 0, name
@@ -96,7 +100,7 @@ def test_margin_loss_and_focus_mining_variants():
 def test_focus_mining_only_makes_focus_triplets():
     torch.manual_seed(0)
     obj = build_objective(TrainConfig(loss="triplet", mining="focus"))
-    x, y = _batch(n_per_class=4)
+    _, y = _batch(n_per_class=4)
     emb = torch.nn.functional.normalize(torch.randn(len(y), 16), dim=1)
     a, p, n = obj.mine(emb, y)
     focus = torch.tensor([0, 2, 4, 6])

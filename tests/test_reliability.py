@@ -9,15 +9,28 @@ import time
 
 import pytest
 import torch
-
 from conftest import make_fake_dataset
+
 from embedfm import checkpoint as ckpt_io
 from embedfm.checkpoint import atomic_write_bytes
 from embedfm.cli import main
 from embedfm.errors import CheckpointError, EmbedfmError
 
-RUN = ["--limit", "1500", "--val-size", "300", "--epochs", "4", "--batch-size", "100", "--loss", "triplet",
-       "--threads", "1", "--no-progress"]
+RUN = [
+    "--limit",
+    "1500",
+    "--val-size",
+    "300",
+    "--epochs",
+    "4",
+    "--batch-size",
+    "100",
+    "--loss",
+    "triplet",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def _train_cmd(out, data):
@@ -47,8 +60,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, real_d
     assert 1 <= len(_history(killed)) < 4, "the kill should land between the first and the last checkpoint"
     assert not ckpt_io.is_done(killed)
 
-    r = subprocess.run([sys.executable, "-m", "embedfm", "train", "--resume", str(killed), "--no-progress"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "embedfm", "train", "--resume", str(killed), "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert ckpt_io.is_done(killed)
     assert _strip_times(_history(killed)) == _strip_times(_history(straight))
@@ -80,6 +96,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_checkpoint(tmp_path, fake
             calls["n"] += 1
             loss, stats = obj(logits, emb, y)
             return (loss * float("nan") if calls["n"] == 6 else loss), stats
+
         return f
 
     monkeypatch.setattr(train_mod, "build_objective", poisoned_from_epoch_2)
@@ -121,37 +138,87 @@ def test_checkpoint_with_incompatible_config(tmp_path, fake_run):
     ck["model_args"]["embedding_dim"] = 32  # weights are 64-d
     (tmp_path / "bad").mkdir()
     torch.save(ck, tmp_path / "bad" / "last.pt")
-    r = subprocess.run([sys.executable, "-m", "embedfm", "eval", str(tmp_path / "bad"), "--data-dir", str(data)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "embedfm", "eval", str(tmp_path / "bad"), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "does not match its model config" in r.stderr, r.stderr
 
 
 def test_runs_on_different_data_are_not_compared(tmp_path, fake_run):
-    src, data = fake_run
+    src, _ = fake_run
     other_data = make_fake_dataset(tmp_path / "other", n_train=300, n_test=50, seed=7)
     other = tmp_path / "other_run"
-    assert main(["train", "--out", str(other), "--data-dir", str(other_data), "--limit", "200", "--val-size", "50",
-                 "--epochs", "1", "--batch-size", "50", "--no-progress"]) == 0
-    r = subprocess.run([sys.executable, "-m", "embedfm", "eval", str(src), str(other), "--out", str(tmp_path)],
-                       capture_output=True, text=True)
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(other),
+                "--data-dir",
+                str(other_data),
+                "--limit",
+                "200",
+                "--val-size",
+                "50",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "50",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "embedfm", "eval", str(src), str(other), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "trained on different data" in r.stderr, r.stderr
 
 
 def test_resume_needs_a_run(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "embedfm", "train", "--resume", "--out", str(tmp_path / "none")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "embedfm", "train", "--resume", "--out", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "no such run dir" in r.stderr, r.stderr
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_run):
     _, data = fake_run
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "embedfm", "train", "--out", str(out), "--data-dir", str(data), "--limit", "200",
-           "--val-size", "50", "--epochs", "5000", "--batch-size", "50", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "embedfm",
+        "train",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--limit",
+        "200",
+        "--val-size",
+        "50",
+        "--epochs",
+        "5000",
+        "--batch-size",
+        "50",
+        "--no-progress",
+    ]
     # A shell that runs the suite in the background (`make test &`, nohup) starts it with SIGINT ignored,
     # children inherit that, and Python then never raises KeyboardInterrupt: give the child Ctrl-C back.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while len(_history(out)) < 2 and time.time() < deadline:
         time.sleep(0.05)

@@ -1,6 +1,7 @@
 """scripts/summarize on hand-written run dirs: grouping by config, mean ± sample std, validation columns;
 scripts/reproduce end to end on tiny fake data (train, eval, summary, skip and resume);
 scripts/bench's partial-run merge of bench.json / bench.md."""
+
 import csv
 import json
 import subprocess
@@ -15,8 +16,12 @@ def _fake_run(d: Path, seed: int, loss: str, acc: float, val_acc: float, val_foc
     per_class = {str(c): {"recall": acc} for c in range(10)}
     clf = {"accuracy": acc, "focus_group_error": 1 - acc, "per_class": per_class}
     cfg = {"loss": loss, "backbone": "fastcnn", "epochs": 3, "sampler": "auto", "seed": seed, "out": str(d)}
-    run = {"config": cfg, "classifiers": {"softmax": clf, "knn": clf},
-           "retrieval": {"precision_at_1": acc, "map_at_r": acc / 2}, "train_seconds": 10.0 * (seed + 1)}
+    run = {
+        "config": cfg,
+        "classifiers": {"softmax": clf, "knn": clf},
+        "retrieval": {"precision_at_1": acc, "map_at_r": acc / 2},
+        "train_seconds": 10.0 * (seed + 1),
+    }
     (d / "report.json").write_text(json.dumps({"runs": {d.name: run}}))
     last = {"epoch": 3, "val_acc": val_acc}
     if val_focus_err is not None:
@@ -32,8 +37,9 @@ def test_summarize_groups_seeds_and_reports_validation(tmp_path):
     report["runs"]["ce_s1"]["config"].update(crop_pad=0, compile=True)
     (tmp_path / "ce_s1" / "report.json").write_text(json.dumps(report))
     _fake_run(tmp_path / "triplet_s0", 0, "triplet", 0.95, 0.96, 0.10)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize"), str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize"), str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     rows = {r["method"].split(" ")[0]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     ce, tr = rows["ce"], rows["triplet"]
@@ -65,9 +71,11 @@ def test_bench_partial_run_updates_only_its_sections(tmp_path):
     bench = _load_script("bench")
     old = {"date": "2026-01-01", "train_peak_fraction": 0.6, "knn_speedup": 1.5, "eval_seconds": 20.0}
     (tmp_path / "bench.json").write_text(json.dumps(old))
-    (tmp_path / "bench.md").write_text("| section | measurement | figures |\n|---|---|---|\n"
-                                       "| 2 training step | old step | a |\n| 4 kNN | old knn | b |\n"
-                                       "| 5 eval and viz | old eval | c |\n")
+    (tmp_path / "bench.md").write_text(
+        "| section | measurement | figures |\n|---|---|---|\n"
+        "| 2 training step | old step | a |\n| 4 kNN | old knn | b |\n"
+        "| 5 eval and viz | old eval | c |\n"
+    )
     bench.ROWS[:] = [("4 kNN", "new knn", "x"), ("4 kNN", "new knn 2", "y")]
     bench.write_outputs(tmp_path, {"date": "2026-02-02", "knn_speedup": 2.0}, {"knn"})
     new = json.loads((tmp_path / "bench.json").read_text())
@@ -85,17 +93,38 @@ def test_summarize_labels_a_key_older_reports_lack(tmp_path):
     report = json.loads((tmp_path / "triplet_s0" / "report.json").read_text())
     report["runs"]["triplet_s0"]["config"]["crop_pad"] = 2
     (tmp_path / "triplet_s0" / "report.json").write_text(json.dumps(report))
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize"), str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize"), str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     methods = [r["method"] for r in csv.DictReader(open(tmp_path / "summary.csv"))]
     assert methods == ["ce / fastcnn / 3 ep (crop_pad=0)", "triplet / fastcnn / 3 ep (crop_pad=2)"]
 
 
 def _reproduce(out: Path, data: Path) -> str:
-    cmd = ["bash", str(ROOT / "scripts/reproduce"), "--backbone", "linear", "--seeds", "1", "--epochs", "1",
-           "--losses", "ce", "--out", str(out), "--", "--data-dir", str(data), "--limit", "200", "--val-size", "50",
-           "--batch-size", "100"]
+    cmd = [
+        "bash",
+        str(ROOT / "scripts/reproduce"),
+        "--backbone",
+        "linear",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--losses",
+        "ce",
+        "--out",
+        str(out),
+        "--",
+        "--data-dir",
+        str(data),
+        "--limit",
+        "200",
+        "--val-size",
+        "50",
+        "--batch-size",
+        "100",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": sys.executable})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout + proc.stderr

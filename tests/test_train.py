@@ -36,14 +36,16 @@ def test_embed_flip_tta_matches_a_per_image_loop():
     assert plain.emb_flip is None and out.emb_flip.shape == (5, 8)
     torch.testing.assert_close(out.emb, plain.emb)
     from embedfm.data import to_float
+
     with torch.no_grad():
         for i in range(5):
-            x = to_float(images[i:i + 1])
+            x = to_float(images[i : i + 1])
             lg, em = model(x)
             lg_m, em_m = model(x.flip(3))
             torch.testing.assert_close(out.logits[i], ((lg + lg_m) / 2)[0], atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(out.emb_flip[i], torch.nn.functional.normalize(em + em_m, dim=1)[0],
-                                       atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                out.emb_flip[i], torch.nn.functional.normalize(em + em_m, dim=1)[0], atol=1e-5, rtol=1e-4
+            )
     assert torch.allclose(out.emb_flip.norm(dim=1), torch.ones(5))
 
 
@@ -54,8 +56,17 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, fake_
     from embedfm.train import train
 
     def run(name, compiled):
-        cfg = TrainConfig(backbone="linear", loss="triplet", epochs=1, batch_size=100, limit=200, val_size=50,
-                          data_dir=str(fake_data_dir), out=str(tmp_path / name), compile=compiled)
+        cfg = TrainConfig(
+            backbone="linear",
+            loss="triplet",
+            epochs=1,
+            batch_size=100,
+            limit=200,
+            val_size=50,
+            data_dir=str(fake_data_dir),
+            out=str(tmp_path / name),
+            compile=compiled,
+        )
         return train(cfg, progress=False, log=lambda *a: None)["history"][0]
 
     eager, compiled = run("eager", False), run("compiled", True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import make_fake_dataset
+
 from embedfm.cli import main
 from embedfm.config import TrainConfig
 from embedfm.tune import PARAMS, SPACE, defaults_point
@@ -49,16 +49,59 @@ def test_tune_resumes_the_same_study_and_best_config_trains(tmp_path, capsys):
     best = json.loads((study_dir / "best_config.json").read_text())
     assert best["loss"] == "ce" and set(PARAMS["ce"]) <= set(best) and "epochs" not in best
     run = tmp_path / "best_run"
-    assert main(["train", "--config", str(study_dir / "best_config.json"), "--data-dir", str(data), "--out", str(run),
-                 "--epochs", "1", "--val-size", "50", "--batch-size", "32", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(study_dir / "best_config.json"),
+                "--data-dir",
+                str(data),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--val-size",
+                "50",
+                "--batch-size",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "config.json").read_text())["lr"] == pytest.approx(best["lr"])
 
 
 def test_tune_triplet_trial_and_bad_flags(tmp_path, capsys):
     data = make_fake_dataset(tmp_path / "data", n_train=700)
     study_dir = tmp_path / "study"
-    assert main(["tune", "--loss", "triplet", "--trials", "1", "--data-dir", str(data), "--out", str(study_dir),
-                 "--epochs", "1", "--limit", "650", "--val-size", "50", "--batch-size", "128", "--pruner", "none"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--loss",
+                "triplet",
+                "--trials",
+                "1",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(study_dir),
+                "--epochs",
+                "1",
+                "--limit",
+                "650",
+                "--val-size",
+                "50",
+                "--batch-size",
+                "128",
+                "--pruner",
+                "none",
+            ]
+        )
+        == 0
+    )
     trial = json.loads((study_dir / "summary.json").read_text())["best"]
     assert trial["number"] == 0 and set(trial["params"]) == set(SPACE)
     assert json.loads((study_dir / "trials" / "0000" / "history.json").read_text())[0]["triplets"] > 0

@@ -62,7 +62,7 @@ def matmul_ceiling(n: int = 4096, reps: int = 5) -> float:
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 # ------------------------------------------------------------------------------------------------ 1
@@ -73,8 +73,22 @@ def ensure_demo_runs(runs_dir: Path) -> None:
     for loss in ("ce", "triplet"):
         run = runs_dir / loss
         if not (run / "DONE").exists():
-            subprocess.run([sys.executable, "-m", "embedfm", "train", "--loss", loss, "--out", str(run), "--overwrite",
-                            "--no-progress"], check=True, cwd=ROOT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "embedfm",
+                    "train",
+                    "--loss",
+                    loss,
+                    "--out",
+                    str(run),
+                    "--overwrite",
+                    "--no-progress",
+                ],
+                check=True,
+                cwd=ROOT,
+            )
 
 
 def time_to_accuracy(runs_dir: Path, results: dict) -> None:
@@ -91,9 +105,14 @@ def time_to_accuracy(runs_dir: Path, results: dict) -> None:
         if rep.exists():
             r = json.loads(rep.read_text())["runs"].get(loss)
             test_acc = r and r["classifiers"]["softmax"]["accuracy"]
-        fmt = ", ".join(f"{int(t * 100)} %: " + (f"{s:.0f} s" if s is not None else "not reached") for t, s in reached.items())
-        row("1 time to accuracy", f"{loss} (demo config, {len(hist)} epochs, val acc per epoch)",
-            f"{fmt}; final val {hist[-1]['val_acc']:.4f}" + (f", test {test_acc:.4f}" if test_acc else ""))
+        fmt = ", ".join(
+            f"{int(t * 100)} %: " + (f"{s:.0f} s" if s is not None else "not reached") for t, s in reached.items()
+        )
+        row(
+            "1 time to accuracy",
+            f"{loss} (demo config, {len(hist)} epochs, val acc per epoch)",
+            f"{fmt}; final val {hist[-1]['val_acc']:.4f}" + (f", test {test_acc:.4f}" if test_acc else ""),
+        )
         results[f"time_to_accuracy_{loss}"] = {str(k): v for k, v in reached.items()}
         results[f"final_test_acc_{loss}"] = test_acc
     results["time_to_91_s"] = results["time_to_accuracy_ce"]["0.91"]
@@ -115,7 +134,7 @@ def train_throughput(loss: str, steps: int, batch_size: int = 256) -> float:
     for i in range(steps + 3):
         if i == 3:
             t0 = time.perf_counter()
-        x = to_float(augment(x_all[(i % 4) * batch_size:(i % 4 + 1) * batch_size], 0, True, g))
+        x = to_float(augment(x_all[(i % 4) * batch_size : (i % 4 + 1) * batch_size], 0, True, g))
         logits, emb = model(x.contiguous(memory_format=torch.channels_last))
         l, _ = obj(logits, emb, y)
         opt.zero_grad(set_to_none=True)
@@ -131,11 +150,20 @@ def training_step(results: dict, steps: int) -> None:
     trip = train_throughput("triplet", steps)
     gflops = ce * macs * 6 / 1e9
     row("2 training step", "torch.mm 4096² fp32 ceiling", f"{ceiling:.0f} GFLOP/s")
-    row("2 training step", f"fastcnn CE ({macs / 1e6:.1f} M MACs/img)",
-        f"{ce:.0f} img/s = {gflops:.0f} GFLOP/s = {gflops / ceiling:.0%} of ceiling")
+    row(
+        "2 training step",
+        f"fastcnn CE ({macs / 1e6:.1f} M MACs/img)",
+        f"{ce:.0f} img/s = {gflops:.0f} GFLOP/s = {gflops / ceiling:.0%} of ceiling",
+    )
     row("2 training step", "fastcnn CE + triplet", f"{trip:.0f} img/s; cost per epoch ×{ce / trip:.2f} of CE")
-    results.update(matmul_gflops=ceiling, train_images_per_s=ce, train_gflops=gflops,
-                   train_peak_fraction=gflops / ceiling, triplet_images_per_s=trip, triplet_cost_ratio=ce / trip)
+    results.update(
+        matmul_gflops=ceiling,
+        train_images_per_s=ce,
+        train_gflops=gflops,
+        train_peak_fraction=gflops / ceiling,
+        triplet_images_per_s=trip,
+        triplet_cost_ratio=ce / trip,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ 3
@@ -152,11 +180,18 @@ def torchvision_loader(tmp: Path, batch_size: int, workers: int = 2):
     src = find_data_dir(None)
     for f in FILES.values():  # torchvision reads the un-gzipped files
         (raw / f[:-3]).write_bytes(gzip.decompress((src / f).read_bytes()))
-    tf = transforms.Compose([transforms.RandomCrop(28, padding=2), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
+    tf = transforms.Compose(
+        [
+            transforms.RandomCrop(28, padding=2),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.2860,), (0.3530,)),
+        ]
+    )
     ds = datasets.FashionMNIST(str(tmp), train=True, download=False, transform=tf)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       drop_last=True, persistent_workers=True)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=True
+    )
 
 
 def input_pipeline(results: dict, n_images: int, train_steps: int) -> None:
@@ -188,16 +223,28 @@ def input_pipeline(results: dict, n_images: int, train_steps: int) -> None:
         theirs = seen / (time.perf_counter() - t)
         # end to end: CE training steps fed by each pipeline
         e2e_tv = _train_from(lambda: next(it), train_steps)
-    e2e_ours = _train_from(lambda: (to_float(augment(s.train_x[(idx := torch.randint(0, len(s.train_y), (B,),
-                                                                                      generator=g))], 2, True, g)),
-                                    s.train_y[idx]), train_steps)
+    e2e_ours = _train_from(
+        lambda: (
+            to_float(augment(s.train_x[(idx := torch.randint(0, len(s.train_y), (B,), generator=g))], 2, True, g)),
+            s.train_y[idx],
+        ),
+        train_steps,
+    )
     row("3 input pipeline", "embedfm uint8 batch crop+flip (1 process)", f"{ours:,.0f} img/s")
     row("3 input pipeline", "torchvision PIL transforms, DataLoader 2 workers", f"{theirs:,.0f} img/s")
     row("3 input pipeline", "speed-up", f"×{ours / theirs:.0f}")
-    row("3 input pipeline", "training fed by embedfm vs torchvision", f"{e2e_ours:.0f} vs {e2e_tv:.0f} img/s "
-        f"(×{e2e_ours / e2e_tv:.2f})")
-    results.update(pipeline_images_per_s=ours, torchvision_images_per_s=theirs, pipeline_speedup=ours / theirs,
-                   train_e2e_embedfm=e2e_ours, train_e2e_torchvision=e2e_tv)
+    row(
+        "3 input pipeline",
+        "training fed by embedfm vs torchvision",
+        f"{e2e_ours:.0f} vs {e2e_tv:.0f} img/s (×{e2e_ours / e2e_tv:.2f})",
+    )
+    results.update(
+        pipeline_images_per_s=ours,
+        torchvision_images_per_s=theirs,
+        pipeline_speedup=ours / theirs,
+        train_e2e_embedfm=e2e_ours,
+        train_e2e_torchvision=e2e_tv,
+    )
 
 
 def _train_from(next_batch, steps: int) -> float:
@@ -244,14 +291,14 @@ def knn_section(results: dict, runs_dir: Path, n_queries: int) -> None:
     # scikit-learn's Euclidean brute force is the like-for-like baseline; both use sklearn's tie rule (smallest
     # class id) here, embedfm's default tie rule is compared separately below
     knn = KNNClassifier(k=k).fit(ref, ref_y)
-    fit = lambda metric: KNNClassifier(k=k, metric=metric, ties="smallest").fit(ref, ref_y)  # noqa: E731
+    fit = lambda metric: KNNClassifier(k=k, metric=metric, ties="smallest").fit(ref, ref_y)
     same, t_faiss = _timed(lambda: fit("cosine").predict(q))
     _, t_l2 = _timed(lambda: fit("l2").predict(q))
     _, t_search = _timed(lambda: knn.kneighbors(q))
     # where the rest of the ceiling goes: the same (Q, D) @ (D, N) product with no top-k, through numpy's BLAS
     # (OpenBLAS, as in the faiss wheel) in the 4096-query blocks faiss uses; a 64-deep product moves ~1 byte per FLOP
     qn, rn = q / np.linalg.norm(q, axis=1, keepdims=True), ref / np.linalg.norm(ref, axis=1, keepdims=True)
-    _, t_gemm = _timed(lambda: [qn[i:i + 4096] @ rn.T for i in range(0, len(qn), 4096)])
+    _, t_gemm = _timed(lambda: [qn[i : i + 4096] @ rn.T for i in range(0, len(qn), 4096)])
     brute, t_brute = _timed(lambda: KNeighborsClassifier(k, algorithm="brute").fit(ref, ref_y).predict(q))
     auto, t_auto = _timed(lambda: KNeighborsClassifier(k).fit(ref, ref_y).predict(q))
     agree = float((same == brute).mean())
@@ -260,37 +307,64 @@ def knn_section(results: dict, runs_dir: Path, n_queries: int) -> None:
     counts = np.stack([np.bincount(r, minlength=10) for r in nl])
     tied = (counts == counts.max(1, keepdims=True)).sum(1) > 1
     flops = 2 * len(q) * len(ref) * ref.shape[1]
-    gf = lambda t: f"{t:.2f} s, {flops / t / 1e9:.0f} GFLOP/s = {flops / t / 1e9 / ceiling:.0%} of ceiling"  # noqa: E731
-    row("4 kNN", f"{len(q)} queries × {len(ref)} refs × {ref.shape[1]}-d, k={k}, best of 3: FAISS "
-        "(embedfm default: cosine, incl. index build and vote)", gf(t_faiss))
+    gf = lambda t: f"{t:.2f} s, {flops / t / 1e9:.0f} GFLOP/s = {flops / t / 1e9 / ceiling:.0%} of ceiling"
+    row(
+        "4 kNN",
+        f"{len(q)} queries × {len(ref)} refs × {ref.shape[1]}-d, k={k}, best of 3: FAISS "
+        "(embedfm default: cosine, incl. index build and vote)",
+        gf(t_faiss),
+    )
     row("4 kNN", "FAISS with the L2 metric", gf(t_l2))
     row("4 kNN", "FAISS search only (no index build, no vote)", gf(t_search))
-    row("4 kNN", "the same-shape GEMM alone (numpy BLAS, no top-k): what a 64-deep product reaches here",
-        f"{gf(t_gemm)}; FAISS search at {t_gemm / t_search:.0%} of it")
-    row("4 kNN", "scikit-learn brute (same tie rule)", f"{t_brute:.2f} s (FAISS ×{t_brute / t_faiss:.1f} faster), "
-        f"identical predictions {agree:.4%}")
-    row("4 kNN", "scikit-learn default algorithm", f"{t_auto:.2f} s (FAISS ×{t_auto / t_faiss:.1f} faster), "
-        f"identical {float((same == auto).mean()):.4%}")
-    row("4 kNN", "embedfm's default tie rule (nearest tied neighbour) vs scikit-learn's",
+    row(
+        "4 kNN",
+        "the same-shape GEMM alone (numpy BLAS, no top-k): what a 64-deep product reaches here",
+        f"{gf(t_gemm)}; FAISS search at {t_gemm / t_search:.0%} of it",
+    )
+    row(
+        "4 kNN",
+        "scikit-learn brute (same tie rule)",
+        f"{t_brute:.2f} s (FAISS ×{t_brute / t_faiss:.1f} faster), identical predictions {agree:.4%}",
+    )
+    row(
+        "4 kNN",
+        "scikit-learn default algorithm",
+        f"{t_auto:.2f} s (FAISS ×{t_auto / t_faiss:.1f} faster), identical {float((same == auto).mean()):.4%}",
+    )
+    row(
+        "4 kNN",
+        "embedfm's default tie rule (nearest tied neighbour) vs scikit-learn's",
         f"identical {float((ours == brute).mean()):.4%}; {tied.mean():.2%} of queries tie, of which "
-        f"{float((ours == q_y)[tied].mean()):.1%} right vs {float((brute == q_y)[tied].mean()):.1%}")
-    results.update(knn_faiss_s=t_faiss, knn_faiss_l2_s=t_l2, knn_faiss_search_s=t_search, knn_gemm_s=t_gemm,
-                   knn_gemm_peak_fraction=flops / t_gemm / 1e9 / ceiling,
-                   knn_sklearn_brute_s=t_brute, knn_sklearn_auto_s=t_auto,
-                   knn_speedup=t_brute / t_faiss, knn_agreement=agree,
-                   knn_agreement_default_tie_rule=float((ours == brute).mean()), knn_tied_share=float(tied.mean()),
-                   knn_tied_acc_nearest=float((ours == q_y)[tied].mean()),
-                   knn_tied_acc_smallest=float((brute == q_y)[tied].mean()),
-                   knn_peak_fraction=flops / t_faiss / 1e9 / ceiling,
-                   knn_acc_embeddings=float((ours == q_y).mean()))
+        f"{float((ours == q_y)[tied].mean()):.1%} right vs {float((brute == q_y)[tied].mean()):.1%}",
+    )
+    results.update(
+        knn_faiss_s=t_faiss,
+        knn_faiss_l2_s=t_l2,
+        knn_faiss_search_s=t_search,
+        knn_gemm_s=t_gemm,
+        knn_gemm_peak_fraction=flops / t_gemm / 1e9 / ceiling,
+        knn_sklearn_brute_s=t_brute,
+        knn_sklearn_auto_s=t_auto,
+        knn_speedup=t_brute / t_faiss,
+        knn_agreement=agree,
+        knn_agreement_default_tie_rule=float((ours == brute).mean()),
+        knn_tied_share=float(tied.mean()),
+        knn_tied_acc_nearest=float((ours == q_y)[tied].mean()),
+        knn_tied_acc_smallest=float((brute == q_y)[tied].mean()),
+        knn_peak_fraction=flops / t_faiss / 1e9 / ceiling,
+        knn_acc_embeddings=float((ours == q_y).mean()),
+    )
     data = load_fashion_mnist()
     s = make_splits(data, 5000)
     px_ref = s.train_x.reshape(len(s.train_x), -1).float().numpy() / 255
     px_q = s.test_x[:n_queries].reshape(n_queries, -1).float().numpy() / 255
     px_pred, t_px = _timed(lambda: KNNClassifier(k=k, metric="l2").fit(px_ref, s.train_y.numpy()).predict(px_q), 1)
     px_acc = float((px_pred == s.test_y[:n_queries].numpy()).mean())
-    row("4 kNN", "64-d embeddings vs 784-d raw pixels (FAISS)",
-        f"{t_faiss:.2f} s vs {t_px:.2f} s; accuracy {results['knn_acc_embeddings']:.4f} vs {px_acc:.4f}")
+    row(
+        "4 kNN",
+        "64-d embeddings vs 784-d raw pixels (FAISS)",
+        f"{t_faiss:.2f} s vs {t_px:.2f} s; accuracy {results['knn_acc_embeddings']:.4f} vs {px_acc:.4f}",
+    )
     results.update(knn_pixels_s=t_px, knn_acc_pixels=px_acc)
 
 
@@ -303,22 +377,29 @@ def _run_measured(cmd: list[str], env=None) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return time.perf_counter() - t, max(rss, before) / 2 ** 20
+    return time.perf_counter() - t, max(rss, before) / 2**20
 
 
 def eval_viz_section(results: dict, runs_dir: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        wall, rss = _run_measured([sys.executable, "-m", "embedfm", "eval", str(runs_dir / "ce"), "--out", tmp,
-                                   "--no-progress"])
-        row("5 eval and viz", "embedfm eval of one run (embed 60 k train+test, kNN, retrieval, report)",
-            f"{wall:.1f} s, peak RSS {rss:.2f} GiB")
+        wall, rss = _run_measured(
+            [sys.executable, "-m", "embedfm", "eval", str(runs_dir / "ce"), "--out", tmp, "--no-progress"]
+        )
+        row(
+            "5 eval and viz",
+            "embedfm eval of one run (embed 60 k train+test, kNN, retrieval, report)",
+            f"{wall:.1f} s, peak RSS {rss:.2f} GiB",
+        )
         results.update(eval_seconds=wall, eval_peak_rss_gib=rss)
         runs = [str(runs_dir / "ce"), str(runs_dir / "triplet")]
         cold_env = {**os.environ, "NUMBA_CACHE_DIR": str(Path(tmp) / "numba-cold")}
         cold, _ = _run_measured([sys.executable, "-m", "embedfm", "viz", *runs, "--out", tmp], env=cold_env)
         warm, _ = _run_measured([sys.executable, "-m", "embedfm", "viz", *runs, "--out", tmp], env=cold_env)
-        row("5 eval and viz", "embedfm viz of two runs (10 k points each)",
-            f"cold numba cache {cold:.1f} s, warm {warm:.1f} s")
+        row(
+            "5 eval and viz",
+            "embedfm viz of two runs (10 k points each)",
+            f"cold numba cache {cold:.1f} s, warm {warm:.1f} s",
+        )
         results.update(viz_seconds=warm, viz_cold_seconds=cold)
 
 
@@ -330,8 +411,21 @@ def run_sections(only: set[str], runs_dir: Path, results: dict, steps: int, n_im
         time_to_accuracy(runs_dir, results)
     if only & {"knn", "evalviz"} and not (runs_dir / "ce" / "embeddings.npz").exists():
         ensure_demo_runs(runs_dir)
-        subprocess.run([sys.executable, "-m", "embedfm", "eval", str(runs_dir / "ce"), str(runs_dir / "triplet"),
-                        "--out", str(runs_dir), "--no-progress"], check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "embedfm",
+                "eval",
+                str(runs_dir / "ce"),
+                str(runs_dir / "triplet"),
+                "--out",
+                str(runs_dir),
+                "--no-progress",
+            ],
+            check=True,
+            cwd=ROOT,
+        )
     if "step" in only:
         training_step(results, steps)
     if "pipeline" in only:
@@ -348,8 +442,10 @@ def write_outputs(out: Path, results: dict, only: set[str]) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     partial = only != set(SECTIONS)
     old = json.loads((out / "bench.json").read_text()) if partial and (out / "bench.json").exists() else {}
-    dates = {**old.get("section_dates", {sec: old.get("date") for sec in SECTIONS if old.get("date")}),
-             **{sec: results["date"] for sec in only}}
+    dates = {
+        **old.get("section_dates", {sec: old.get("date") for sec in SECTIONS if old.get("date")}),
+        **{sec: results["date"] for sec in only},
+    }
     merged = {**old, **results, "section_dates": dates}
     if partial:
         merged["date"] = old.get("date", results["date"])
@@ -366,26 +462,39 @@ def write_outputs(out: Path, results: dict, only: set[str]) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", default="artifacts/demo", help="dir with the demo's ce/ and triplet/ runs")
     p.add_argument("--out", default="artifacts/bench", help="where bench.json / bench.md go")
     p.add_argument("--reference", action="store_true", help="write into artifacts/reference/ (instead of --out)")
     p.add_argument("--quick", action="store_true", help="fewer steps and queries (a smoke run)")
-    p.add_argument("--only", default=",".join(SECTIONS), metavar="S[,S]",
-                   help=f"re-measure only these sections ({', '.join(SECTIONS)}) and update the others' "
-                        "figures in place from the existing bench.json / bench.md; default: all")
+    p.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        metavar="S[,S]",
+        help=f"re-measure only these sections ({', '.join(SECTIONS)}) and update the others' "
+        "figures in place from the existing bench.json / bench.md; default: all",
+    )
     args = p.parse_args()
     only = set(args.only.split(","))
     if not only or only - set(SECTIONS):
         p.error(f"--only takes a comma-separated list of {', '.join(SECTIONS)}")
     runs_dir = (ROOT / args.runs) if not Path(args.runs).is_absolute() else Path(args.runs)
     steps, n_img, queries = (5, 5_000, 1_000) if args.quick else (30, 50_000, 10_000)
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                     f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+    }
     print(f"embedfm bench — {results['machine']}", flush=True)
     if only & {"knn"} and not only & {"step"}:
         results["knn_matmul_gflops"] = matmul_ceiling()  # kNN's ratios are against the ceiling of this run
-        row("4 kNN", "torch.mm 4096² fp32 ceiling, measured in this partial run", f"{results['knn_matmul_gflops']:.0f} GFLOP/s")
+        row(
+            "4 kNN",
+            "torch.mm 4096² fp32 ceiling, measured in this partial run",
+            f"{results['knn_matmul_gflops']:.0f} GFLOP/s",
+        )
     run_sections(only, runs_dir, results, steps, n_img, queries)
     out = ROOT / "artifacts" / "reference" if args.reference else ROOT / args.out
     print("\n".join(write_outputs(out, results, only)))

@@ -83,16 +83,27 @@ def bench(name: str, base: np.ndarray, queries: np.ndarray, k: int = 10, base_la
             secs = time.perf_counter() - t0
             if exact is None:
                 exact = ids  # Flat comes first: the ground truth
-            r = {"data": name, "n": len(base), "factory": factory, **s, "build_s": round(build, 2),
-                 "bytes_per_vector": round(size / len(base), 1), "index_mib": round(size / 2**20, 1),
-                 "qps": round(len(queries) / secs), "recall_at_10": round(recall_at(ids, exact), 4)}
+            r = {
+                "data": name,
+                "n": len(base),
+                "factory": factory,
+                **s,
+                "build_s": round(build, 2),
+                "bytes_per_vector": round(size / len(base), 1),
+                "index_mib": round(size / 2**20, 1),
+                "qps": round(len(queries) / secs),
+                "recall_at_10": round(recall_at(ids, exact), 4),
+            }
             if base_labels is not None:
                 r["precision_at_10"] = round(float((base_labels[ids] == query_labels[:, None]).mean()), 4)
             rows.append(r)
             setting = " ".join(f"{k}={v}" for k, v in s.items()) or "exact"
             extra = f", precision@10 {r['precision_at_10']:.4f}" if "precision_at_10" in r else ""
-            print(f"[{name}] {factory:<18} {setting:<14} build {build:7.1f} s  {r['bytes_per_vector']:6.1f} B/vec  "
-                  f"{r['qps']:>9} q/s  recall@10 {r['recall_at_10']:.4f}{extra}", flush=True)
+            print(
+                f"[{name}] {factory:<18} {setting:<14} build {build:7.1f} s  {r['bytes_per_vector']:6.1f} B/vec  "
+                f"{r['qps']:>9} q/s  recall@10 {r['recall_at_10']:.4f}{extra}",
+                flush=True,
+            )
         del index
     return rows
 
@@ -107,23 +118,37 @@ def sizing(n: int = 100_000_000, dim: int = 64) -> list[dict]:
         (f"IVF{nlist},PQ32", 32 + 8, "32-byte code + id"),
         (f"IVF{nlist},PQ16", 16 + 8, "16-byte code + id"),
     ]
-    return [{"factory": f, "bytes_per_vector": round(b, 1), "total_gib": round(n * b / 2**30, 1), "layout": why}
-            for f, b, why in kinds]
+    return [
+        {"factory": f, "bytes_per_vector": round(b, 1), "total_gib": round(n * b / 2**30, 1), "layout": why}
+        for f, b, why in kinds
+    ]
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Index benchmark, {result['date']}, {result['machine']}, faiss {result['faiss']}, "
-             f"{result['threads']} threads. Command: `{result['command']}`", "",
-             "| data | n | index | search | build s | B/vector | queries/s | recall@10 | precision@10 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Index benchmark, {result['date']}, {result['machine']}, faiss {result['faiss']}, "
+        f"{result['threads']} threads. Command: `{result['command']}`",
+        "",
+        "| data | n | index | search | build s | B/vector | queries/s | recall@10 | precision@10 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         setting = " ".join(f"{k}={r[k]}" for k in ("nprobe", "ef_search") if k in r) or "exact"
-        lines.append(f"| {r['data']} | {r['n']:,} | {r['factory']} | {setting} | {r['build_s']} | "
-                     f"{r['bytes_per_vector']} | {r['qps']:,} | {r['recall_at_10']:.4f} | "
-                     f"{r.get('precision_at_10', '–')} |")
-    lines += ["", f"Sizing for {result['sizing_n']:,} × 64-d (arithmetic):", "",
-              "| index | bytes/vector | total GiB | layout |", "|---|---|---|---|"]
-    lines += [f"| {s['factory']} | {s['bytes_per_vector']} | {s['total_gib']} | {s['layout']} |" for s in result["sizing"]]
+        lines.append(
+            f"| {r['data']} | {r['n']:,} | {r['factory']} | {setting} | {r['build_s']} | "
+            f"{r['bytes_per_vector']} | {r['qps']:,} | {r['recall_at_10']:.4f} | "
+            f"{r.get('precision_at_10', '–')} |"
+        )
+    lines += [
+        "",
+        f"Sizing for {result['sizing_n']:,} × 64-d (arithmetic):",
+        "",
+        "| index | bytes/vector | total GiB | layout |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['factory']} | {s['bytes_per_vector']} | {s['total_gib']} | {s['layout']} |" for s in result["sizing"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -150,11 +175,18 @@ def main() -> None:
         syn_q = synthetic_like(base, base_y, args.queries, seed=1)
         print(f"[synthetic] drew {len(syn):,} vectors in {time.perf_counter() - t0:.1f} s", flush=True)
         rows += bench("synthetic", syn, syn_q)
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(), "run": args.run,
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-              "seconds": round(time.perf_counter() - t_start, 1), "rows": rows,
-              "sizing_n": 100_000_000, "sizing": sizing()}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "faiss": faiss.__version__,
+        "threads": faiss.omp_get_max_threads(),
+        "run": args.run,
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "rows": rows,
+        "sizing_n": 100_000_000,
+        "sizing": sizing(),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_index.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -51,8 +51,12 @@ def sgd_like(net, cfg: TrainConfig, steps: int, weight_decay: float):
     """SGD + Nesterov under the same parameter groups and one-cycle schedule as embedfm's AdamW
     (SGD's weight decay is an L2 coefficient, not AdamW's decoupled one, hence its own value)."""
     opt, _ = make_optimizer(net, cfg, steps)
-    sgd = torch.optim.SGD([{"params": g["params"], "weight_decay": weight_decay if g["weight_decay"] else 0.0}
-                           for g in opt.param_groups], lr=cfg.lr, momentum=0.9, nesterov=True)
+    sgd = torch.optim.SGD(
+        [{"params": g["params"], "weight_decay": weight_decay if g["weight_decay"] else 0.0} for g in opt.param_groups],
+        lr=cfg.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
     return sgd, one_cycle(sgd, cfg, steps)
 
 
@@ -64,18 +68,24 @@ def val_acc(model, splits) -> float:
 def trajectory(a) -> None:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    cfg = TrainConfig(loss=a.loss, seed=a.seed, batch_size=a.batch_size, epochs=a.epochs,
-                      **({"lr": a.lr} if a.lr else {}))
+    cfg = TrainConfig(
+        loss=a.loss, seed=a.seed, batch_size=a.batch_size, epochs=a.epochs, **({"lr": a.lr} if a.lr else {})
+    )
     splits = make_splits(load_fashion_mnist(cfg.data_dir), cfg.val_size)
     steps = steps_per_epoch(cfg, len(splits.train_y))
     gen = seed_everything(cfg.seed)
     net = build_model(cfg.backbone, cfg.embedding_dim, 10).to(memory_format=torch.channels_last)
-    opt, sched = (sgd_like(net, cfg, cfg.epochs * steps, a.sgd_weight_decay) if a.opt == "sgd"
-                  else make_optimizer(net, cfg, cfg.epochs * steps))
+    opt, sched = (
+        sgd_like(net, cfg, cfg.epochs * steps, a.sgd_weight_decay)
+        if a.opt == "sgd"
+        else make_optimizer(net, cfg, cfg.epochs * steps)
+    )
     objective = build_objective(cfg)
     # BN statistics are averaged too (use_buffers), as timm's ModelEmaV2 does
-    emas = {d: AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True)
-            for d in (float(s) for s in a.ema.split(",") if s)}
+    emas = {
+        d: AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True)
+        for d in (float(s) for s in a.ema.split(",") if s)
+    }
     checks = {round(steps * (i + 1) / a.checks_per_epoch) - 1 for i in range(a.checks_per_epoch)}
     print(json.dumps({"config": {k: v for k, v in vars(a).items() if k != "func"}}), flush=True)
     train_s = 0.0
@@ -94,8 +104,12 @@ def trajectory(a) -> None:
                 e.update_parameters(net)
             if step in checks:
                 train_s += time.perf_counter() - t0
-                row = {"epoch": round(epoch + (step + 1) / steps, 3), "train_s": round(train_s, 1),
-                       "raw": val_acc(net, splits), **{f"ema{d}": val_acc(e.module, splits) for d, e in emas.items()}}
+                row = {
+                    "epoch": round(epoch + (step + 1) / steps, 3),
+                    "train_s": round(train_s, 1),
+                    "raw": val_acc(net, splits),
+                    **{f"ema{d}": val_acc(e.module, splits) for d, e in emas.items()},
+                }
                 print(json.dumps(row), flush=True)
                 net.train()
                 t0 = time.perf_counter()
@@ -116,6 +130,7 @@ def compile_step(a) -> None:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(logits, y).backward()
             opt.step()
+
         return step
 
     eager, compiled = make(False), make(True)
@@ -130,9 +145,16 @@ def compile_step(a) -> None:
             for _ in range(10):
                 step()
             best[name] = max(best[name], 2560 / (time.perf_counter() - t))
-    print(json.dumps({"backbone": a.backbone, "compile_s": round(compile_s, 1),
-                      "img_per_s": {k: round(v) for k, v in best.items()},
-                      "compiled_over_eager": round(best["compiled"] / best["eager"], 3)}))
+    print(
+        json.dumps(
+            {
+                "backbone": a.backbone,
+                "compile_s": round(compile_s, 1),
+                "img_per_s": {k: round(v) for k, v in best.items()},
+                "compiled_over_eager": round(best["compiled"] / best["eager"], 3),
+            }
+        )
+    )
 
 
 def knn_flip(a) -> None:
@@ -153,7 +175,7 @@ def knn_flip(a) -> None:
         _, idx = knn.kneighbors(val.emb_flip.numpy())
         neighbours = knn.labels[idx]  # (N_val, k)
         votes = (neighbours[:, :, None] == np.arange(10)).mean(1)  # (N_val, 10) vote shares
-        acc = lambda pred, m=slice(None): float((pred[m] == y[m]).mean())  # noqa: E731
+        acc = lambda pred, m=slice(None): float((pred[m] == y[m]).mean())
         weights = [i / 10 for i in range(11)]
         halves = [slice(0, None, 2), slice(1, None, 2)]
         blend = {w: ((1 - w) * softmax + w * votes).argmax(1) for w in weights}
@@ -161,16 +183,25 @@ def knn_flip(a) -> None:
         for h, other in ((halves[0], halves[1]), (halves[1], halves[0])):
             w = max(weights, key=lambda w: acc(blend[w], other))
             cv_correct += int((blend[w][h] == y[h]).sum())
-        print(json.dumps({"run": run, "val_softmax": round(acc(softmax.argmax(1)), 4),
-                          "val_knn": round(acc(knn.predict(val.emb.numpy())), 4),
-                          "val_knn_flip_queries": round(acc(vote(neighbours, 10)), 4),  # = knn.predict
-                          "val_knn_flip_queries_and_refs": round(acc(knn_avg.predict(val.emb_flip.numpy())), 4),
-                          "val_blend_2fold_cv": round(cv_correct / len(y), 4)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "run": run,
+                    "val_softmax": round(acc(softmax.argmax(1)), 4),
+                    "val_knn": round(acc(knn.predict(val.emb.numpy())), 4),
+                    "val_knn_flip_queries": round(acc(vote(neighbours, 10)), 4),  # = knn.predict
+                    "val_knn_flip_queries_and_refs": round(acc(knn_avg.predict(val.emb_flip.numpy())), 4),
+                    "val_blend_2fold_cv": round(cv_correct / len(y), 4),
+                }
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(required=True)
     t = sub.add_parser("trajectory", help="one demo training run, validated within epochs, raw vs EMA weights")
     t.add_argument("--loss", default="ce", choices=("ce", "triplet"))

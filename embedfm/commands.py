@@ -1,0 +1,53 @@
+"""What `embedfm train` and `embedfm tune` do with their parsed options, between the CLI and the library.
+
+Resolves the config (defaults < `--config FILE` < flags, or the run's own config for `--resume`), runs the
+library function, and turns Ctrl-C into a `KeyboardInterrupt` that says how to continue (the CLI prints it and
+exits with 130). The other commands (`eval`, `viz`, `index`, `search`, `summarize`) call their module's function
+directly.
+"""
+
+from __future__ import annotations
+
+from embedfm.errors import EmbedfmError
+
+
+def train(
+    config_file: str | None, flags: dict, resume: bool | str = False, overwrite: bool = False, progress: bool = True
+) -> dict:
+    from embedfm.config import TrainConfig, resolve
+    from embedfm.train import train as train_run
+
+    if resume:
+        run = resume if isinstance(resume, str) else flags.get("out")
+        if not run:
+            raise EmbedfmError("--resume needs a run dir: --resume RUN_DIR")
+        cfg = TrainConfig(out=run)  # train() reads the run's own config from its checkpoint
+    else:
+        cfg = resolve(config_file, flags)
+    try:
+        return train_run(cfg, overwrite=overwrite, resume=bool(resume), progress=progress)
+    except KeyboardInterrupt:
+        from embedfm import rundir
+
+        saved = rundir.has_checkpoint(cfg.out)
+        raise KeyboardInterrupt(
+            f"the last finished epoch is saved. Continue with: embedfm train --resume {cfg.out}"
+            if saved
+            else f"no epoch had finished, nothing was saved; start again with the same command "
+            f"(the run dir {cfg.out} holds only its config)"
+        ) from None
+
+
+def tune(config_file: str | None, base_flags: dict, study_flags: dict) -> dict:
+    from embedfm.tune import TuneConfig, resolve_base
+    from embedfm.tune import tune as run_study
+
+    tc = TuneConfig(
+        base=resolve_base(config_file, base_flags), **{k: v for k, v in study_flags.items() if v is not None}
+    )
+    try:
+        return run_study(tc)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"finished trials are in the study. Continue by rerunning the same command (study dir {tc.out})"
+        ) from None

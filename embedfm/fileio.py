@@ -1,0 +1,77 @@
+"""Atomic file writes: every file embedfm writes (checkpoints, configs, histories, reports, figures, indexes,
+tune outputs) goes through here.
+
+A file is written to a temporary file in the same dir, flushed, fsynced and `os.replace`d into place, so a
+crash leaves either the old file or the new one, never half of one. Torch-free.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict] | list[list], header: list[str] | None = None) -> None:
+    """Rows as dicts (their keys are the header) or as lists under `header`."""
+    buf = io.StringIO()
+    if rows and isinstance(rows[0], dict):
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    elif header is not None or rows:
+        w = csv.writer(buf)
+        if header is not None:
+            w.writerow(header)
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def atomic_save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure to PNG, written like every other file here (never half a PNG)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npz(path: str | Path, arrays: dict) -> None:
+    """numpy arrays to an uncompressed .npz (float embeddings barely compress, and compressing costs seconds)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

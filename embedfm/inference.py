@@ -1,0 +1,87 @@
+"""Inference: device choice, autocast, batched embedding of uint8 images, and loading a run's model.
+
+Everything that runs a trained network forwards lives here, so evaluation, validation, indexing, search and
+the benchmarks share one path: BN folded into the convolutions, channels-last tensors, optional flip
+test-time augmentation, bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from embedfm import distributed
+from embedfm.data import to_float
+from embedfm.errors import EmbedfmError
+from embedfm.models import fuse_for_inference
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EmbedfmError("--device cuda was asked for but no CUDA device is available")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", distributed.from_env().local_rank)  # one GPU per torchrun process
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (tensor cores; no loss scaling needed); a no-op on CPU, where fp32 is
+    what oneDNN runs fastest for these small convs."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class Embedded(NamedTuple):
+    logits: torch.Tensor  # (N, C); with tta_flip the mean of the image's and its mirror's
+    emb: torch.Tensor  # (N, D) unit norm, of the image itself (what kNN references, UMAP, retrieval use)
+    emb_flip: torch.Tensor | None  # (N, D) unit norm, normalize(emb + mirror's emb); only with tta_flip
+
+
+@torch.no_grad()
+def embed(
+    model,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    tta_flip: bool = False,
+    progress: bool = False,
+    desc: str = "embed",
+) -> Embedded:
+    """uint8 images (N, 28, 28) → Embedded(logits, embeddings, flip-averaged embeddings) on the CPU, fp32.
+
+    With `tta_flip` the model also sees each image's mirror: the logits average the two, and
+    `emb_flip` holds the two embeddings' normalised mean (for kNN queries; `emb` stays the image's own,
+    so UMAP and retrieval see exactly what the model maps the image to). The mirror pass is needed for
+    the logits anyway, so `emb_flip` costs nothing extra.
+    """
+    # BN folded into the convs, channels-last: both ~1.3x faster inference on CPU (scripts/bench)
+    model = fuse_for_inference(model).to(memory_format=torch.channels_last)
+    logits, embs, flips = [], [], []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        x = to_float(images[i : i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            lg, em = model(x)
+            if tta_flip:
+                lg_m, em_m = model(x.flip(3))
+                lg = (lg + lg_m) / 2
+                flips.append(F.normalize((em + em_m).float(), dim=1).cpu())
+        logits.append(lg.float().cpu())
+        embs.append(em.float().cpu())
+    return Embedded(torch.cat(logits), torch.cat(embs), torch.cat(flips) if tta_flip else None)
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device | None = None):
+    """(model in eval mode on `device`, default the best available, its checkpoint); a bad run fails with one line."""
+    from embedfm.checkpoint import load_model
+
+    return load_model(run_dir, device or select_device("auto"))
+
+
+def embed_images(model, images: np.ndarray, progress: bool = True, desc: str = "embed") -> np.ndarray:
+    """uint8 images (N, 28, 28) → unit-norm embeddings (N, D), float32, on the model's device."""
+    device = next(model.parameters()).device
+    return embed(model, torch.from_numpy(images), device, progress=progress, desc=desc).emb.numpy()

@@ -1,0 +1,92 @@
+"""Run dirs: their layout, their state (started, finished, evaluated), their names, and guarding them.
+
+A run dir holds:
+    config.json      the resolved TrainConfig, written at start
+    last.pt          checkpoint after the latest finished epoch (`checkpoint.py`)
+    history.json     per-epoch figures; summary.csv the same as a table
+    DONE             written last, when training finished: marks the run complete
+    embeddings.npz   train/test embeddings and predictions, written by `embedfm eval`
+    report.json      the run's evaluation report, when `embedfm eval RUN` wrote it into the run dir
+
+Torch-free: scripts and `--help` use it without paying for torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from embedfm.errors import EmbedfmError
+
+CONFIG = "config.json"
+CHECKPOINT = "last.pt"
+HISTORY = "history.json"
+SUMMARY = "summary.csv"
+DONE = "DONE"
+EMBEDDINGS = "embeddings.npz"
+REPORT = "report.json"
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CHECKPOINT).is_file()
+
+
+def is_done(run_dir: str | Path) -> bool:
+    """Training finished (every epoch ran)."""
+    return (Path(run_dir) / DONE).is_file()
+
+
+def is_evaluated(run_dir: str | Path) -> bool:
+    """Training finished and the run's own test report is in the run dir (what a study needs of a run)."""
+    return is_done(run_dir) and (Path(run_dir) / REPORT).is_file()
+
+
+def state(run_dir: str | Path) -> str:
+    """'new', 'started' (checkpoint, not finished), 'finished' or 'evaluated'."""
+    if is_evaluated(run_dir):
+        return "evaluated"
+    if is_done(run_dir):
+        return "finished"
+    return "started" if has_checkpoint(run_dir) else "new"
+
+
+def check_writable(run_dir: str | Path, overwrite: bool, resume: bool) -> bool:
+    """Refuse a run dir `train` must not write into; returns whether it holds a run. Changes nothing."""
+    run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise EmbedfmError(f"--out {run} is a file, not a directory")
+    has_run = has_checkpoint(run) or is_done(run)
+    if has_run and not (overwrite or resume):
+        what = "a finished run" if is_done(run) else "an unfinished run"
+        raise EmbedfmError(
+            f"--out {run} already holds {what}; use --resume to continue it, --overwrite to replace it, "
+            "or another --out"
+        )
+    return has_run
+
+
+def prepare(run_dir: str | Path, overwrite: bool, resume: bool) -> Path:
+    """Make the run dir; with `overwrite`, remove the previous run's training files first."""
+    run = Path(run_dir)
+    if check_writable(run, overwrite, resume) and overwrite:
+        for name in (CHECKPOINT, DONE, HISTORY, SUMMARY, CONFIG):
+            (run / name).unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def run_names(run_dirs: list[str]) -> list[str]:
+    """Short unique names for runs: the dir name, or parent/dir when names collide."""
+    names = [Path(r).resolve().name for r in run_dirs]
+    if len(set(names)) < len(names):
+        names = ["/".join(Path(r).resolve().parts[-2:]) for r in run_dirs]
+    if len(set(names)) < len(names):
+        raise EmbedfmError("the same run dir is given twice")
+    return names
+
+
+def default_out(run_dirs: list[str]) -> Path:
+    """Where a report or figure of these runs goes: one run's own dir, or several runs' common parent
+    (e.g. artifacts/demo for demo/ce + demo/triplet)."""
+    paths = [str(Path(r).resolve()) for r in run_dirs]
+    return Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath(paths))

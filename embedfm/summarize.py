@@ -1,0 +1,180 @@
+"""`embedfm summarize`: evaluated run dirs → a study table, per method mean ± sample std over seeds.
+
+A method is a run's config minus the settings of the `run` group (seed, output dir, device, threads, ...: see
+`config.GROUPS`), so runs that differ only in seed are grouped. Columns: validation accuracy and focus-group error
+of the final epoch (what a method may be chosen by), then test figures: accuracy (softmax, kNN), focus-group error
+(softmax, kNN), recall of each focus class (softmax), shirt recall (kNN), P@1, MAP@R, train seconds per run, and
+the kNN with flip-averaged queries (accuracy, focus-group error, shirt recall; "–" for reports that predate it).
+One seed prints its value without "±". Writes summary.md and summary.csv.
+
+`--pixels` measures the zero-training baseline, FAISS kNN (k=10, L2) on the raw 784-d pixels of the train split,
+and saves it as `pixels.json` beside the summary; a saved `pixels.json` is shown as the last row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from embedfm import rundir
+from embedfm.config import FIELDS, FOCUS_CLASSES, TrainConfig, run_keys
+from embedfm.errors import EmbedfmError
+from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
+
+SHIRT = 6
+PIXELS = "pixels.json"
+# settings a CE run never reads (the metric group): left out of CE rows' labels
+METRIC_ONLY = {n for n, f in FIELDS.items() if f.metadata["group"] == "metric"}
+HEADER = [
+    "method", "seeds", "val acc %", "val focus err %", "test acc softmax %", "test acc kNN %",
+    "focus-group err softmax %", "focus-group err kNN %", *[f"recall {c}" for c in FOCUS_CLASSES],
+    "shirt recall kNN", "P@1", "MAP@R", "train s/run", "test acc kNN flip-avg %", "focus-group err kNN flip-avg %",
+    "shirt recall kNN flip-avg",
+]  # fmt: skip
+
+
+def find_reports(paths: list[str]) -> list[dict]:
+    reports = []
+    for p in map(Path, paths):
+        for rep in sorted([p / "report.json"] if (p / "report.json").exists() else p.glob("*/report.json")):
+            for name, r in json.loads(rep.read_text())["runs"].items():
+                reports.append({"name": name, **r, "val": last_val(rep.parent)})
+    return reports
+
+
+def last_val(run_dir: Path) -> dict:
+    """Validation figures of the final epoch (history.json beside report.json): what selection may use."""
+    hist = run_dir / rundir.HISTORY
+    last = json.loads(hist.read_text())[-1] if hist.exists() else {}
+    return {k: last.get(k, float("nan")) for k in ("val_acc", "val_focus_err")}
+
+
+def full_config(r: dict) -> dict:
+    """A report's config with today's defaults filled in where it predates a key, so a run from before a
+    setting existed groups (and is labelled) like runs that leave it at its default."""
+    return {**TrainConfig().to_dict(), **r["config"]}
+
+
+def method_key(r: dict) -> str:
+    cfg = {k: v for k, v in full_config(r).items() if k not in run_keys()}
+    return json.dumps(cfg, sort_keys=True)
+
+
+def method_label(runs: list[dict], all_keys: list[str]) -> str:
+    """Loss + backbone + the config values that differ between the methods being compared."""
+    cfgs = [json.loads(k) for k in all_keys]
+    varying = sorted(k for k in cfgs[0] if len({json.dumps(c.get(k)) for c in cfgs}) > 1 and k not in ("loss",))
+    cfg = full_config(runs[0])
+    if cfg.get("sampler") == "auto":  # show what "auto" meant for this loss
+        cfg["sampler"] = TrainConfig(loss=cfg["loss"]).resolved_sampler
+    extra = ", ".join(f"{k}={cfg[k]}" for k in varying if not (cfg["loss"] == "ce" and k in METRIC_ONLY))
+    return f"{cfg['loss']} / {cfg['backbone']} / {cfg['epochs']} ep" + (f" ({extra})" if extra else "")
+
+
+def figures(r: dict) -> dict:
+    sm, kn = r["classifiers"]["softmax"], r["classifiers"]["knn"]
+    out = {
+        "acc_softmax": sm["accuracy"],
+        "acc_knn": kn["accuracy"],
+        "focus_err_softmax": sm["focus_group_error"],
+        "focus_err_knn": kn["focus_group_error"],
+    }
+    for c in FOCUS_CLASSES:
+        out[f"recall_{c}"] = sm["per_class"][str(c)]["recall"]
+        out[f"recall_{c}_knn"] = kn["per_class"][str(c)]["recall"]
+    kf = r["classifiers"].get("knn_flip")  # reports written before 2026-11-25 lack it: "–" in the table
+    out.update(
+        acc_knn_flip=kf["accuracy"] if kf else float("nan"),
+        focus_err_knn_flip=kf["focus_group_error"] if kf else float("nan"),
+        recall_6_knn_flip=kf["per_class"][str(SHIRT)]["recall"] if kf else float("nan"),
+    )
+    out.update(
+        p_at_1=r["retrieval"]["precision_at_1"],
+        map_at_r=r["retrieval"]["map_at_r"],
+        train_seconds=r.get("train_seconds") or float("nan"),
+        **r["val"],
+    )
+    return out
+
+
+def pixel_baseline(data_dir: str | None = None) -> dict:
+    """FAISS kNN (k=10, L2) on raw pixels: train split as reference, the test set as queries."""
+    from embedfm.data import load_fashion_mnist, make_splits
+    from embedfm.knn import KNNClassifier
+    from embedfm.metrics import classifier_metrics
+
+    s = make_splits(load_fashion_mnist(data_dir), TrainConfig().val_size)
+    ref = s.train_x.reshape(len(s.train_x), -1).float().numpy() / 255
+    q = s.test_x.reshape(len(s.test_x), -1).float().numpy() / 255
+    pred = KNNClassifier(k=10, metric="l2").fit(ref, s.train_y.numpy()).predict(q)
+    m = classifier_metrics(s.test_y.numpy(), pred, FOCUS_CLASSES)
+    return {
+        "acc_knn": m["accuracy"],
+        "focus_err_knn": m["focus_group_error"],
+        **{f"recall_{c}_knn": m["per_class"][str(c)]["recall"] for c in FOCUS_CLASSES},
+        "k": 10,
+        "metric": "l2",
+    }
+
+
+def fmt(vals: list[float], pct: bool = True) -> str:
+    v = np.array(vals, dtype=float)
+    if np.isnan(v).all():
+        return "–"
+    scale = 100 if pct else 1
+    n = int(np.isfinite(v).sum())  # older histories lack some validation figures
+    mean = scale * np.nanmean(v)
+    if n == 1:  # one seed has no spread to report: the value alone, not a misleading "± 0.00"
+        return f"{mean:.2f}" if pct else f"{mean:.3f}"
+    std = scale * np.nanstd(v, ddof=1)
+    return f"{mean:.2f} ± {std:.2f}" if pct else f"{mean:.3f} ± {std:.3f}"
+
+
+def method_row(runs: list[dict], all_keys: list[str]) -> list[str]:
+    f = [figures(r) for r in runs]
+
+    def col(name: str) -> list[float]:
+        return [x[name] for x in f]
+
+    return [
+        method_label(runs, all_keys), str(len(runs)), fmt(col("val_acc")), fmt(col("val_focus_err")),
+        fmt(col("acc_softmax")), fmt(col("acc_knn")), fmt(col("focus_err_softmax")), fmt(col("focus_err_knn")),
+        *[fmt(col(f"recall_{c}"), pct=False) for c in FOCUS_CLASSES], fmt(col(f"recall_{SHIRT}_knn"), pct=False),
+        fmt(col("p_at_1"), pct=False), fmt(col("map_at_r"), pct=False), f"{np.nanmean(col('train_seconds')):.0f}",
+        fmt(col("acc_knn_flip")), fmt(col("focus_err_knn_flip")), fmt(col(f"recall_{SHIRT}_knn_flip"), pct=False),
+    ]  # fmt: skip
+
+
+def pixel_row(b: dict) -> list[str]:
+    row = dict.fromkeys(HEADER, "–")
+    row.update({"method": "kNN on raw pixels (no training)", "test acc kNN %": f"{100 * b['acc_knn']:.2f}",
+                "focus-group err kNN %": f"{100 * b['focus_err_knn']:.2f}",
+                "shirt recall kNN": f"{b[f'recall_{SHIRT}_knn']:.3f}", "train s/run": "0"})  # fmt: skip
+    return list(row.values())
+
+
+def summarize(
+    paths: list[str], out: str | None = None, pixels: bool = False, data_dir: str | None = None, log=print
+) -> list[list[str]]:
+    """Write summary.md / summary.csv into `out` (default: the first path). Returns the rows under HEADER."""
+    reports = find_reports(paths)
+    if not reports:
+        raise EmbedfmError(f"no report.json under {', '.join(paths)}; run `embedfm eval` on the runs first")
+    groups: dict[str, list[dict]] = {}
+    for r in reports:
+        groups.setdefault(method_key(r), []).append(r)
+    keys = list(groups)
+    order = sorted(keys, key=lambda k: (json.loads(k)["backbone"], json.loads(k)["loss"]))
+    rows = [method_row(groups[k], keys) for k in order]
+    out_dir = Path(out or paths[0])
+    if pixels:
+        atomic_write_json(out_dir / PIXELS, pixel_baseline(data_dir))
+    if (out_dir / PIXELS).is_file():
+        rows.append(pixel_row(json.loads((out_dir / PIXELS).read_text())))
+    md = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in rows]
+    atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+    atomic_write_csv(out_dir / "summary.csv", rows, header=HEADER)
+    log("\n".join(md))
+    return rows

@@ -1,0 +1,793 @@
+"""Rebuild the generated tables of README.md and docs/ from the measurements committed in artifacts/reference/.
+
+    .venv/bin/python scripts/make_docs.py            # rewrite the table blocks in place (`make docs`)
+    .venv/bin/python scripts/make_docs.py --check    # write nothing; exit 1 and name the files that would change
+
+Every table that holds a measurement sits between two marker lines,
+
+    <!-- table: NAME -->
+    ... generated ...
+    <!-- /table -->
+
+and only the text between them is rewritten: the prose around the markers is hand-written and left alone. The
+study summaries (artifacts/reference/study/*/summary.md and .csv) are first regenerated from their runs'
+report.json files with `embedfm.summarize`; every table is then rendered from JSON, CSV and JSON-lines files under
+artifacts/reference/ (TABLES names each table's source). The output depends on those files only: running it twice,
+or on a fresh clone, changes nothing. It needs neither the dataset nor torch, and takes about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedfm.config import FIELDS, GROUPS
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"^(<!-- table: ([\w-]+) -->\n)(.*?)^(<!-- /table -->)$", re.S | re.M)
+PIXEL_ROW = "kNN on raw pixels"
+
+
+class DocsError(Exception):
+    """An artifact a table needs is missing or not in the expected shape."""
+
+
+@dataclass
+class Ctx:
+    """Where the artifacts are, where the fresh study summaries are, and which file a table lands in."""
+
+    ref: Path  # artifacts/reference
+    summaries: dict[str, Path]  # backbone → dir holding the summary.csv to render from
+    here: Path  # dir of the Markdown file being filled (links are relative to it)
+
+    def link(self, path: Path, text: str | None = None) -> str:
+        rel = os.path.relpath(path, self.here).replace(os.sep, "/")
+        return f"[{text or path.name}]({rel})"
+
+    def summary(self, backbone: str) -> list[dict[str, str]]:
+        path = self.summaries.get(backbone, self.ref / "study" / backbone) / "summary.csv"
+        if not path.is_file():
+            raise DocsError(f"{path} is missing: run `embedfm summarize {self.ref / 'study' / backbone}`")
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def load(path: Path):
+    if not path.is_file():
+        raise DocsError(f"{path} is missing")
+    return json.loads(path.read_text())
+
+
+def jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DocsError(f"{path} is missing")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def num(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def column(row: dict[str, str], name: str, source: str) -> str:
+    if name not in row:
+        raise DocsError(f"{source}: no column {name!r} (columns: {', '.join(row)})")
+    return row[name]
+
+
+def select(ctx: Ctx, backbone: str, columns: list[tuple[str, str]], skip_pixels: bool = False) -> list[list[str]]:
+    """Rows of a study summary, the given (csv column, shown header) pairs only, values as summarize wrote them."""
+    src = f"study/{backbone}/summary.csv"
+    rows = [r for r in ctx.summary(backbone) if not (skip_pixels and r["method"].startswith(PIXEL_ROW))]
+    return [[column(r, c, src) for c, _ in columns] for r in rows]
+
+
+def find_row(ctx: Ctx, backbone: str, prefix: str) -> dict[str, str]:
+    rows = [r for r in ctx.summary(backbone) if r["method"].startswith(prefix)]
+    if len(rows) != 1:
+        raise DocsError(f"study/{backbone}/summary.csv: expected one row starting {prefix!r}, found {len(rows)}")
+    return rows[0]
+
+
+def describe_method(method: str) -> str:
+    """'triplet / resnet20 / 30 ep (epochs=30)' → '`resnet20`, CE + triplet, 30 epochs'."""
+    loss, backbone, rest = (s.strip() for s in method.split(" / ", 2))
+    epochs = rest.split(" ep", 1)[0]
+    return f"`{backbone}`, {'CE + triplet' if loss == 'triplet' else 'CE'}, {epochs} epochs"
+
+
+def runs_of(ref: Path, backbone: str, pattern: str) -> list[tuple[Path, dict]]:
+    """(run dir, report entry) of every committed run of a study matching a glob, in name order."""
+    out = []
+    for rep in sorted((ref / "study" / backbone).glob(f"{pattern}/report.json")):
+        (entry,) = load(rep)["runs"].values()
+        out.append((rep.parent, entry))
+    if not out:
+        raise DocsError(f"no runs matching study/{backbone}/{pattern}")
+    return out
+
+
+def last_epoch(run_dir: Path) -> dict:
+    hist = run_dir / "history.json"
+    return load(hist)[-1] if hist.is_file() else {}
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+
+def t_headline(ctx: Ctx) -> str:
+    ref = ctx.ref
+    demo = load(ref / "demo" / "report.json")["runs"]
+    header = ["model", "seeds", "test accuracy %", "focus-group error %", "shirt recall", "MAP@R", "from"]
+    rows = []
+    for run, what in (("ce", "CE"), ("triplet", "CE + triplet")):
+        r = demo[run]
+        sm = r["classifiers"]["softmax"]
+        rows.append(
+            [
+                f"`{r['backbone']}`, {what}, {r['epochs']} epochs (`make demo`)",
+                "1",
+                pct(sm["accuracy"]),
+                pct(sm["focus_group_error"]),
+                num(sm["per_class"]["6"]["recall"]),
+                num(r["retrieval"]["map_at_r"]),
+                ctx.link(ref / "demo" / "report.md", "demo report"),
+            ]
+        )
+    summary_md = ref / "study" / "resnet20" / "summary.md"
+    for prefix, note in (("triplet / resnet20 / 30 ep", " (best)"), ("ce / resnet20 / 30 ep", " (plain classifier)")):
+        r = find_row(ctx, "resnet20", prefix)
+        rows.append(
+            [
+                describe_method(r["method"]) + note,
+                r["seeds"],
+                r["test acc softmax %"],
+                r["focus-group err softmax %"],
+                r["recall 6"],
+                r["MAP@R"],
+                ctx.link(summary_md, "resnet20 study"),
+            ]
+        )
+    px = find_row(ctx, "fastcnn", PIXEL_ROW)
+    rows.append(
+        [
+            "kNN (k = 10) on raw pixels, no training",
+            "–",
+            px["test acc kNN %"],
+            px["focus-group err kNN %"],
+            px["shirt recall kNN"],
+            "–",
+            ctx.link(ref / "study" / "fastcnn" / "summary.md", "fastcnn study"),
+        ]
+    )
+    return table(header, rows)
+
+
+# -------------------------------------------------------------------------------------------------- demo
+
+
+def classifier_name(name: str, c: dict) -> str:
+    k = c.get("k")
+    return {"softmax": "softmax", "knn": f"kNN (k = {k})", "knn_flip": f"kNN (k = {k}), flip-averaged queries"}.get(
+        name, name
+    )
+
+
+def t_demo_report(ctx: Ctx) -> str:
+    runs = load(ctx.ref / "demo" / "report.json")["runs"]
+    header = ["run", "classifier", "test accuracy %", "focus-group error %", "shirt recall", "P@1", "MAP@R"]
+    rows = []
+    for run, r in runs.items():
+        for i, (name, c) in enumerate(r["classifiers"].items()):
+            first = i == 0  # retrieval figures belong to the embedding, not to a classifier: shown once
+            rows.append(
+                [
+                    run if first else "",
+                    classifier_name(name, c),
+                    pct(c["accuracy"]),
+                    pct(c["focus_group_error"]),
+                    num(c["per_class"]["6"]["recall"]),
+                    num(r["retrieval"]["precision_at_1"], 4) if first else "",
+                    num(r["retrieval"]["map_at_r"], 4) if first else "",
+                ]
+            )
+    return table(header, rows) + "\n\nSource: " + ctx.link(ctx.ref / "demo" / "report.json")
+
+
+def t_demo_runs(ctx: Ctx) -> str:
+    runs = load(ctx.ref / "demo" / "report.json")["runs"]
+    sil = load(ctx.ref / "demo" / "umap.json")["focus_silhouette"]
+    header = ["run", "loss", "backbone", "epochs", "seed", "training s", "eval s", "focus-class silhouette"]
+    rows = [
+        [
+            run,
+            r["loss"],
+            f"`{r['backbone']}`",
+            str(r["epochs"]),
+            str(r["seed"]),
+            f"{r['train_seconds']:.1f}",
+            f"{r['eval_seconds']:.1f}",
+            num(sil[run]) if run in sil else "–",
+        ]
+        for run, r in runs.items()
+    ]
+    src = ", ".join(ctx.link(ctx.ref / "demo" / f) for f in ("report.json", "umap.json"))
+    return table(header, rows) + "\n\nSource: " + src
+
+
+def t_demo_history(ctx: Ctx) -> str:
+    hist = {run: load(ctx.ref / "demo" / f"{run}_history.json") for run in ("ce", "triplet")}
+    header = ["epoch", "CE val accuracy %", "CE training s", "CE + triplet val accuracy %", "CE + triplet training s"]
+    rows = []
+    for a, b in zip(hist["ce"], hist["triplet"]):
+        rows.append(
+            [
+                str(a["epoch"]),
+                pct(a["val_acc"]),
+                f"{a['train_seconds']:.1f}",
+                pct(b["val_acc"]),
+                f"{b['train_seconds']:.1f}",
+            ]
+        )
+    src = ", ".join(ctx.link(ctx.ref / "demo" / f"{run}_history.json") for run in hist)
+    return table(header, rows) + "\n\nTraining seconds are cumulative, validation excluded. Source: " + src
+
+
+def t_demo_time(ctx: Ctx) -> str:
+    path = ctx.ref / "demo" / "make_demo_time.txt"
+    if not path.is_file():
+        raise DocsError(f"{path} is missing")
+    fields = dict(line.strip().rsplit(": ", 1) for line in path.read_text().splitlines() if ": " in line)
+    wall = fields["Elapsed (wall clock) time (h:mm:ss or m:ss)"]
+    rss_kib = int(fields["Maximum resident set size (kbytes)"])
+    rows = [
+        ["wall time of `make demo` (venv set-up included), m:ss", wall],
+        ["peak resident memory", f"{rss_kib / 2**20:.2f} GiB"],
+    ]
+    return table(["measurement (`/usr/bin/time -v`)", "value"], rows) + "\n\nSource: " + ctx.link(path)
+
+
+# ------------------------------------------------------------------------------------------------- study
+
+FASTCNN_COLUMNS = [
+    ("method", "method"),
+    ("seeds", "seeds"),
+    ("val acc %", "val acc %"),
+    ("val focus err %", "val focus err %"),
+    ("test acc softmax %", "test acc softmax %"),
+    ("test acc kNN %", "test acc kNN %"),
+    ("focus-group err softmax %", "focus-group err softmax %"),
+    ("focus-group err kNN %", "focus-group err kNN %"),
+    ("recall 6", "shirt recall"),
+    ("shirt recall kNN", "shirt recall kNN"),
+    ("MAP@R", "MAP@R"),
+    ("train s/run", "train s/run"),
+]
+BACKBONE_COLUMNS = [
+    ("method", "method"),
+    ("seeds", "seeds"),
+    ("val acc %", "val acc %"),
+    ("test acc softmax %", "test acc softmax %"),
+    ("test acc kNN %", "test acc kNN %"),
+    ("focus-group err softmax %", "focus-group err softmax %"),
+    ("recall 6", "shirt recall"),
+    ("MAP@R", "MAP@R"),
+    ("train s/run", "train s/run"),
+]
+KNN_FLIP_COLUMNS = [
+    ("method", "method"),
+    ("seeds", "seeds"),
+    ("test acc softmax %", "test acc softmax %"),
+    ("test acc kNN %", "test acc kNN %"),
+    ("test acc kNN flip-avg %", "test acc kNN flip-avg %"),
+    ("focus-group err kNN flip-avg %", "focus-group err kNN flip-avg %"),
+    ("shirt recall kNN flip-avg", "shirt recall kNN flip-avg"),
+]
+
+
+def summary_links(ctx: Ctx, backbones: list[str]) -> str:
+    return ", ".join(ctx.link(ctx.ref / "study" / b / "summary.md", f"study/{b}/summary.md") for b in backbones)
+
+
+def t_study_fastcnn(ctx: Ctx) -> str:
+    rows = select(ctx, "fastcnn", FASTCNN_COLUMNS)
+    return table([h for _, h in FASTCNN_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, ["fastcnn"])
+
+
+def t_study_backbones(ctx: Ctx) -> str:
+    backbones = ["linear", "mlp", "lenet", "fastcnn", "resnet20"]
+    rows = [r for b in backbones for r in select(ctx, b, BACKBONE_COLUMNS, skip_pixels=True)]
+    return table([h for _, h in BACKBONE_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, backbones)
+
+
+def t_study_resnet20_knn(ctx: Ctx) -> str:
+    rows = select(ctx, "resnet20", KNN_FLIP_COLUMNS)
+    return table([h for _, h in KNN_FLIP_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, ["resnet20"])
+
+
+def t_study_resnet20_runs(ctx: Ctx) -> str:
+    header = ["run", "loss", "epochs", "crop pad", "val acc %", "test acc softmax %", "training s", "eval s"]
+    rows = []
+    for run_dir, r in runs_of(ctx.ref, "resnet20", "*"):
+        rows.append(
+            [
+                ctx.link(run_dir / "report.json", run_dir.name),
+                r["loss"],
+                str(r["epochs"]),
+                str(r["config"].get("crop_pad", "–")),
+                pct(last_epoch(run_dir).get("val_acc")),
+                pct(r["classifiers"]["softmax"]["accuracy"]),
+                f"{r['train_seconds']:.0f}",
+                f"{r['eval_seconds']:.0f}" if r.get("eval_seconds") is not None else "–",
+            ]
+        )
+    return table(header, rows) + "\n\nVal acc is the final epoch's (history.json beside each report)."
+
+
+def t_study_resnet20_umap(ctx: Ctx) -> str:
+    path = ctx.ref / "study" / "resnet20" / "umap.json"
+    u = load(path)
+    rows = [[run, num(s)] for run, s in u["focus_silhouette"].items()]
+    return table(["run (seed 0)", "focus-class silhouette"], rows) + "\n\nSource: " + ctx.link(path)
+
+
+# (backbone, runs A, label A, runs B, label B): B against A, per-run figures from report.json, unrounded
+CONTRASTS = [
+    ("fastcnn", "ce_s*", "CE, random batches", "triplet_s*", "CE + triplet"),
+    ("fastcnn", "ce_s*", "CE, random batches", "ce-balanced_s*", "CE, balanced batches"),
+    ("fastcnn", "ce-balanced_s*", "CE, balanced batches", "triplet_s*", "CE + triplet"),
+    ("fastcnn", "ce-balanced_s*", "CE, balanced batches", "triplet-focusmine_s*", "CE + triplet, focus-only mining"),
+    ("linear", "ce_s*", "CE", "triplet_s*", "CE + triplet"),
+    ("mlp", "ce_s*", "CE", "triplet_s*", "CE + triplet"),
+    ("lenet", "ce_s*", "CE", "triplet_s*", "CE + triplet"),
+    ("resnet20", "ce_s*", "CE, random batches", "triplet_s*", "CE + triplet"),
+]
+
+
+def t_study_contrasts(ctx: Ctx) -> str:
+    header = [
+        "backbone",
+        "from → to",
+        "seeds",
+        "focus-group err %",
+        "change, points (± s.e.)",
+        "relative",
+        "test acc change, points",
+        "MAP@R change",
+    ]
+    rows = []
+    for backbone, pat_a, label_a, pat_b, label_b in CONTRASTS:
+        a, b = (runs_of(ctx.ref, backbone, p) for p in (pat_a, pat_b))
+
+        def fig(runs, key):
+            sm = [r["classifiers"]["softmax"] for _, r in runs]
+            return {
+                "err": [c["focus_group_error"] for c in sm],
+                "acc": [c["accuracy"] for c in sm],
+                "map": [r["retrieval"]["map_at_r"] for _, r in runs],
+            }[key]
+
+        ea, eb = fig(a, "err"), fig(b, "err")
+        ma, mb = statistics.fmean(ea), statistics.fmean(eb)
+        se = math.sqrt(statistics.variance(ea) / len(ea) + statistics.variance(eb) / len(eb))
+        rows.append(
+            [
+                f"`{backbone}`",
+                f"{label_a} → {label_b}",
+                f"{len(a)} + {len(b)}",
+                f"{100 * ma:.2f} → {100 * mb:.2f}",
+                f"{100 * (mb - ma):+.2f} ± {100 * se:.2f}",
+                f"{100 * (mb - ma) / ma:+.1f} %",
+                f"{100 * (statistics.fmean(fig(b, 'acc')) - statistics.fmean(fig(a, 'acc'))):+.2f}",
+                f"{statistics.fmean(fig(b, 'map')) - statistics.fmean(fig(a, 'map')):+.3f}",
+            ]
+        )
+    dirs = ", ".join(ctx.link(ctx.ref / "study" / b, f"study/{b}/") for b in dict.fromkeys(c[0] for c in CONTRASTS))
+    note = (
+        "Means over seeds of each run's report.json (softmax classifier, test set), unrounded; s.e. is the "
+        "standard error of the difference of the two means. Sources: the run dirs under " + dirs
+    )
+    return table(header, rows) + "\n\n" + note
+
+
+# ------------------------------------------------------------------------------------------- performance
+
+
+def t_bench_meta(ctx: Ctx) -> str:
+    b = load(ctx.ref / "bench.json")
+    dates = b.get("section_dates", {})
+    rows = [["machine", b["machine"]], ["date of the run", b["date"]]]
+    rows += [[f"section `{s}` last measured", d] for s, d in dates.items()]
+    return table(["", ""], rows) + "\n\nSource: " + ctx.link(ctx.ref / "bench.json")
+
+
+def t_bench(ctx: Ctx) -> str:
+    path = ctx.ref / "bench.md"
+    if not path.is_file():
+        raise DocsError(f"{path} is missing: run `.venv/bin/python scripts/bench.py --reference`")
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    return "\n".join(lines) + "\n\nSource: " + ctx.link(path) + " (written with " + ctx.link(ctx.ref / "bench.json") + ")"
+
+
+# ------------------------------------------------------------------------------------------ index scaling
+
+
+def search_setting(r: dict) -> str:
+    if "nprobe" in r:
+        return f"nprobe={r['nprobe']}"
+    if "ef_search" in r:
+        return f"efSearch={r['ef_search']}"
+    return "exact"
+
+
+def t_index_meta(ctx: Ctx) -> str:
+    path = ctx.ref / "bench_index.json"
+    b = load(path)
+    rows = [
+        ["date", b["date"]],
+        ["machine", f"{b['machine']}, faiss {b['faiss']} with {b['threads']} threads"],
+        ["embeddings", f"`{b['run']}` (64-d, unit norm)"],
+        ["command", f"`{b['command']}`"],
+        ["wall time of the whole benchmark", f"{b['seconds']:.0f} s"],
+    ]
+    return table(["", ""], rows) + "\n\nSource: " + ctx.link(path)
+
+
+def t_index_scaling(ctx: Ctx) -> str:
+    path = ctx.ref / "bench_index.json"
+    header = ["data", "n", "index", "search", "build s", "B/vector", "queries/s", "recall@10", "precision@10"]
+    rows = [
+        [
+            r["data"],
+            f"{r['n']:,}",
+            r["factory"],
+            search_setting(r),
+            f"{r['build_s']:.2f}",
+            f"{r['bytes_per_vector']:.1f}",
+            f"{r['qps']:,}",
+            f"{r['recall_at_10']:.4f}",
+            f"{r['precision_at_10']:.4f}" if "precision_at_10" in r else "–",
+        ]
+        for r in load(path)["rows"]
+    ]
+    return table(header, rows) + "\n\nSource: " + ctx.link(path)
+
+
+def t_index_compact(ctx: Ctx) -> str:
+    path = ctx.ref / "bench_index.json"
+    groups: dict[tuple, list[dict]] = {}
+    for r in load(path)["rows"]:
+        groups.setdefault((r["data"], r["n"], r["factory"]), []).append(r)
+    header = ["data", "n", "index", "search", "queries/s", "recall@10", "B/vector", "build s"]
+    rows = [
+        [
+            data,
+            f"{n:,}",
+            factory,
+            " / ".join(search_setting(r) for r in rs),
+            " / ".join(f"{r['qps']:,}" for r in rs),
+            " / ".join(f"{r['recall_at_10']:.4f}" for r in rs),
+            f"{rs[0]['bytes_per_vector']:.1f}",
+            f"{rs[0]['build_s']:.2f}",
+        ]
+        for (data, n, factory), rs in groups.items()
+    ]
+    return table(header, rows) + "\n\nSource: " + ctx.link(path)
+
+
+def t_index_sizing(ctx: Ctx) -> str:
+    path = ctx.ref / "bench_index.json"
+    b = load(path)
+    header = ["index", "bytes/vector", f"GiB for {b['sizing_n']:,} vectors", "layout"]
+    rows = [
+        [s["factory"], f"{s['bytes_per_vector']:g}", f"{s['total_gib']:.1f}", s["layout"]] for s in b["sizing"]
+    ]
+    return table(header, rows) + "\n\nArithmetic from the bytes per vector, not a measured run. Source: " + ctx.link(path)
+
+
+# ------------------------------------------------------------------------------------------------ tuning
+
+
+def tune_dir(ctx: Ctx) -> Path:
+    return ctx.ref / "tune" / "triplet"
+
+
+def trials(ctx: Ctx) -> list[dict[str, str]]:
+    path = tune_dir(ctx) / "trials.csv"
+    if not path.is_file():
+        raise DocsError(f"{path} is missing")
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def t_tune_summary(ctx: Ctx) -> str:
+    s = load(tune_dir(ctx) / "summary.json")
+    ts = trials(ctx)
+    states = {st: sum(t["state"] == st for t in ts) for st in sorted({t["state"] for t in ts})}
+    best, dflt = s["best"], s["defaults"]
+    rows = [
+        ["study", f"`{s['study']}`, objective `{s['objective']}`"],
+        ["trials", f"{s['finished']} finished: " + ", ".join(f"{n} {st}" for st, n in states.items())],
+        ["defaults (trial 0)", f"val acc {pct(dflt['val_acc'])} %, val focus-group err {pct(dflt['val_focus_err'])} %"],
+        [
+            f"best (trial {best['number']})",
+            f"val acc {pct(best['val_acc'])} %, val focus-group err {pct(best['val_focus_err'])} %",
+        ],
+        [
+            "best − defaults",
+            f"val acc {100 * (best['val_acc'] - dflt['val_acc']):+.2f} points, "
+            f"val focus-group err {100 * (best['val_focus_err'] - dflt['val_focus_err']):+.2f} points",
+        ],
+    ]
+    src = ", ".join(ctx.link(tune_dir(ctx) / f) for f in ("summary.json", "trials.csv"))
+    return table(["", ""], rows) + "\n\nSource: " + src
+
+
+TRIAL_PARAMS = [
+    ("lr", "lr"),
+    ("weight_decay", "weight decay"),
+    ("label_smoothing", "label smoothing"),
+    ("triplet_weight", "triplet weight"),
+    ("margin", "margin"),
+    ("embedding_dim", "embedding dim"),
+    ("m_per_class", "m per class"),
+    ("miner_cutoff", "miner cutoff"),
+    ("miner_nonzero_loss_cutoff", "nonzero-loss cutoff"),
+    ("focus_oversample", "focus over-sampling"),
+]
+
+
+def t_tune_trials(ctx: Ctx) -> str:
+    header = ["trial", "state", "epochs", "val acc %", "val focus err %", "s", *[h for _, h in TRIAL_PARAMS]]
+    rows = []
+    for t in trials(ctx):
+        name = t["number"] + (" (defaults)" if t["defaults"] == "True" else "")
+        params = [f"{float(t[k]):.3g}" for k, _ in TRIAL_PARAMS]
+        rows.append(
+            [
+                name,
+                t["state"],
+                t["epochs"],
+                pct(float(t["val_acc"])),
+                pct(float(t["val_focus_err"])),
+                f"{float(t['train_seconds']):.0f}",
+                *params,
+            ]
+        )
+    return table(header, rows) + "\n\nSource: " + ctx.link(tune_dir(ctx) / "trials.csv")
+
+
+# ------------------------------------------------------------------------------------------------ probes
+
+
+def first_reaching(points: list[dict], key: str, level: float) -> str:
+    for p in points:
+        if p.get(key, 0) >= level:
+            return f"{p['epoch']:.2f} ep, {p['train_s']:.0f} s"
+    return "never"
+
+
+def t_probe_trajectory(ctx: Ctx) -> str:
+    header = ["probe", "optimizer", "peak lr", "batch", "val acc % at the end", "first ≥ 91 %", "training s"]
+    rows = []
+    for path in sorted((ctx.ref / "probe").glob("ce_*.jsonl")):
+        cfg, *points = jsonl(path)
+        cfg = cfg["config"]
+        end = points[-1]
+        emas = [k for k in end if k.startswith("ema")]
+        final = pct(end["raw"]) + "".join(f"; EMA {k[3:]}: {pct(end[k])}" for k in emas)
+        rows.append(
+            [
+                ctx.link(path, path.stem),
+                cfg["opt"],
+                "default" if cfg.get("lr") is None else f"{cfg['lr']:g}",
+                str(cfg["batch_size"]),
+                final,
+                first_reaching(points, "raw", 0.91),
+                f"{end['train_s']:.0f}",
+            ]
+        )
+    note = (
+        "One run each of the demo CE configuration (seed 0, 3 epochs), validated every quarter epoch; "
+        "`default` is the train config's peak lr."
+    )
+    return table(header, rows) + "\n\n" + note
+
+
+def t_probe_adamw(ctx: Ctx) -> str:
+    path = ctx.ref / "probe" / "ce_adamw_s0.jsonl"
+    _, *points = jsonl(path)
+    keys = [k for k in points[0] if k not in ("epoch", "train_s")]
+    header = ["epoch", "training s", *[("raw weights" if k == "raw" else f"EMA {k[3:]}") + " val %" for k in keys]]
+    rows = [[f"{p['epoch']:.2f}", f"{p['train_s']:.1f}", *[pct(p[k]) for k in keys]] for p in points]
+    return table(header, rows) + "\n\nSource: " + ctx.link(path)
+
+
+def t_probe_knn_flip(ctx: Ctx) -> str:
+    path = ctx.ref / "probe" / "knn_flip.jsonl"
+    keys = [
+        ("val_softmax", "softmax"),
+        ("val_knn", "kNN"),
+        ("val_knn_flip_queries", "kNN, flip-averaged queries"),
+        ("val_knn_flip_queries_and_refs", "kNN, queries and references flip-averaged"),
+        ("val_blend_2fold_cv", "softmax + kNN blend (2-fold CV)"),
+    ]
+    rows = [[f"`{r['run']}`", *[pct(r[k]) for k, _ in keys]] for r in jsonl(path)]
+    header = ["run (validation split, %)", *[h for _, h in keys]]
+    return table(header, rows) + "\n\nSource: " + ctx.link(path)
+
+
+def t_probe_compile(ctx: Ctx) -> str:
+    paths = sorted((ctx.ref / "probe").glob("compile_*.json"))
+    rows = []
+    for path in paths:
+        c = load(path)
+        rows.append(
+            [
+                f"`{c['backbone']}`",
+                str(c["img_per_s"]["eager"]),
+                str(c["img_per_s"]["compiled"]),
+                f"×{c['compiled_over_eager']:.2f}",
+                f"{c['compile_s']:.0f}",
+            ]
+        )
+    header = ["backbone", "eager img/s", "compiled img/s", "compiled / eager", "compiling s"]
+    return table(header, rows) + "\n\nSource: " + ", ".join(ctx.link(p) for p in paths)
+
+
+# ------------------------------------------------------------------------------------------------- usage
+
+
+def default_text(d) -> str:
+    if isinstance(d, bool):
+        return str(d).lower()
+    if isinstance(d, tuple):
+        return ",".join(map(str, d))
+    if isinstance(d, float):
+        return f"{d:g}"
+    return "unset" if d is None else str(d)
+
+
+def t_train_flags(ctx: Ctx) -> str:
+    """Every TrainConfig field as a flag, grouped as `embedfm train --help` groups them."""
+    header = ["flag", "default", "meaning"]
+    rows = []
+    for group, title in GROUPS.items():
+        fields = [f for f in FIELDS.values() if f.metadata["group"] == group]
+        for i, f in enumerate(fields):
+            shown = default_text(f.default)
+            choices = f.metadata.get("choices")
+            help_text = f.metadata["help"] + (f" (one of {', '.join(choices)})" if choices else "")
+            rows.append([f"`--{f.name.replace('_', '-')}`", f"`{shown}`", (f"*{title}:* " if i == 0 else "") + help_text])
+    return table(header, rows)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+TABLES: dict[str, Callable[[Ctx], str]] = {
+    "headline": t_headline,  # demo/report.json, study/resnet20 + study/fastcnn summary.csv
+    "demo-report": t_demo_report,  # demo/report.json
+    "demo-runs": t_demo_runs,  # demo/report.json, demo/umap.json
+    "demo-history": t_demo_history,  # demo/*_history.json
+    "demo-time": t_demo_time,  # demo/make_demo_time.txt
+    "study-fastcnn": t_study_fastcnn,  # study/fastcnn/summary.csv
+    "study-contrasts": t_study_contrasts,  # study/*/*/report.json
+    "study-backbones": t_study_backbones,  # study/*/summary.csv
+    "study-resnet20-knn": t_study_resnet20_knn,  # study/resnet20/summary.csv
+    "study-resnet20-runs": t_study_resnet20_runs,  # study/resnet20/*/report.json, history.json
+    "study-resnet20-umap": t_study_resnet20_umap,  # study/resnet20/umap.json
+    "bench-meta": t_bench_meta,  # bench.json
+    "bench": t_bench,  # bench.md (written from bench.json by scripts/bench.py)
+    "index-meta": t_index_meta,  # bench_index.json
+    "index-scaling": t_index_scaling,  # bench_index.json
+    "index-compact": t_index_compact,  # bench_index.json
+    "index-sizing": t_index_sizing,  # bench_index.json
+    "tune-summary": t_tune_summary,  # tune/triplet/summary.json, trials.csv
+    "tune-trials": t_tune_trials,  # tune/triplet/trials.csv
+    "probe-trajectory": t_probe_trajectory,  # probe/ce_*.jsonl
+    "probe-adamw": t_probe_adamw,  # probe/ce_adamw_s0.jsonl
+    "probe-knn-flip": t_probe_knn_flip,  # probe/knn_flip.jsonl
+    "probe-compile": t_probe_compile,  # probe/compile_*.json
+    "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
+}
+
+
+def fill(text: str, ctx: Ctx, source: Path) -> str:
+    """The text with every marked table block re-rendered; everything outside the markers kept as it is."""
+
+    def render(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in TABLES:
+            raise DocsError(f"{source}: unknown table {name!r} (known: {', '.join(TABLES)})")
+        return f"{m.group(1)}\n{TABLES[name](ctx)}\n\n{m.group(4)}"
+
+    return BLOCK.sub(render, text)
+
+
+def doc_files(root: Path) -> list[Path]:
+    return [p for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if p.is_file()]
+
+
+def regenerate_summaries(ref: Path, into: Path | None) -> dict[str, Path]:
+    """Rewrite each study's summary.md / summary.csv from its runs' report.json files (into `into`/<backbone>
+    instead when given, leaving the committed ones alone). Returns backbone → dir of the summary to render from."""
+    try:
+        from embedfm.summarize import summarize
+    except ImportError:  # an embedfm without the summarize module: render the committed summaries as they are
+        return {}
+    dirs = {}
+    for study in sorted(p for p in (ref / "study").iterdir() if p.is_dir()):
+        out = study if into is None else into / study.name
+        out.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            summarize([str(study)], out=str(out))
+        dirs[study.name] = out
+    return dirs
+
+
+def run(root: Path, check: bool) -> list[Path]:
+    """Regenerate everything under `root`; return the files that changed (or, with check, would change)."""
+    ref = root / "artifacts" / "reference"
+    committed = {p: p.read_bytes() for p in sorted((ref / "study").glob("*/summary.*"))}
+    changed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        summaries = regenerate_summaries(ref, Path(tmp) if check else None)
+        for name, d in summaries.items():
+            for f in ("summary.md", "summary.csv"):
+                path = ref / "study" / name / f
+                if (d / f).read_bytes() != committed.get(path):
+                    changed.append(path)
+        for path in doc_files(root):
+            old = path.read_text()
+            new = fill(old, Ctx(ref=ref, summaries=summaries, here=path.parent), path)
+            if new != old:
+                changed.append(path)
+                if not check:
+                    path.write_text(new)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file would change")
+    p.add_argument("--root", type=Path, default=REPO, help="repository root to work on (default: this checkout)")
+    args = p.parse_args(argv)
+    try:
+        changed = run(args.root.resolve(), args.check)
+    except DocsError as e:
+        print(f"make_docs: error: {e}", file=sys.stderr)
+        return 2
+    for path in changed:
+        print(f"{'would change' if args.check else 'updated'}: {path.relative_to(args.root.resolve())}")
+    return 1 if args.check and changed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
