@@ -1,4 +1,5 @@
-# embedfm: `make demo` (set up + train CE and CE+triplet + eval + viz) and `make test`.
+# embedfm: `make demo` (set up + train CE and CE+triplet + eval + viz) and `make test`;
+# `make test-fast` (no training on real data, under a minute), `make lint`, `make format`, `make docs`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ DEMO   := artifacts/demo
 # torch >= 2.1 works (see pyproject.toml), override with `make TORCH_PIN= ...`.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv data clean-demo
+.PHONY: demo test test-fast lint format docs venv data clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,21 @@ demo: venv data
 
 test: venv data
 	$(VENV)/bin/python -m pytest
+
+test-fast: venv
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# every table in docs/results/ and README's headline table, rebuilt from artifacts/reference/
+docs: venv
+	$(VENV)/bin/python scripts/make_docs.py
 
 clean-demo:
 	rm -rf $(DEMO)

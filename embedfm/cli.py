@@ -119,7 +119,7 @@ def add_eval(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs; the first is the baseline for difference plots")
     p.add_argument("--out", help="report dir (default: the run dir, or the runs' common parent)")
     p.add_argument("--k", type=int, default=10, help="neighbours of the kNN classifier")
-    p.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="kNN metric")
+    p.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="kNN distance: cosine (inner product of unit vectors) or l2")
     p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
     p.add_argument("--data-dir", help="where the IDX files are (default: as at training)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -134,7 +134,7 @@ def add_viz(sub) -> None:
         "`embedfm eval` (computed if missing).",
         formatter_class=_ShowDefaults,
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs to draw, one panel each")
     p.add_argument("--out", help="figure dir (default: the run dir, or the runs' common parent)")
     p.add_argument("--max-points", type=int, default=10_000, help="test points per panel (random subset)")
     p.add_argument("--seed", type=int, default=0, help="UMAP and subset seed")

@@ -135,15 +135,21 @@ class TrainConfig:
 
     @property
     def resolved_sampler(self) -> str:
-        if self.sampler != "auto":
-            return self.sampler
-        return "balanced" if self.loss == "triplet" else "random"
+        return resolved_sampler(self.loss, self.sampler)
 
     def describe(self) -> str:
         """One `key = value` per line, aligned: what a run prints at start."""
         d = self.to_dict()
         w = max(map(len, d))
         return "\n".join(f"  {k:<{w}} = {v}" for k, v in d.items())
+
+
+def resolved_sampler(loss: str, sampler: str) -> str:
+    """What --sampler auto means: class-balanced batches for the triplet loss (its miner needs positives and the
+    confusable negatives in every batch), plain shuffled batches for CE."""
+    if sampler != "auto":
+        return sampler
+    return "balanced" if loss == "triplet" else "random"
 
 
 def _check(cond: bool, msg: str) -> None:

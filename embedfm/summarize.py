@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from embedfm import rundir
-from embedfm.config import FIELDS, FOCUS_CLASSES, TrainConfig, run_keys
+from embedfm.config import FIELDS, FOCUS_CLASSES, TrainConfig, resolved_sampler, run_keys
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -54,7 +54,8 @@ def last_val(run_dir: Path) -> dict:
 def full_config(r: dict) -> dict:
     """A report's config with today's defaults filled in where it predates a key, so a run from before a
     setting existed groups (and is labelled) like runs that leave it at its default."""
-    return {**TrainConfig().to_dict(), **r["config"]}
+    defaults = {n: list(f.default) if isinstance(f.default, tuple) else f.default for n, f in FIELDS.items()}
+    return {**defaults, **r["config"]}
 
 
 def method_key(r: dict) -> str:
@@ -68,7 +69,7 @@ def method_label(runs: list[dict], all_keys: list[str]) -> str:
     varying = sorted(k for k in cfgs[0] if len({json.dumps(c.get(k)) for c in cfgs}) > 1 and k not in ("loss",))
     cfg = full_config(runs[0])
     if cfg.get("sampler") == "auto":  # show what "auto" meant for this loss
-        cfg["sampler"] = TrainConfig(loss=cfg["loss"]).resolved_sampler
+        cfg["sampler"] = resolved_sampler(cfg["loss"], "auto")
     extra = ", ".join(f"{k}={cfg[k]}" for k in varying if not (cfg["loss"] == "ce" and k in METRIC_ONLY))
     return f"{cfg['loss']} / {cfg['backbone']} / {cfg['epochs']} ep" + (f" ({extra})" if extra else "")
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """embedfm benchmark: every stage measured side by side with what users would otherwise run.
 
-    .venv/bin/python scripts/bench [--runs artifacts/demo] [--out artifacts/bench] [--quick]
+    .venv/bin/python scripts/bench.py [--runs artifacts/demo] [--out artifacts/bench] [--quick]
 
 Sections (each prints absolute figures and the ratio, all measured in this one process run):
   1. time to accuracy   wall time of training until val accuracy first reaches 90 / 91 / 92 %, read from
@@ -25,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,14 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from embedfm import machine
+from embedfm.config import TrainConfig
+from embedfm.data import FILES, augment, find_data_dir, load_fashion_mnist, make_splits, to_float
+from embedfm.knn import KNNClassifier, vote
+from embedfm.models import build_model, count_macs
+from embedfm.objectives import build_objective
+from embedfm.train import make_optimizer, prepare_batch, train_step
 
-from embedfm.config import TrainConfig  # noqa: E402
-from embedfm.data import FILES, augment, find_data_dir, load_fashion_mnist, make_splits, to_float  # noqa: E402
-from embedfm.knn import KNNClassifier, vote  # noqa: E402
-from embedfm.models import build_model, count_macs  # noqa: E402
-from embedfm.objectives import build_objective  # noqa: E402
+ROOT = Path.cwd()  # run from the repository root: paths below (artifacts/...) are relative to it
+CPU = torch.device("cpu")
 
 ROWS: list[tuple[str, str, str]] = []  # (section, what, figures)
 
@@ -121,25 +121,28 @@ def time_to_accuracy(runs_dir: Path, results: dict) -> None:
 # ------------------------------------------------------------------------------------------------ 2
 
 
-def train_throughput(loss: str, steps: int, batch_size: int = 256) -> float:
+def _step_on(cfg: TrainConfig, steps: int):
+    """The package's model, optimizer + schedule and objective for `cfg`, and a function doing one training step
+    of it (`embedfm.train.train_step`, the step `embedfm train` runs) on a prepared batch."""
     torch.manual_seed(0)
-    cfg = TrainConfig(loss=loss)
-    model = build_model().to(memory_format=torch.channels_last)
-    obj = build_objective(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = build_model(cfg.backbone, cfg.embedding_dim, 10).to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(model, cfg, steps)
+    objective = build_objective(cfg)
+    return lambda x, y: train_step(model, objective, opt, sched, x, y, CPU)
+
+
+def train_throughput(loss: str, steps: int, batch_size: int = 256) -> float:
+    """Training images/s of the default recipe on random uint8 batches: augmentation + step, as in training."""
+    cfg = TrainConfig(loss=loss, batch_size=batch_size)
+    step = _step_on(cfg, steps + 3)
     g = torch.Generator().manual_seed(0)
     x_all = torch.randint(0, 256, (batch_size * 4, 28, 28), dtype=torch.uint8)
-    y = torch.arange(batch_size) % 10
+    y = torch.arange(batch_size) % 10  # every class in every batch, as the balanced sampler makes them
     t0 = None
     for i in range(steps + 3):
         if i == 3:
             t0 = time.perf_counter()
-        x = to_float(augment(x_all[(i % 4) * batch_size : (i % 4 + 1) * batch_size], 0, True, g))
-        logits, emb = model(x.contiguous(memory_format=torch.channels_last))
-        l, _ = obj(logits, emb, y)
-        opt.zero_grad(set_to_none=True)
-        l.backward()
-        opt.step()
+        step(*prepare_batch(x_all[(i % 4) * batch_size : (i % 4 + 1) * batch_size], y, cfg, g, CPU))
     return steps * batch_size / (time.perf_counter() - t0)
 
 
@@ -204,7 +207,7 @@ def input_pipeline(results: dict, n_images: int, train_steps: int) -> None:
     seen = 0
     while seen < n_images:
         idx = torch.randint(0, len(s.train_y), (B,), generator=g)
-        x = to_float(augment(s.train_x[idx], 2, True, g))
+        to_float(augment(s.train_x[idx], 2, True, g))
         seen += B
     ours = seen / (time.perf_counter() - t)
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,7 +218,7 @@ def input_pipeline(results: dict, n_images: int, train_steps: int) -> None:
         seen = 0
         while seen < n_images // 4:
             try:
-                x, y = next(it)
+                _, y = next(it)
             except StopIteration:
                 it = iter(loader)
                 continue
@@ -248,20 +251,14 @@ def input_pipeline(results: dict, n_images: int, train_steps: int) -> None:
 
 
 def _train_from(next_batch, steps: int) -> float:
-    torch.manual_seed(0)
-    model = build_model().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    obj = build_objective(TrainConfig())
+    """Training images/s of the default CE step fed by `next_batch()` → (float (B, 1, 28, 28), labels)."""
+    step = _step_on(TrainConfig(), steps + 2)
     t0, seen = None, 0
     for i in range(steps + 2):
         if i == 2:
             t0, seen = time.perf_counter(), 0
         x, y = next_batch()
-        logits, emb = model(x.contiguous(memory_format=torch.channels_last))
-        l, _ = obj(logits, emb, y)
-        opt.zero_grad(set_to_none=True)
-        l.backward()
-        opt.step()
+        step(x.contiguous(memory_format=torch.channels_last), y)
         seen += len(y)
     return seen / (time.perf_counter() - t0)
 
@@ -456,7 +453,7 @@ def write_outputs(out: Path, results: dict, only: set[str]) -> list[str]:
         kept = [ln for ln in (out / "bench.md").read_text().splitlines()[2:] if ln.split()[1] not in redone]
     new = [f"| {a} | {b} | {c} |" for a, b, c in ROWS]
     body = sorted(kept + new, key=lambda ln: ln.split()[1])  # stable: keeps each section's row order
-    md = ["| section | measurement | figures |", "|---|---|---|"] + body
+    md = ["| section | measurement | figures |", "|---|---|---|", *body]
     (out / "bench.md").write_text("\n".join(md) + "\n")
     return md
 
@@ -482,11 +479,8 @@ def main() -> None:
         p.error(f"--only takes a comma-separated list of {', '.join(SECTIONS)}")
     runs_dir = (ROOT / args.runs) if not Path(args.runs).is_absolute() else Path(args.runs)
     steps, n_img, queries = (5, 5_000, 1_000) if args.quick else (30, 50_000, 10_000)
-    results: dict = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-    }
+    cpu = machine.describe()
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine.summary(cpu), "cpu": cpu}
     print(f"embedfm bench — {results['machine']}", flush=True)
     if only & {"knn"} and not only & {"step"}:
         results["knn_matmul_gflops"] = matmul_ceiling()  # kNN's ratios are against the ceiling of this run

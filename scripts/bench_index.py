@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Index benchmark: approximate FAISS indexes against exact search, on real and synthetic embeddings.
 
-    .venv/bin/python scripts/bench_index [--run artifacts/demo/triplet] [--synthetic 1000000] [--reference]
+    .venv/bin/python scripts/bench_index.py [--run artifacts/demo/triplet] [--synthetic 1000000] [--reference]
 
 For each index type (faiss factory strings, the ones `embedfm index --type` takes) and search setting:
 build time, index size (bytes per vector), queries/s, recall@10 against exact search (share of the
@@ -20,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -30,15 +27,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from embedfm import machine
+from embedfm.index import index_bytes, make_index, set_search_params
 
-from embedfm.index import index_bytes, make_index, set_search_params  # noqa: E402
+ROOT = Path.cwd()  # run from the repository root: artifacts/... paths are relative to it
 
 
 def index_types(n: int) -> list[tuple[str, list[dict]]]:
     """(factory, search settings) scaled to the catalogue: ~4·sqrt(n) IVF lists, as faiss's guide advises."""
-    nlist = 1 << int(round(np.log2(4 * np.sqrt(n))))
+    nlist = 1 << round(np.log2(4 * np.sqrt(n)))
     return [
         ("Flat", [{}]),
         (f"IVF{nlist},Flat", [{"nprobe": 4}, {"nprobe": 16}, {"nprobe": 64}]),
@@ -177,7 +174,8 @@ def main() -> None:
         rows += bench("synthetic", syn, syn_q)
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine.summary(machine.describe()),
+        "cpu": machine.describe(),
         "faiss": faiss.__version__,
         "threads": faiss.omp_get_max_threads(),
         "run": args.run,

@@ -11,21 +11,21 @@ Every table that holds a measurement sits between two marker lines,
 
 and only the text between them is rewritten: the prose around the markers is hand-written and left alone. The
 study summaries (artifacts/reference/study/*/summary.md and .csv) are first regenerated from their runs'
-report.json files with `embedfm.summarize`; every table is then rendered from JSON, CSV and JSON-lines files under
-artifacts/reference/ (TABLES names each table's source). The output depends on those files only: running it twice,
-or on a fresh clone, changes nothing. It needs neither the dataset nor torch, and takes about a second.
+report.json files with `embedfm.summarize`; every results table is then rendered from JSON, CSV and JSON-lines files
+under artifacts/reference/, and the flag and search-space tables of the user docs from the config schema and
+`embedfm.tune.SPACE` (TABLES names each table's source). The output depends on those alone: running it twice, or on
+a fresh clone, changes nothing. It needs no dataset and trains nothing; it takes a few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
 import json
 import math
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedfm.config import FIELDS, GROUPS
+from embedfm.errors import EmbedfmError
+from embedfm.summarize import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^(<!-- table: ([\w-]+) -->\n)(.*?)^(<!-- /table -->)$", re.S | re.M)
@@ -137,6 +139,31 @@ def runs_of(ref: Path, backbone: str, pattern: str) -> list[tuple[Path, dict]]:
 def last_epoch(run_dir: Path) -> dict:
     hist = run_dir / "history.json"
     return load(hist)[-1] if hist.is_file() else {}
+
+
+def committed_run(ref: Path, recorded: str) -> tuple[str, Path] | None:
+    """The committed copy of a run that an artifact names by the path it was written to (a report's run_dir):
+    (short label, its report.json), or None."""
+    for rep in sorted(ref.glob("**/report.json")):
+        runs = load(rep)["runs"]
+        for name, r in runs.items():
+            if r.get("run_dir") == recorded:
+                where = rep.parent.relative_to(ref).as_posix()
+                return (f"{where} ({name})" if len(runs) > 1 else where), rep
+    return None
+
+
+def run_label(ctx: Ctx, recorded: str) -> str:
+    found = committed_run(ctx.ref, recorded)
+    return ctx.link(found[1], found[0]) if found else f"`{recorded}`"
+
+
+def study_run_by_name(ctx: Ctx, backbone: str, name: str) -> str:
+    """A study run named as in its report (e.g. in umap.json), shown as its committed folder."""
+    for run_dir, _ in runs_of(ctx.ref, backbone, "*"):
+        if name in load(run_dir / "report.json")["runs"]:
+            return ctx.link(run_dir / "report.json", f"study/{backbone}/{run_dir.name}")
+    return f"`{name}`"
 
 
 # ------------------------------------------------------------------------------------------------ README
@@ -351,11 +378,37 @@ def t_study_resnet20_runs(ctx: Ctx) -> str:
     return table(header, rows) + "\n\nVal acc is the final epoch's (history.json beside each report)."
 
 
+def t_study_levers(ctx: Ctx) -> str:
+    """Seed 0 of every fastcnn method on the validation split: what a variant was chosen (or dropped) by."""
+    header = ["run (seed 0)", "loss", "sampler", "mining", "metric loss", "val acc %", "val focus err %", "val kNN %"]
+    rows = []
+    for run_dir, r in runs_of(ctx.ref, "fastcnn", "*_s0"):
+        cfg, last = r["config"], last_epoch(run_dir)
+        sampler = cfg.get("sampler", "auto")
+        if sampler == "auto":
+            sampler = "balanced" if cfg["loss"] == "triplet" else "random"
+        triplet = cfg["loss"] == "triplet"
+        rows.append(
+            [
+                ctx.link(run_dir / "history.json", run_dir.name),
+                cfg["loss"],
+                sampler,
+                cfg.get("mining", "all") if triplet else "–",
+                cfg.get("metric_loss", "triplet") if triplet else "–",
+                pct(last.get("val_acc")),
+                pct(last.get("val_focus_err")),
+                pct(last.get("val_knn_acc")),
+            ]
+        )
+    note = "Final epoch of each run's history.json; \"–\" where a run's history predates that figure."
+    return table(header, rows) + "\n\n" + note
+
+
 def t_study_resnet20_umap(ctx: Ctx) -> str:
     path = ctx.ref / "study" / "resnet20" / "umap.json"
     u = load(path)
-    rows = [[run, num(s)] for run, s in u["focus_silhouette"].items()]
-    return table(["run (seed 0)", "focus-class silhouette"], rows) + "\n\nSource: " + ctx.link(path)
+    rows = [[study_run_by_name(ctx, "resnet20", run), num(s)] for run, s in u["focus_silhouette"].items()]
+    return table(["run", "focus-class silhouette"], rows) + "\n\nSource: " + ctx.link(path)
 
 
 # (backbone, runs A, label A, runs B, label B): B against A, per-run figures from report.json, unrounded
@@ -425,7 +478,7 @@ def t_bench_meta(ctx: Ctx) -> str:
     dates = b.get("section_dates", {})
     rows = [["machine", b["machine"]], ["date of the run", b["date"]]]
     rows += [[f"section `{s}` last measured", d] for s, d in dates.items()]
-    return table(["", ""], rows) + "\n\nSource: " + ctx.link(ctx.ref / "bench.json")
+    return table(["item", "value"], rows) + "\n\nSource: " + ctx.link(ctx.ref / "bench.json")
 
 
 def t_bench(ctx: Ctx) -> str:
@@ -433,7 +486,8 @@ def t_bench(ctx: Ctx) -> str:
     if not path.is_file():
         raise DocsError(f"{path} is missing: run `.venv/bin/python scripts/bench.py --reference`")
     lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
-    return "\n".join(lines) + "\n\nSource: " + ctx.link(path) + " (written with " + ctx.link(ctx.ref / "bench.json") + ")"
+    source = f"{ctx.link(path)} (written with {ctx.link(ctx.ref / 'bench.json')})"
+    return "\n".join(lines) + "\n\nSource: " + source
 
 
 # ------------------------------------------------------------------------------------------ index scaling
@@ -453,11 +507,10 @@ def t_index_meta(ctx: Ctx) -> str:
     rows = [
         ["date", b["date"]],
         ["machine", f"{b['machine']}, faiss {b['faiss']} with {b['threads']} threads"],
-        ["embeddings", f"`{b['run']}` (64-d, unit norm)"],
-        ["command", f"`{b['command']}`"],
+        ["embeddings of", run_label(ctx, b["run"])],
         ["wall time of the whole benchmark", f"{b['seconds']:.0f} s"],
     ]
-    return table(["", ""], rows) + "\n\nSource: " + ctx.link(path)
+    return table(["item", "value"], rows) + "\n\nSource: " + ctx.link(path)
 
 
 def t_index_scaling(ctx: Ctx) -> str:
@@ -506,10 +559,9 @@ def t_index_sizing(ctx: Ctx) -> str:
     path = ctx.ref / "bench_index.json"
     b = load(path)
     header = ["index", "bytes/vector", f"GiB for {b['sizing_n']:,} vectors", "layout"]
-    rows = [
-        [s["factory"], f"{s['bytes_per_vector']:g}", f"{s['total_gib']:.1f}", s["layout"]] for s in b["sizing"]
-    ]
-    return table(header, rows) + "\n\nArithmetic from the bytes per vector, not a measured run. Source: " + ctx.link(path)
+    rows = [[s["factory"], f"{s['bytes_per_vector']:g}", f"{s['total_gib']:.1f}", s["layout"]] for s in b["sizing"]]
+    note = "Arithmetic from the bytes per vector, not a measured run. Source: " + ctx.link(path)
+    return table(header, rows) + "\n\n" + note
 
 
 # ------------------------------------------------------------------------------------------------ tuning
@@ -547,7 +599,7 @@ def t_tune_summary(ctx: Ctx) -> str:
         ],
     ]
     src = ", ".join(ctx.link(tune_dir(ctx) / f) for f in ("summary.json", "trials.csv"))
-    return table(["", ""], rows) + "\n\nSource: " + src
+    return table(["item", "value"], rows) + "\n\nSource: " + src
 
 
 TRIAL_PARAMS = [
@@ -639,8 +691,8 @@ def t_probe_knn_flip(ctx: Ctx) -> str:
         ("val_knn_flip_queries_and_refs", "kNN, queries and references flip-averaged"),
         ("val_blend_2fold_cv", "softmax + kNN blend (2-fold CV)"),
     ]
-    rows = [[f"`{r['run']}`", *[pct(r[k]) for k, _ in keys]] for r in jsonl(path)]
-    header = ["run (validation split, %)", *[h for _, h in keys]]
+    rows = [[run_label(ctx, r["run"]), *[pct(r[k]) for k, _ in keys]] for r in jsonl(path)]
+    header = ["run (validation accuracy, %)", *[h for _, h in keys]]
     return table(header, rows) + "\n\nSource: " + ctx.link(path)
 
 
@@ -677,16 +729,28 @@ def default_text(d) -> str:
 
 def t_train_flags(ctx: Ctx) -> str:
     """Every TrainConfig field as a flag, grouped as `embedfm train --help` groups them."""
-    header = ["flag", "default", "meaning"]
     rows = []
     for group, title in GROUPS.items():
-        fields = [f for f in FIELDS.values() if f.metadata["group"] == group]
-        for i, f in enumerate(fields):
-            shown = default_text(f.default)
-            choices = f.metadata.get("choices")
-            help_text = f.metadata["help"] + (f" (one of {', '.join(choices)})" if choices else "")
-            rows.append([f"`--{f.name.replace('_', '-')}`", f"`{shown}`", (f"*{title}:* " if i == 0 else "") + help_text])
-    return table(header, rows)
+        rows.append([f"**{title}**", "", ""])
+        for f in FIELDS.values():
+            if f.metadata["group"] == group:
+                choices = f.metadata.get("choices")
+                help_text = f.metadata["help"] + (f" (one of {', '.join(choices)})" if choices else "")
+                rows.append([f"`--{f.name.replace('_', '-')}`", f"`{default_text(f.default)}`", help_text])
+    return table(["flag", "default", "meaning"], rows)
+
+
+def t_tune_space(ctx: Ctx) -> str:
+    """embedfm.tune.SPACE: what `embedfm tune` searches, per loss (the schema, not a measurement)."""
+    from embedfm.tune import PARAMS, SPACE
+
+    kinds = {"log": "log-uniform", "float": "uniform", "int": "integer"}
+    rows = []
+    for name, (kind, *args) in SPACE.items():
+        shown = ", ".join(map(str, args[0])) if kind == "choice" else f"{args[0]:g} – {args[1]:g}"
+        losses = ", ".join(loss for loss, params in PARAMS.items() if name in params)
+        rows.append([f"`--{name.replace('_', '-')}`", kinds.get(kind, "one of"), shown, losses])
+    return table(["setting", "drawn", "range", "searched for --loss"], rows)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -700,6 +764,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "study-fastcnn": t_study_fastcnn,  # study/fastcnn/summary.csv
     "study-contrasts": t_study_contrasts,  # study/*/*/report.json
     "study-backbones": t_study_backbones,  # study/*/summary.csv
+    "study-levers": t_study_levers,  # study/fastcnn/*_s0/report.json, history.json
     "study-resnet20-knn": t_study_resnet20_knn,  # study/resnet20/summary.csv
     "study-resnet20-runs": t_study_resnet20_runs,  # study/resnet20/*/report.json, history.json
     "study-resnet20-umap": t_study_resnet20_umap,  # study/resnet20/umap.json
@@ -716,6 +781,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "probe-knn-flip": t_probe_knn_flip,  # probe/knn_flip.jsonl
     "probe-compile": t_probe_compile,  # probe/compile_*.json
     "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
+    "tune-space": t_tune_space,  # embedfm.tune.SPACE (the schema, not a measurement)
 }
 
 
@@ -738,16 +804,18 @@ def doc_files(root: Path) -> list[Path]:
 def regenerate_summaries(ref: Path, into: Path | None) -> dict[str, Path]:
     """Rewrite each study's summary.md / summary.csv from its runs' report.json files (into `into`/<backbone>
     instead when given, leaving the committed ones alone). Returns backbone → dir of the summary to render from."""
-    try:
-        from embedfm.summarize import summarize
-    except ImportError:  # an embedfm without the summarize module: render the committed summaries as they are
-        return {}
     dirs = {}
-    for study in sorted(p for p in (ref / "study").iterdir() if p.is_dir()):
+    studies = sorted(p for p in (ref / "study").iterdir() if p.is_dir()) if (ref / "study").is_dir() else []
+    for study in studies:
         out = study if into is None else into / study.name
-        out.mkdir(parents=True, exist_ok=True)
-        with contextlib.redirect_stdout(io.StringIO()):
-            summarize([str(study)], out=str(out))
+        if out != study:  # what summarize reads beside the summary (the saved raw-pixel baseline)
+            out.mkdir(parents=True, exist_ok=True)
+            for saved in study.glob("*.json"):
+                shutil.copy2(saved, out / saved.name)
+        try:
+            summarize([str(study)], out=str(out), log=lambda _text: None)
+        except EmbedfmError as e:
+            raise DocsError(f"summarize {study}: {e}") from None
         dirs[study.name] = out
     return dirs
 

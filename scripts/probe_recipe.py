@@ -1,137 +1,95 @@
-#!/usr/bin/env python3
 """Probe a training-recipe change before building it in: validation only, measured side by side.
 
-    .venv/bin/python scripts/probe_recipe trajectory [--loss ce] [--seed 0] [--ema 0.99,0.998]
-                                                     [--opt adamw|sgd [--sgd-weight-decay 5e-4]] [--lr X] [--batch-size B] [--epochs E]
-                                                     [--checks-per-epoch 4]
-    .venv/bin/python scripts/probe_recipe compile [--backbone fastcnn] [--reps 5]
-    .venv/bin/python scripts/probe_recipe knn-flip RUN [RUN ...] [--k 10]
+    .venv/bin/python scripts/probe_recipe.py trajectory [--loss ce] [--seed 0] [--ema 0.99,0.998]
+        [--optimizer adamw|sgd] [--weight-decay X] [--lr X] [--batch-size B] [--epochs E] [--checks-per-epoch 4]
+    .venv/bin/python scripts/probe_recipe.py compile [--backbone fastcnn] [--reps 5]
+    .venv/bin/python scripts/probe_recipe.py knn-flip RUN [RUN ...] [--k 10]
 
-`trajectory` trains the demo configuration once (embedfm's data, model, augmentation, objective and
-one-cycle schedule) and, `--checks-per-epoch` times an epoch, validates the raw weights and an EMA
-copy per `--ema` decay on the validation split (flip TTA, as `embedfm train` validates): one training
-run answers both "does an EMA of the weights help?" and "when, within an epoch, is 91 % reached?".
-Training seconds exclude the validations. `--opt sgd` swaps AdamW for SGD + Nesterov momentum 0.9
-under the same schedule. Prints one JSON line per check. The test split is never read.
+`trajectory` runs `embedfm train` itself (the package's loop, data, model, augmentation, objective and one-cycle
+schedule, in a temporary run dir) with an `on_step` hook that, `--checks-per-epoch` times an epoch, validates the
+raw weights and an EMA copy per `--ema` decay on the validation split (flip TTA, as `embedfm train` validates): one
+training run answers both "does an EMA of the weights help?" and "when, within an epoch, is 91 % reached?".
+Training seconds exclude the hook (validations, EMA updates). `--optimizer sgd` is `embedfm train --optimizer sgd`
+(Nesterov momentum 0.9 under the same schedule; pass its L2 `--weight-decay`, e.g. 5e-4). Prints one JSON line per
+check. The test split is never read.
 
-`compile` times a training step (batch 256, channels-last, AdamW) of the eager model against
-`torch.compile` of the same model, alternating, best of `--reps`, and the compile time.
+`compile` times the package's training step (`embedfm.train.train_step`, batch 256, channels-last) of the eager
+model against `torch.compile` of the same model, alternating, best of `--reps`, and the compile time.
 
-`knn-flip` takes trained runs and measures, on the validation split, the kNN classifier eval would
-build (FAISS over the run's whole train split) with single-image queries, with flip-averaged queries
-(eval's `knn_flip`), and with flip-averaged queries and references; and a blend of the softmax
-probabilities with the kNN vote shares, (1 - w) p + w v, whose weight w (0, 0.1, ..., 1) is chosen by
-2-fold cross-validation inside the validation split (even / odd positions): each half is scored with
-the w that is best on the other half.
+`knn-flip` takes trained runs and measures, on the validation split, the kNN classifier eval would build (FAISS
+over the run's whole train split) with single-image queries, with flip-averaged queries (eval's `knn_flip`), and
+with flip-averaged queries and references; and a blend of the softmax probabilities with the kNN vote shares,
+(1 - w) p + w v, whose weight w (0, 0.1, ..., 1) is chosen by 2-fold cross-validation inside the validation split
+(even / odd positions): each half is scored with the w that is best on the other half.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from embedfm.config import TrainConfig
+from embedfm.data import load_fashion_mnist, make_splits
+from embedfm.inference import embed
+from embedfm.models import build_model
+from embedfm.objectives import build_objective
+from embedfm.train import Hooks, Step, make_optimizer, train, train_step
 
-from embedfm.config import TrainConfig  # noqa: E402
-from embedfm.data import augment, load_fashion_mnist, make_splits, to_float  # noqa: E402
-from embedfm.models import build_model  # noqa: E402
-from embedfm.objectives import build_objective  # noqa: E402
-from embedfm.train import embed, make_optimizer, one_cycle, plan_epoch, seed_everything, steps_per_epoch  # noqa: E402
-
-
-def sgd_like(net, cfg: TrainConfig, steps: int, weight_decay: float):
-    """SGD + Nesterov under the same parameter groups and one-cycle schedule as embedfm's AdamW
-    (SGD's weight decay is an L2 coefficient, not AdamW's decoupled one, hence its own value)."""
-    opt, _ = make_optimizer(net, cfg, steps)
-    sgd = torch.optim.SGD(
-        [{"params": g["params"], "weight_decay": weight_decay if g["weight_decay"] else 0.0} for g in opt.param_groups],
-        lr=cfg.lr,
-        momentum=0.9,
-        nesterov=True,
-    )
-    return sgd, one_cycle(sgd, cfg, steps)
+CPU = torch.device("cpu")
 
 
 def val_acc(model, splits) -> float:
-    logits = embed(model, splits.val_x, torch.device("cpu"), tta_flip=True).logits  # (N_val, 10)
+    logits = embed(model, splits.val_x, CPU, tta_flip=True).logits  # (N_val, 10)
     return round((logits.argmax(1) == splits.val_y).float().mean().item(), 4)
 
 
 def trajectory(a) -> None:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    cfg = TrainConfig(
-        loss=a.loss, seed=a.seed, batch_size=a.batch_size, epochs=a.epochs, **({"lr": a.lr} if a.lr else {})
-    )
-    splits = make_splits(load_fashion_mnist(cfg.data_dir), cfg.val_size)
-    steps = steps_per_epoch(cfg, len(splits.train_y))
-    gen = seed_everything(cfg.seed)
-    net = build_model(cfg.backbone, cfg.embedding_dim, 10).to(memory_format=torch.channels_last)
-    opt, sched = (
-        sgd_like(net, cfg, cfg.epochs * steps, a.sgd_weight_decay)
-        if a.opt == "sgd"
-        else make_optimizer(net, cfg, cfg.epochs * steps)
-    )
-    objective = build_objective(cfg)
-    # BN statistics are averaged too (use_buffers), as timm's ModelEmaV2 does
-    emas = {
-        d: AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True)
-        for d in (float(s) for s in a.ema.split(",") if s)
-    }
-    checks = {round(steps * (i + 1) / a.checks_per_epoch) - 1 for i in range(a.checks_per_epoch)}
+    overrides = {k: getattr(a, k) for k in ("lr", "weight_decay") if getattr(a, k) is not None}
+    data = load_fashion_mnist()
+    emas: dict[float, AveragedModel] = {}
+    decays = [float(s) for s in a.ema.split(",") if s]
     print(json.dumps({"config": {k: v for k, v in vars(a).items() if k != "func"}}), flush=True)
-    train_s = 0.0
-    for epoch in range(cfg.epochs):
-        net.train()
-        t0 = time.perf_counter()
-        for step, idx in enumerate(plan_epoch(cfg, splits.train_y, gen)):
-            x = to_float(augment(splits.train_x[idx], cfg.crop_pad, cfg.flip, gen))  # (B, 1, 28, 28)
-            logits, emb = net(x.contiguous(memory_format=torch.channels_last))
-            loss, _ = objective(logits, emb, splits.train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(loss=a.loss, seed=a.seed, batch_size=a.batch_size, epochs=a.epochs,
+                          optimizer=a.optimizer, out=tmp, **overrides)  # fmt: skip
+        splits = make_splits(data, cfg.val_size, cfg.limit)
+
+        def on_step(s: Step) -> None:
+            if not emas:  # BN statistics are averaged too (use_buffers), as timm's ModelEmaV2 does
+                emas.update({d: AveragedModel(s.net, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True)
+                             for d in decays})  # fmt: skip
             for e in emas.values():
-                e.update_parameters(net)
-            if step in checks:
-                train_s += time.perf_counter() - t0
-                row = {
-                    "epoch": round(epoch + (step + 1) / steps, 3),
-                    "train_s": round(train_s, 1),
-                    "raw": val_acc(net, splits),
-                    **{f"ema{d}": val_acc(e.module, splits) for d, e in emas.items()},
-                }
+                e.update_parameters(s.net)
+            checks = {round(s.steps * (i + 1) / a.checks_per_epoch) - 1 for i in range(a.checks_per_epoch)}
+            if s.step in checks:
+                row = {"epoch": round(s.epoch + (s.step + 1) / s.steps, 3), "train_s": round(s.train_seconds, 1),
+                       "raw": val_acc(s.net, splits)}  # fmt: skip
+                row.update({f"ema{d}": val_acc(e.module, splits) for d, e in emas.items()})
                 print(json.dumps(row), flush=True)
-                net.train()
-                t0 = time.perf_counter()
+
+        train(cfg, data=data, progress=False, log=lambda *a, **k: None, hooks=Hooks(on_step=on_step))
 
 
 def compile_step(a) -> None:
     torch.manual_seed(0)
+    cfg = TrainConfig(backbone=a.backbone)
     x = torch.randn(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (256,))
 
     def make(compiled: bool):
-        net = build_model(a.backbone, 64, 10).to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        net = build_model(a.backbone, cfg.embedding_dim, 10).to(memory_format=torch.channels_last)
+        opt, sched = make_optimizer(net, cfg, 10 * (a.reps + 1) + 1)
         fwd = torch.compile(net) if compiled else net
-
-        def step():
-            logits, _ = fwd(x)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(logits, y).backward()
-            opt.step()
-
-        return step
+        objective = build_objective(cfg)
+        return lambda: train_step(fwd, objective, opt, sched, x, y, CPU)
 
     eager, compiled = make(False), make(True)
     eager()
@@ -158,15 +116,15 @@ def compile_step(a) -> None:
 
 
 def knn_flip(a) -> None:
-    from embedfm import checkpoint as ckpt_io
+    from embedfm.checkpoint import load_model
     from embedfm.config import from_dict
     from embedfm.knn import KNNClassifier, vote
 
     for run in a.runs:
-        model, ckpt = ckpt_io.load_model(run)
+        model, ckpt = load_model(run)
         cfg = from_dict(ckpt["config"])
         splits = make_splits(load_fashion_mnist(cfg.data_dir), cfg.val_size, cfg.limit)
-        cpu, y = torch.device("cpu"), splits.val_y.numpy()
+        cpu, y = CPU, splits.val_y.numpy()
         ref = embed(model, splits.train_x, cpu, tta_flip=True)  # references, plain and flip-averaged
         val = embed(model, splits.val_x, cpu, tta_flip=True)
         knn = KNNClassifier(k=a.k).fit(ref.emb.numpy(), splits.train_y.numpy())
@@ -175,7 +133,7 @@ def knn_flip(a) -> None:
         _, idx = knn.kneighbors(val.emb_flip.numpy())
         neighbours = knn.labels[idx]  # (N_val, k)
         votes = (neighbours[:, :, None] == np.arange(10)).mean(1)  # (N_val, 10) vote shares
-        acc = lambda pred, m=slice(None): float((pred[m] == y[m]).mean())
+        acc = lambda pred, m=slice(None), y=y: float((pred[m] == y[m]).mean())
         weights = [i / 10 for i in range(11)]
         halves = [slice(0, None, 2), slice(1, None, 2)]
         blend = {w: ((1 - w) * softmax + w * votes).argmax(1) for w in weights}
@@ -207,8 +165,8 @@ def main() -> None:
     t.add_argument("--loss", default="ce", choices=("ce", "triplet"))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--ema", default="0.99,0.998", help="comma-separated EMA decays ('' for none)")
-    t.add_argument("--opt", default="adamw", choices=("adamw", "sgd"))
-    t.add_argument("--sgd-weight-decay", type=float, default=5e-4, help="L2 coefficient with --opt sgd")
+    t.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"), help="embedfm train --optimizer")
+    t.add_argument("--weight-decay", type=float, default=None, help="default: embedfm's (an L2 coefficient for sgd)")
     t.add_argument("--lr", type=float, default=None, help="peak lr (default: embedfm's)")
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--epochs", type=int, default=3)

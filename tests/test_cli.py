@@ -121,7 +121,7 @@ def test_bad_data_is_one_line_exit_2(tmp_path, kind):
         (["--epochs", "0"], "--epochs must be positive"),
         (["--lr", "-0.1"], "--lr must be positive"),
         (["--loss", "triplet", "--batch-size", "30"], "too small for the balanced sampler"),
-        (["--backbone", "nope"], "unknown backbone"),
+        (["--backbone", "nope"], "invalid choice: 'nope'"),
         (["--focus-classes", "0,10"], "class ids in 0-9"),
         (["--loss", "arcface"], "invalid choice: 'arcface'"),
         (["--epochs", "three"], "invalid int value"),
@@ -169,10 +169,21 @@ def test_debug_flag_shows_traceback(tmp_path):
 
 
 def test_help_explains_every_flag():
-    for cmd in ("train", "eval", "viz", "tune", "index", "search"):
+    """Every flag of every command has help text, and --help runs for each command."""
+    import argparse
+
+    from embedfm.cli import COMMANDS, build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert set(commands) == set(COMMANDS)
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and len(action.help) > 8, f"embedfm {name} {action.option_strings or action.dest}"
+    for cmd in COMMANDS:
         r = run_cli(cmd, "--help")
-        assert r.returncode == 0
-        assert "--out" in r.stdout
+        assert r.returncode == 0 and "--out" in r.stdout
         assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout  # unset says nothing
     assert "--triplet-weight" in run_cli("train", "--help").stdout
 

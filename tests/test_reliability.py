@@ -12,9 +12,10 @@ import torch
 from conftest import make_fake_dataset
 
 from embedfm import checkpoint as ckpt_io
-from embedfm.checkpoint import atomic_write_bytes
+from embedfm import rundir
 from embedfm.cli import main
 from embedfm.errors import CheckpointError, EmbedfmError
+from embedfm.fileio import atomic_write_bytes
 
 RUN = [
     "--limit",
@@ -58,7 +59,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, real_d
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 1 <= len(_history(killed)) < 4, "the kill should land between the first and the last checkpoint"
-    assert not ckpt_io.is_done(killed)
+    assert not rundir.is_done(killed)
 
     r = subprocess.run(
         [sys.executable, "-m", "embedfm", "train", "--resume", str(killed), "--no-progress"],
@@ -66,7 +67,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, real_d
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert ckpt_io.is_done(killed)
+    assert rundir.is_done(killed)
     assert _strip_times(_history(killed)) == _strip_times(_history(straight))
     a, b = ckpt_io.load_checkpoint(straight)["model"], ckpt_io.load_checkpoint(killed)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical weights
@@ -105,7 +106,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_checkpoint(tmp_path, fake
     with pytest.raises(EmbedfmError, match=r"non-finite loss \(nan\) at epoch 2, step 2"):
         train_mod.train(cfg, progress=False, log=lambda *a: None)
     assert ckpt_io.load_checkpoint(run)["epoch"] == 0  # epoch 1's checkpoint is kept
-    assert len(_history(run)) == 1 and not ckpt_io.is_done(run)
+    assert len(_history(run)) == 1 and not rundir.is_done(run)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):

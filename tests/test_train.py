@@ -25,8 +25,8 @@ def test_schedule_steps_through_any_length(steps):
 def test_embed_flip_tta_matches_a_per_image_loop():
     """embed(tta_flip=True): logits = mean over image and mirror, emb = the image's own, emb_flip =
     normalize(emb(image) + emb(mirror)); checked one image at a time against the unfused model."""
+    from embedfm.inference import embed
     from embedfm.models import build_model
-    from embedfm.train import embed
 
     torch.manual_seed(0)
     model = build_model(backbone="fastcnn", embedding_dim=8).eval()

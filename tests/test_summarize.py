@@ -1,0 +1,80 @@
+"""embedfm summarize on hand-written run dirs: grouping by config, mean ± sample std, validation columns, labels."""
+
+import csv
+import json
+from pathlib import Path
+
+from embedfm.cli import main
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _fake_run(d: Path, seed: int, loss: str, acc: float, val_acc: float, val_focus_err=None) -> None:
+    d.mkdir(parents=True)
+    per_class = {str(c): {"recall": acc} for c in range(10)}
+    clf = {"accuracy": acc, "focus_group_error": 1 - acc, "per_class": per_class}
+    cfg = {"loss": loss, "backbone": "fastcnn", "epochs": 3, "sampler": "auto", "seed": seed, "out": str(d)}
+    run = {
+        "config": cfg,
+        "classifiers": {"softmax": clf, "knn": clf},
+        "retrieval": {"precision_at_1": acc, "map_at_r": acc / 2},
+        "train_seconds": 10.0 * (seed + 1),
+    }
+    (d / "report.json").write_text(json.dumps({"runs": {d.name: run}}))
+    last = {"epoch": 3, "val_acc": val_acc}
+    if val_focus_err is not None:
+        last["val_focus_err"] = val_focus_err
+    (d / "history.json").write_text(json.dumps([last]))
+
+
+def test_summarize_groups_seeds_and_reports_validation(tmp_path):
+    _fake_run(tmp_path / "ce_s0", 0, "ce", 0.90, 0.91, 0.20)
+    _fake_run(tmp_path / "ce_s1", 1, "ce", 0.92, 0.93)  # an older history without val_focus_err
+    # a config written after a key was added (at its default) still groups with one written before
+    report = json.loads((tmp_path / "ce_s1" / "report.json").read_text())
+    report["runs"]["ce_s1"]["config"].update(crop_pad=0, compile=True)
+    (tmp_path / "ce_s1" / "report.json").write_text(json.dumps(report))
+    _fake_run(tmp_path / "triplet_s0", 0, "triplet", 0.95, 0.96, 0.10)
+    assert main(["summarize", str(tmp_path)]) == 0
+    rows = {r["method"].split(" ")[0]: r for r in _rows(tmp_path / "summary.csv")}
+    ce, tr = rows["ce"], rows["triplet"]
+    assert ce["seeds"] == "2" and tr["seeds"] == "1"
+    # mean of 90 and 92 = 91, sample std = sqrt(2) = 1.41
+    assert ce["test acc softmax %"] == "91.00 ± 1.41"
+    assert ce["val acc %"] == "92.00 ± 1.41"
+    assert ce["val focus err %"] == "20.00"  # one finite value: no spread to report, so no "± 0.00"
+    assert tr["test acc softmax %"] == "95.00"
+    assert tr["MAP@R"] == "0.475"
+    assert ce["train s/run"] == "15"
+    assert ce["test acc kNN flip-avg %"] == "–"  # these reports predate the flip-averaged kNN
+    assert ce["method"] == "ce / fastcnn / 3 ep"  # only the loss differs, and it leads the label
+    assert (tmp_path / "summary.md").read_text().startswith("| method | seeds | val acc %")
+
+
+def test_summarize_labels_a_key_older_reports_lack(tmp_path):
+    """A setting that varies between methods but is missing from an older report's config is labelled
+    with its default there (not a KeyError)."""
+    _fake_run(tmp_path / "ce_s0", 0, "ce", 0.90, 0.91)  # no crop_pad in its config: predates the key
+    _fake_run(tmp_path / "triplet_s0", 0, "triplet", 0.95, 0.96)
+    report = json.loads((tmp_path / "triplet_s0" / "report.json").read_text())
+    report["runs"]["triplet_s0"]["config"]["crop_pad"] = 2
+    (tmp_path / "triplet_s0" / "report.json").write_text(json.dumps(report))
+    assert main(["summarize", str(tmp_path)]) == 0
+    methods = [r["method"] for r in _rows(tmp_path / "summary.csv")]
+    assert methods == ["ce / fastcnn / 3 ep (crop_pad=0)", "triplet / fastcnn / 3 ep (crop_pad=2)"]
+
+
+def test_summarize_shows_a_saved_pixel_baseline_and_needs_reports(tmp_path, capsys):
+    _fake_run(tmp_path / "ce_s0", 0, "ce", 0.90, 0.91)
+    pixels = {"acc_knn": 0.85, "focus_err_knn": 0.2255, "recall_0_knn": 0.8, "recall_2_knn": 0.8,
+              "recall_4_knn": 0.8, "recall_6_knn": 0.59, "k": 10, "metric": "l2"}  # fmt: skip
+    (tmp_path / "pixels.json").write_text(json.dumps(pixels))
+    assert main(["summarize", str(tmp_path)]) == 0
+    last = _rows(tmp_path / "summary.csv")[-1]
+    assert last["method"].startswith("kNN on raw pixels") and last["test acc kNN %"] == "85.00"
+    assert last["shirt recall kNN"] == "0.590" and last["seeds"] == "–"
+    assert main(["summarize", str(tmp_path / "nothing")]) == 2
+    assert "no report.json" in capsys.readouterr().err
