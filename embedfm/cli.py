@@ -119,7 +119,9 @@ def add_eval(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs; the first is the baseline for difference plots")
     p.add_argument("--out", help="report dir (default: the run dir, or the runs' common parent)")
     p.add_argument("--k", type=int, default=10, help="neighbours of the kNN classifier")
-    p.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="kNN distance: cosine (inner product of unit vectors) or l2")
+    p.add_argument(
+        "--metric", choices=["cosine", "l2"], default="cosine", help="kNN distance: cosine (unit vectors) or l2"
+    )
     p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
     p.add_argument("--data-dir", help="where the IDX files are (default: as at training)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -144,6 +144,22 @@ class TrainConfig:
         return "\n".join(f"  {k:<{w}} = {v}" for k, v in d.items())
 
 
+def class_counts(batch_size: int, focus_classes: tuple[int, ...], focus_oversample: float, num_classes: int = 10):
+    """How many images of each class a balanced batch holds: a list of num_classes ints summing to batch_size.
+
+    Each class gets a share proportional to its weight (focus classes `focus_oversample`, others 1), rounded by
+    largest remainder (ties to the lower class id) so the batch size is exact. Pure Python: config validation
+    needs it without torch; `data.balanced_batches` draws batches by it."""
+    w = [focus_oversample if k in focus_classes else 1.0 for k in range(num_classes)]
+    total = sum(w)
+    share = [x / total * batch_size for x in w]
+    counts = [int(s // 1) for s in share]
+    by_remainder = sorted(range(num_classes), key=lambda k: -(share[k] - counts[k]))  # stable
+    for k in by_remainder[: batch_size - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
 def resolved_sampler(loss: str, sampler: str) -> str:
     """What --sampler auto means: class-balanced batches for the triplet loss (its miner needs positives and the
     confusable negatives in every batch), plain shuffled batches for CE."""
@@ -197,9 +213,7 @@ def validate(c: TrainConfig) -> None:
     _check(c.knn_k >= 1, f"--knn-k must be at least 1, got {c.knn_k}")
     _check(c.threads is None or c.threads >= 1, f"--threads must be at least 1, got {c.threads}")
     if c.resolved_sampler == "balanced":
-        from embedfm.data import class_counts_per_batch
-
-        least = int(class_counts_per_batch(c.batch_size, c.focus_classes, c.focus_oversample).min())
+        least = min(class_counts(c.batch_size, c.focus_classes, c.focus_oversample))
         _check(
             least >= c.m_per_class,
             f"--batch-size {c.batch_size} is too small for the balanced sampler: it must hold "
@@ -208,10 +222,8 @@ def validate(c: TrainConfig) -> None:
 
 
 def _min_batch(c: TrainConfig) -> int:
-    from embedfm.data import class_counts_per_batch
-
     b = 10 * c.m_per_class
-    while int(class_counts_per_batch(b, c.focus_classes, c.focus_oversample).min()) < c.m_per_class:
+    while min(class_counts(b, c.focus_classes, c.focus_oversample)) < c.m_per_class:
         b += 1
     return b
 

@@ -265,13 +265,9 @@ def class_counts_per_batch(
     Each class gets a share proportional to its weight (focus classes `focus_oversample`, others 1),
     rounded by largest remainder so the batch size is exact.
     """
-    w = torch.ones(num_classes, dtype=torch.float64)
-    w[list(focus_classes)] = focus_oversample
-    share = w / w.sum() * batch_size
-    counts = share.floor().long()
-    rest = batch_size - int(counts.sum())
-    counts[torch.argsort(share - counts, descending=True, stable=True)[:rest]] += 1
-    return counts
+    from embedfm.config import class_counts
+
+    return torch.tensor(class_counts(batch_size, focus_classes, focus_oversample, num_classes), dtype=torch.long)
 
 
 def balanced_batches(

@@ -12,6 +12,8 @@ from conftest import make_fake_dataset, write_idx
 from embedfm.cli import main
 from embedfm.data import FILES
 
+pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
+
 SMALL = ["--limit", "2000", "--val-size", "500", "--epochs", "2", "--batch-size", "100", "--no-progress"]
 
 

@@ -145,6 +145,7 @@ def test_balanced_batches_hold_every_class():
         assert len(set(batch.tolist())) == 100  # no repeats inside a batch
 
 
+@pytest.mark.slow
 def test_real_data_loads(real_data):
     assert real_data.train_images.shape == (60000, 28, 28)
     assert real_data.test_images.shape == (10000, 28, 28)

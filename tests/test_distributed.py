@@ -12,6 +12,8 @@ from embedfm.cli import main
 from embedfm.distributed import Dist, init
 from embedfm.errors import EmbedfmError
 
+pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
+
 
 def test_shards_partition_the_global_batch():
     batch = torch.arange(10)

@@ -48,6 +48,7 @@ def test_photo_on_white_becomes_a_centred_bright_garment():
     assert 9 <= cols.max() - cols.min() + 1 <= 13  # aspect kept: 80/200 × 28 ≈ 11
 
 
+@pytest.mark.slow
 def test_index_then_search_through_the_cli(tmp_path, fake_run, capsys):
     run, data = fake_run
     idx = tmp_path / "idx"
@@ -125,6 +126,7 @@ def test_index_then_search_through_the_cli(tmp_path, fake_run, capsys):
         (["search", "{run}", "test:0", "--index", "{idx}", "--k", "0"], "--k must be in 1..300"),
     ],
 )
+@pytest.mark.slow
 def test_bad_index_and_search_input_is_one_line(tmp_path, fake_run, capsys, args, message):
     run, data = fake_run
     idx = tmp_path / "idx"

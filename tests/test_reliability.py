@@ -17,6 +17,8 @@ from embedfm.cli import main
 from embedfm.errors import CheckpointError, EmbedfmError
 from embedfm.fileio import atomic_write_bytes
 
+pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
+
 RUN = [
     "--limit",
     "1500",

@@ -49,6 +49,7 @@ def test_embed_flip_tta_matches_a_per_image_loop():
     assert torch.allclose(out.emb_flip.norm(dim=1), torch.ones(5))
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, fake_data_dir):
     """--compile changes speed, not the run: same losses (to float tolerance) as eager, and the
     checkpoint holds the plain model's keys, so eval/resume need no compiler."""

@@ -12,6 +12,8 @@ from embedfm.cli import main
 from embedfm.config import TrainConfig
 from embedfm.tune import PARAMS, SPACE, defaults_point
 
+pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
+
 TINY = ["--epochs", "2", "--limit", "150", "--val-size", "50", "--batch-size", "32"]
 
 
