@@ -1,76 +1,232 @@
-"""Checkpoints: saving a run's state after an epoch, and loading it back with one clear line per failure.
+"""Checkpoints: a run's state after an epoch, saved in a format that cannot run code, and loaded back with one
+clear line for each way it can be unusable.
 
-A checkpoint (`RUN/last.pt`, see `rundir.py` for the rest of a run dir) is self-describing: it holds the
-`model_args` that rebuild the network alone, the weights, the resolved config, and for `--resume` the
-optimizer, scheduler and RNG states, the history and the data fingerprint. It is written atomically
-(`fileio.py`).
+A checkpoint is one file, `RUN/checkpoint.safetensors` (see `rundir.py` for the rest of a run dir), written
+atomically (`fileio.py`). Its tensors are the weights (`model/<name>`), the optimizer's state tensors
+(`optim/<param index>/<key>`) and the torch random-number states (`rng/torch`, `rng/data`, `rng/cuda/<i>`); its
+safetensors metadata holds one JSON document (`embedfm`) with everything else: format version, the `model_args`
+that rebuild the network alone, the resolved config, epoch, history, data fingerprint, split sizes, the
+optimizer's param groups and non-tensor state, the scheduler's state and the Python / NumPy RNG states.
+Reading it parses a JSON header and copies tensor bytes: no pickle, nothing in the file is executed. That is
+what lets a run dir from a stranger be evaluated safely.
+
+Run dirs from before this format hold a pickled `last.pt`, which can run arbitrary code when loaded: they are
+refused with a line saying how to convert them (`embedfm convert RUN`), which loads the old file with torch's
+restricted `weights_only` unpickler, or fully only when the user passes `--trust`.
 """
 
 from __future__ import annotations
 
-import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedfm.errors import CheckpointError
 from embedfm.fileio import atomic_write_bytes
-from embedfm.rundir import CHECKPOINT
+from embedfm.rundir import CHECKPOINT, LEGACY_CHECKPOINT
 
 if TYPE_CHECKING:
     import torch
 
 # torch is imported inside the functions only: importing this module stays cheap for torch-free callers.
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+META_KEY = "embedfm"
 
 
 def save_checkpoint(run_dir: str | Path, state: dict) -> None:
-    """`state` must hold model_args, model, config; usually also optimizer, scheduler, epoch,
-    history, rng and data fingerprint. The format version is added here."""
+    """`state` holds model_args, model (a state dict) and config; for resuming also optimizer, scheduler (state
+    dicts), epoch, history, rng ({"python", "numpy", "torch", "data", optionally "cuda"}), data, splits."""
+    from safetensors.torch import save
+
+    tensors = {f"model/{k}": _cpu(v) for k, v in state["model"].items()}
+    meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
+    meta["format_version"] = FORMAT_VERSION
+    if "optimizer" in state:
+        opt_tensors, meta["optimizer"] = _split_optimizer(state["optimizer"])
+        tensors.update(opt_tensors)
+    if "rng" in state:
+        rng = state["rng"]
+        tensors["rng/torch"], tensors["rng/data"] = _cpu(rng["torch"]), _cpu(rng["data"])
+        tensors.update({f"rng/cuda/{i}": _cpu(s) for i, s in enumerate(rng.get("cuda", []))})
+        version, mt, gauss = rng["python"]
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        meta["rng"] = {"python": [version, list(mt), gauss],
+                       "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]}  # fmt: skip
+    data = save(tensors, metadata={META_KEY: json.dumps(meta)})
+    atomic_write_bytes(Path(run_dir) / CHECKPOINT, data)
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu").contiguous()
+
+
+def _split_optimizer(sd: dict) -> tuple[dict, dict]:
+    """An optimizer state dict → (its tensors by name, the rest as JSON-able data)."""
     import torch
 
-    buf = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
-    atomic_write_bytes(Path(run_dir) / CHECKPOINT, buf.getvalue())
+    tensors, scalars = {}, {}
+    for idx, per_param in sd["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{idx}/{key}"] = _cpu(value)
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict:
-    """Load `RUN/last.pt` (or a .pt path), with one clear line for each way it can be unusable."""
-    import torch
+def _join_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim/"):
+            _, idx, key = name.split("/", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, per_param in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(per_param)
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    """RUN/checkpoint.safetensors, or one line saying why there is none to read (never loads a pickle)."""
     p = Path(run_dir)
-    if p.is_dir():
-        p = p / CHECKPOINT
-    elif not p.exists():
+    if p.is_file() and p.suffix == ".safetensors":
+        return p
+    if not p.exists():
         raise CheckpointError(f"{run_dir}: no such run dir")
-    if not p.is_file():
-        raise CheckpointError(f"{p.parent}: no checkpoint ({CHECKPOINT}) in this run dir; train it first")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises many types for a damaged zip/pickle
-        raise CheckpointError(f"{p}: corrupt or unreadable checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
-        raise CheckpointError(f"{p}: not an embedfm checkpoint")
-    if ckpt["format_version"] > FORMAT_VERSION:
+    if not p.is_dir():
+        raise CheckpointError(f"{run_dir}: not a run dir")
+    if (p / CHECKPOINT).is_file():
+        return p / CHECKPOINT
+    if (p / LEGACY_CHECKPOINT).exists():
         raise CheckpointError(
-            f"{p}: checkpoint format {ckpt['format_version']} is newer than this embedfm "
-            f"reads ({FORMAT_VERSION}); upgrade embedfm"
+            f"{p}: holds an old-format checkpoint ({LEGACY_CHECKPOINT}, a pickle, which can run code when loaded); "
+            f"convert it with `embedfm convert {p}`"
         )
-    for key in ("model_args", "model", "config"):
-        if key not in ckpt:
+    raise CheckpointError(f"{p}: no checkpoint ({CHECKPOINT}) in this run dir; train it first")
+
+
+def load_checkpoint(run_dir: str | Path) -> dict:
+    """Load a run's checkpoint into the dict `save_checkpoint` was given, with one clear line for each way it
+    can be unusable: missing, old format, truncated or corrupt, newer than this embedfm, or missing keys."""
+    from safetensors.torch import load
+
+    p = checkpoint_path(run_dir)
+    try:
+        raw = p.read_bytes()
+        tensors = load(raw)
+        meta = json.loads(_metadata(raw).get(META_KEY, "null"))
+    except (OSError, ValueError, RuntimeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
+    except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
+        raise CheckpointError(f"{p}: corrupt or unreadable checkpoint ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or "format_version" not in meta:
+        raise CheckpointError(f"{p}: not an embedfm checkpoint")
+    if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p}: checkpoint format {meta['format_version']} is newer than this embedfm reads ({FORMAT_VERSION}); "
+            "upgrade embedfm"
+        )
+    for key, kind in (("model_args", dict), ("config", dict)):
+        if not isinstance(meta.get(key), kind):
             raise CheckpointError(f"{p}: checkpoint lacks {key!r}")
+    ckpt = dict(meta)
+    ckpt["model"] = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        if "optimizer" in meta:
+            ckpt["optimizer"] = _join_optimizer(tensors, meta["optimizer"])
+        if "rng" in meta:
+            ckpt["rng"] = _join_rng(tensors, meta["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{p}: checkpoint's training state is malformed ({_first_line(e)})") from None
     return ckpt
+
+
+def _metadata(raw: bytes) -> dict:
+    """The safetensors header's __metadata__ (the header is 8 bytes of little-endian length, then JSON)."""
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+
+
+def _join_rng(tensors: dict, meta: dict) -> dict:
+    import numpy as np
+
+    version, mt, gauss = meta["python"]
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng/cuda/")), key=lambda k: int(k[9:]))]
+    return {"python": (int(version), tuple(int(x) for x in mt), gauss),
+            "numpy": (str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)),
+            "torch": tensors["rng/torch"], "data": tensors["rng/data"], "cuda": cuda}  # fmt: skip
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the network from the checkpoint alone; returns (model in eval mode, checkpoint)."""
+    from embedfm.config import BACKBONES
     from embedfm.models import build_model
 
     ckpt = load_checkpoint(run_dir)
+    args = ckpt["model_args"]
     try:
-        model = build_model(**ckpt["model_args"])
+        if args.get("backbone") not in BACKBONES or set(args) - {"backbone", "embedding_dim", "num_classes"}:
+            raise ValueError(f"unknown model arguments {args}")
+        sizes = [args.get(k, 10) for k in ("embedding_dim", "num_classes")]
+        if not all(isinstance(n, int) and 2 <= n <= 4096 for n in sizes):
+            raise ValueError(f"model sizes out of range: {args}")
+        model = build_model(**args)
         model.load_state_dict(ckpt["model"])
-    except (TypeError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{run_dir}: checkpoint does not match its model config ({first})") from None
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir}: checkpoint does not match its model config ({_first_line(e)})") from None
     return model.to(device).eval(), ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# old format
+
+
+def _numpy_globals() -> list:
+    """What a pickled NumPy RNG state needs under torch's weights_only unpickler: array reconstruction only."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def convert(run_dir: str | Path, trust: bool = False, log=print) -> Path:
+    """Rewrite a run's old `last.pt` as `checkpoint.safetensors`. The old file is read with torch's restricted
+    unpickler (`weights_only=True`, NumPy arrays allowed), which runs no code from the file; only with `trust`
+    is a file that needs more loaded with the full unpickler. The old file is left in place."""
+    import torch
+
+    run = Path(run_dir)
+    old = run / LEGACY_CHECKPOINT
+    if not old.is_file():
+        raise CheckpointError(f"{run}: no old-format checkpoint ({LEGACY_CHECKPOINT}) to convert")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            ckpt = torch.load(old, map_location="cpu", weights_only=True)
+        how = "read with torch's weights-only unpickler"
+    except Exception as e:  # any refusal or damage: never fall through to the full unpickler without --trust
+        if not trust:
+            raise CheckpointError(
+                f"{old}: cannot be read without running code from it ({_first_line(e)}); only if you trust its "
+                f"source: embedfm convert {run} --trust"
+            ) from None
+        try:
+            ckpt = torch.load(old, map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise CheckpointError(f"{old}: corrupt or unreadable checkpoint ({type(e2).__name__})") from None
+        how = "loaded with the full unpickler (--trust)"
+    if not isinstance(ckpt, dict) or not {"model_args", "model", "config"} <= set(ckpt):
+        raise CheckpointError(f"{old}: not an embedfm checkpoint")
+    save_checkpoint(run, {k: v for k, v in ckpt.items() if k != "format_version"})
+    load_model(run)  # the converted checkpoint rebuilds its network
+    log(f"{old} ({how}) → {run / CHECKPOINT}")
+    return run / CHECKPOINT

@@ -18,7 +18,7 @@ from embedfm import __version__
 from embedfm.errors import EmbedfmError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-COMMANDS = ("train", "eval", "viz", "tune", "index", "search", "summarize")
+COMMANDS = ("train", "eval", "viz", "tune", "index", "search", "summarize", "convert")
 
 
 def _classes(s: str) -> tuple[int, ...]:
@@ -235,6 +235,24 @@ def add_summarize(sub) -> None:
     p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (for --pixels)")
 
 
+def add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="rewrite an old-format run (pickled last.pt) as checkpoint.safetensors",
+        description="Convert a run dir written by an older embedfm (a pickled last.pt, which can run code when "
+        "loaded) to the safe format every command reads (checkpoint.safetensors). The old file is read with "
+        "torch's restricted weights-only unpickler, which runs nothing from the file; a file that needs more is "
+        "refused unless --trust is given. The old file is left in place.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs holding a last.pt to convert")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="load a file the restricted unpickler refuses with the full one, which runs whatever code the file "
+        "holds: only for files from a source you trust",
+    )
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """argparse prints the whole usage block on a bad flag; we print one line and point at --help."""
 
@@ -253,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(
         dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}", parser_class=OneLineErrors
     )
-    for add in (add_train, add_eval, add_viz, add_tune, add_index, add_search, add_summarize):
+    for add in (add_train, add_eval, add_viz, add_tune, add_index, add_search, add_summarize, add_convert):
         add(sub)
     return p
 
@@ -344,6 +362,13 @@ def cmd_summarize(args) -> None:
     from embedfm.summarize import summarize
 
     summarize(args.paths, out=args.out, pixels=args.pixels, data_dir=args.data_dir)
+
+
+def cmd_convert(args) -> None:
+    from embedfm.checkpoint import convert
+
+    for run in args.runs:
+        convert(run, trust=args.trust)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,8 +111,8 @@ class TrainConfig:
     out: str = setting("artifacts/runs/run", "run dir to write (checkpoint, config, history)", "run", metavar="DIR")
     data_dir: str | None = setting(
         None,
-        "dir with the four Fashion-MNIST IDX .gz files (else $EMBEDFM_DATA, /usr/share/datasets/fashion-mnist, "
-        "else download)",
+        "dir with the four Fashion-MNIST IDX files, gzipped or not (else $EMBEDFM_DATA, "
+        "/usr/share/datasets/fashion-mnist, else download)",
         "run",
         metavar="DIR",
     )

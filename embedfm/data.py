@@ -1,21 +1,29 @@
-"""Fashion-MNIST on disk → validated uint8 tensors in memory, splits, batch augmentation, batching.
+"""Fashion-MNIST on disk → validated uint8 tensors in memory, splits, batch augmentation, batching;
+image files from outside the data set → (28, 28) uint8.
 
 What this module owns:
-- finding the four IDX files (`--data-dir`, `$EMBEDFM_DATA`, the Debian location, a download cache),
-- reading and validating them (gzip integrity, magic number, dimensions, counts, label range),
+- finding the four IDX files (`--data-dir`, `$EMBEDFM_DATA`, the Debian location, a download cache), each
+  gzipped (as published) or raw (after `gunzip`), in the dir itself or in torchvision's `FashionMNIST/raw/`,
+- reading and validating them (gzip integrity, magic number, dimensions, counts, label range), with the
+  sizes a header declares checked against the file before anything is allocated,
 - the fixed stratified validation split and the `--limit` subset,
 - augmentation of whole uint8 batches with tensor ops (per-sample random crop + horizontal flip),
-- batch index plans: plain shuffled batches and class-balanced batches with focus over-sampling.
+- batch index plans: plain shuffled batches and class-balanced batches with focus over-sampling,
+- reading query and catalogue images (PNG, JPEG, BMP, GIF, WebP, TIFF) with a pixel limit.
 
-The whole data set is ~55 MB as uint8, so it lives in memory; batches are float only on the way in.
+Every file read here may come from a stranger: a bad one is one `DataError` line, never a traceback, a hang
+or a huge allocation. The whole data set is ~55 MB as uint8, so it lives in memory; batches are float only
+on the way in.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,57 +33,119 @@ import torch
 
 from embedfm.errors import DataError
 
+# The names as published. Each may also be un-gzipped: the same name without ".gz".
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+TORCHVISION_SUBDIR = Path("FashionMNIST") / "raw"  # where torchvision's FashionMNIST(root) keeps them
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedfm" / "fashion-mnist"
 MEAN, STD = 0.2860, 0.3530  # pixel mean / std of the Fashion-MNIST train set, in [0, 1] units
 NUM_CLASSES = 10
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # IDX: 0x0803 = uint8 3-d, 0x0801 = uint8 1-d
+GZIP_MAGIC = b"\x1f\x8b"
+# deflate cannot expand data more than ~1032:1, so a header claiming more than that is a lie we can
+# catch before decompressing anything (plus a chunk of slack: tiny files are judged by decompressing them)
+DEFLATE_MAX_RATIO = 1032
+# 4 GiB of pixels (5.4 M images of 28×28) is far beyond any data set this in-memory design is for; a header
+# declaring more is refused rather than trusted with that much memory
+MAX_IDX_BYTES = 1 << 32
+READ_CHUNK = 1 << 20  # gzip is decompressed in chunks, so memory follows the data, not the header's claim
 
 
 # ----------------------------------------------------------------------------------------------
 # reading and validating IDX files
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one gzipped IDX file into a uint8 array, validating everything it can.
+def _one_line(e: BaseException) -> str:
+    """An exception from a library as a short single line, for inside a DataError message."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
-    Raises DataError naming the file for: missing, not a file, not gzip, truncated gzip, wrong
-    magic number, header/payload size mismatch.
+
+def _read_upto(f, n: int) -> bytes:
+    """Up to n bytes from f, fewer only at end of file. Chunked: a reader's read(n) may allocate n at once."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = f.read(min(READ_CHUNK, n - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file, gzipped or raw (told apart by the gzip magic bytes), into a uint8 array.
+
+    Validates everything it can and raises one DataError line naming the file for: missing, not a
+    regular file, neither gzip nor IDX, truncated or corrupt gzip, wrong magic number, images that are
+    not 28×28, header/payload size mismatch. The header's declared size is checked against what the
+    file can hold before the payload is read, so a lying header costs no memory.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    if not path.is_file():
+    if not path.is_file():  # also keeps FIFOs and devices (which could block or never end) out
         raise DataError(f"{path}: not a regular file")
+    gzipped = False
     try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except gzip.BadGzipFile:
-        raise DataError(f"{path}: not a gzip file") from None
-    except (EOFError, zlib.error) as e:
-        raise DataError(f"{path}: truncated or corrupt gzip stream ({e})") from None
-    if len(raw) < 8:
-        raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
-    magic, n = struct.unpack(">II", raw[:8])
-    if magic == IMAGE_MAGIC:
-        if len(raw) < 16:
-            raise DataError(f"{path}: image header truncated")
-        rows, cols = struct.unpack(">II", raw[8:16])
-        shape, offset = (n, rows, cols), 16
-    elif magic == LABEL_MAGIC:
-        shape, offset = (n,), 8
-    else:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            gzipped = fh.read(2) == GZIP_MAGIC
+            fh.seek(0)
+            if gzipped:
+                with gzip.GzipFile(fileobj=fh) as gz:
+                    return _parse_idx(path, gz, DEFLATE_MAX_RATIO * size + READ_CHUNK, gzipped=True)
+            return _parse_idx(path, fh, size, gzipped=False)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        if gzipped:
+            raise DataError(f"{path}: truncated or corrupt gzip stream ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read ({_one_line(e)})") from None
+
+
+def _parse_idx(path: Path, f, limit: int, gzipped: bool) -> np.ndarray:
+    """The IDX content of stream f. `limit`: the most bytes f can hold (raw: exactly the file size)."""
+    head = _read_upto(f, 4)
+    if len(head) < 4:
+        what = "IDX file" if gzipped else "IDX file, gzipped or raw"
+        raise DataError(f"{path}: too short to be an {what} ({len(head)} bytes)")
+    (magic,) = struct.unpack(">I", head)
+    if magic not in (IMAGE_MAGIC, LABEL_MAGIC):
+        if not gzipped:  # most likely not IDX at all: say both things it is not
+            raise DataError(
+                f"{path}: not a gzip file nor a raw IDX file (starts with {head!r}; "
+                "IDX magic 0x803 images or 0x801 labels)"
+            )
         raise DataError(f"{path}: wrong IDX magic number {magic:#x} (expected 0x803 images or 0x801 labels)")
-    expected = int(np.prod(shape))
-    if len(raw) - offset != expected:
-        raise DataError(f"{path}: header says {shape} = {expected} bytes, file holds {len(raw) - offset}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+    ndim = 3 if magic == IMAGE_MAGIC else 1
+    offset = 4 + 4 * ndim
+    dims = _read_upto(f, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path}: {'image' if ndim == 3 else 'label'} header truncated")
+    shape = struct.unpack(f">{ndim}I", dims)
+    if ndim == 3 and shape[1:] != (28, 28):
+        raise DataError(f"{path}: images are {shape[1]}x{shape[2]}, expected 28x28")
+    expected = math.prod(shape)  # Python ints: 2^32 × 28 × 28 must not wrap around
+    if not gzipped and limit - offset != expected:
+        raise DataError(f"{path}: header says {shape} = {expected} bytes, file holds {limit - offset}")
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header says {shape} = {expected} bytes, over the {MAX_IDX_BYTES}-byte limit")
+    if expected > limit:
+        raise DataError(
+            f"{path}: header says {shape} = {expected} bytes, more than a gzip file of this size can hold "
+            "(truncated, or a corrupt header)"
+        )
+    payload = _read_upto(f, expected + 1)  # one byte more tells "too long" from "exact"
+    if len(payload) > expected:
+        raise DataError(f"{path}: header says {shape} = {expected} bytes, file holds more")
+    if len(payload) < expected:
+        raise DataError(f"{path}: header says {shape} = {expected} bytes, file holds {len(payload)}")
+    # reading past `expected` reached the end of a gzip stream, so its CRC and length were checked too
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
 def _check_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path: Path) -> None:
@@ -103,18 +173,53 @@ class FashionMNIST:
     source: str
 
     def fingerprint(self) -> dict:
-        """Identifies the data a run was trained on, so eval can refuse to compare unlike runs."""
+        """Identifies the data a run was trained on, so eval can refuse to compare unlike runs.
+
+        It hashes the decoded arrays, not the files, so gzipped and raw copies of the same data agree."""
         h = hashlib.sha1()
         for t in (self.train_labels, self.test_labels, self.test_images[:256]):
             h.update(t.numpy().tobytes())
         return {"n_train": len(self.train_labels), "n_test": len(self.test_labels), "sha1": h.hexdigest()}
 
 
-def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """Where the IDX files are: `data_dir`, then $EMBEDFM_DATA, the Debian location, the cache.
+def _files_in(d: Path) -> dict[str, Path]:
+    """Those of the four files that `d` holds, each gzipped or raw (gzipped preferred: as published)."""
+    found = {}
+    for key, name in FILES.items():
+        for p in (d / name, d / name.removesuffix(".gz")):
+            if p.is_file():
+                found[key] = p
+                break
+    return found
 
-    An explicitly given dir is used as is (and validated by the reader). Failing all, the files are
-    downloaded through torchvision's mirrors into the cache dir (needs internet).
+
+def data_files(root: Path) -> dict[str, Path]:
+    """The four files under `root`: in it, or in torchvision's `root/FashionMNIST/raw/`.
+
+    A dir with only some of them (say train images without train labels) is one DataError line naming
+    the missing ones, so a half-copied data set never meets the reader.
+    """
+    root = Path(root)
+    found = [(d, _files_in(d)) for d in (root, root / TORCHVISION_SUBDIR)]
+    for _, files in found:
+        if len(files) == len(FILES):
+            return files
+    d, files = max(found, key=lambda df: len(df[1]))  # the fuller of the two; the dir itself on a tie
+    if not files:
+        names = ", ".join(n.removesuffix(".gz") + "[.gz]" for n in FILES.values())
+        raise DataError(f"{root}: no Fashion-MNIST files here or in {TORCHVISION_SUBDIR}/ (expected {names})")
+    missing = ", ".join(FILES[k].removesuffix(".gz") + "[.gz]" for k in FILES if k not in files)
+    have = ", ".join(p.name for p in files.values())
+    raise DataError(f"{d}: Fashion-MNIST file not found: {missing} (the dir holds only {have})")
+
+
+def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """The dir holding the four IDX files: `data_dir`, then $EMBEDFM_DATA, the Debian location, the cache.
+
+    In each, the files may sit in the dir itself or in torchvision's `FashionMNIST/raw/` inside it (the
+    returned path is the one that holds them), each gzipped or raw. An explicitly given dir must hold
+    all four (else one line naming the missing ones); they are validated by the reader. Failing all, the
+    files are downloaded through torchvision's mirrors into the cache dir (needs internet).
     """
     for candidate in (data_dir, os.environ.get("EMBEDFM_DATA")):
         if candidate:
@@ -123,10 +228,12 @@ def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = Tr
                 raise DataError(f"{p}: data dir is a file, not a directory")
             if not p.exists():
                 raise DataError(f"{p}: data dir does not exist")
-            return p
+            return next(iter(data_files(p).values())).parent
     for p in (SYSTEM_DIR, CACHE_DIR):
-        if all((p / f).is_file() for f in FILES.values()):
-            return p
+        try:
+            return next(iter(data_files(p).values())).parent
+        except DataError:  # absent or incomplete: try the next place
+            continue
     if not download:
         raise DataError(f"Fashion-MNIST not found in {SYSTEM_DIR} or {CACHE_DIR}; pass --data-dir")
     return download_fashion_mnist(CACHE_DIR)
@@ -154,13 +261,11 @@ def download_fashion_mnist(dest: Path) -> Path:
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> FashionMNIST:
     """Find, read and validate the four files; return them as uint8 tensors."""
     root = find_data_dir(data_dir)
-    arrays = {k: read_idx(root / f) for k, f in FILES.items()}
+    paths = data_files(root)
+    arrays = {k: read_idx(p) for k, p in paths.items()}
     for split in ("train", "test"):
         _check_pair(
-            arrays[f"{split}_images"],
-            arrays[f"{split}_labels"],
-            root / FILES[f"{split}_images"],
-            root / FILES[f"{split}_labels"],
+            arrays[f"{split}_images"], arrays[f"{split}_labels"], paths[f"{split}_images"], paths[f"{split}_labels"]
         )
     # np.frombuffer gives read-only views; copy once into torch-owned memory
     tensors = {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}
@@ -308,16 +413,33 @@ def balanced_batches(
 # ----------------------------------------------------------------------------------------------
 # images from outside the data set (catalogues, search queries)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Only these decoders are let near a stranger's file: Pillow knows dozens more formats, some with little-used
+# parsers and EPS handing the file to Ghostscript, and a query image has no business being one of them.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+# 40 M pixels is more than any photo a user would search with; a decompression bomb (a few KB that decode
+# to gigabytes) declares far more. Checked on the declared size, before any pixel is decoded.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
-def to_fashion_mnist(img) -> np.ndarray:
-    """A PIL image of any size and mode → (28, 28) uint8 the way Fashion-MNIST's were made: grey,
-    light garment on a black background (photos on a light background are inverted), trimmed to
-    the garment, longest side resized to 28, centred."""
+def _grey(img):
+    """A PIL image, upright per its EXIF orientation, as 8-bit grey ("L").
+
+    16-bit grey (mode I;16, e.g. from TIFF or PNG) is scaled to 8 bits: PIL's own convert clips it at
+    255, which would turn almost every pixel white."""
     from PIL import Image, ImageOps
 
-    g = ImageOps.exif_transpose(img).convert("L")
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16"):
+        a = np.asarray(img).astype(np.uint32)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))  # round(v / 257)
+    return img.convert("L")
+
+
+def _fit(g) -> np.ndarray:
+    """A grey PIL image → (28, 28) uint8 framed the way Fashion-MNIST's images are."""
+    from PIL import Image, ImageOps
+
     a = np.asarray(g, dtype=np.uint8)
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     if border.mean() > 127:  # product photo on white: Fashion-MNIST is negated
@@ -334,15 +456,48 @@ def to_fashion_mnist(img) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8).copy()
 
 
+def to_fashion_mnist(img) -> np.ndarray:
+    """A PIL image of any size and mode → (28, 28) uint8 the way Fashion-MNIST's were made: grey,
+    light garment on a black background (photos on a light background are inverted), trimmed to
+    the garment, longest side resized to 28, centred."""
+    return _fit(_grey(img))
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file → (28, 28) uint8, or one DataError line."""
+    """Read an image file → (28, 28) uint8, or one DataError line (never a traceback, a hang or a bomb)."""
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: image file not found")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, not an image file")
+    if not p.exists():  # also a dangling or looping symlink: exists() follows links and says False
+        what = "broken or looping symlink" if p.is_symlink() else "image file not found"
+        raise DataError(f"{p}: {what}")
+    if not p.is_file():  # a FIFO or device would block or never end
+        raise DataError(f"{p}: not a regular file")
     try:
-        with Image.open(p) as img:
-            return to_fashion_mnist(img)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{p}: not a readable image ({e})") from None
+        if p.stat().st_size == 0:
+            raise DataError(f"{p}: empty file, not an image")
+        with warnings.catch_warnings():
+            # PIL's notes on odd files (corrupt EXIF, unknown TIFF tags) would print source lines around
+            # a usable result; its bomb warning (between its own limit and twice that) is no stop, so make it one
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p, formats=IMAGE_FORMATS) as img:
+                w, h = img.size
+                if w * h == 0:
+                    raise DataError(f"{p}: image of {w}x{h} pixels has no pixels")
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{p}: image of {w}x{h} pixels is over the {MAX_IMAGE_PIXELS:,}-pixel limit")
+                img.load()
+                grey = _grey(img)
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError(f"{p}: not an image embedfm reads ({', '.join(IMAGE_FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{p}: image too large ({_one_line(e)})") from None
+    except Exception as e:  # a corrupt file raises whatever PIL's decoder hits (OSError, SyntaxError,
+        # ValueError, struct.error, ...); only decoding and mode conversion are in this block, not our geometry
+        raise DataError(f"{p}: not a readable image ({type(e).__name__}: {_one_line(e)})") from None
+    return _fit(grey)

@@ -2,7 +2,7 @@
 
 A run dir holds:
     config.json      the resolved TrainConfig, written at start
-    last.pt          checkpoint after the latest finished epoch (`checkpoint.py`)
+    checkpoint.safetensors  checkpoint after the latest finished epoch (`checkpoint.py`; never a pickle)
     history.json     per-epoch figures; summary.csv the same as a table
     DONE             written last, when training finished: marks the run complete
     embeddings.npz   train/test embeddings and predictions, written by `embedfm eval`
@@ -19,7 +19,8 @@ from pathlib import Path
 from embedfm.errors import EmbedfmError
 
 CONFIG = "config.json"
-CHECKPOINT = "last.pt"
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "last.pt"  # the pickled format of older embedfm versions: read only by `embedfm convert`
 HISTORY = "history.json"
 SUMMARY = "summary.csv"
 DONE = "DONE"
@@ -28,7 +29,8 @@ REPORT = "report.json"
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / CHECKPOINT).is_file()
+    """A checkpoint of either format is there (an old one is refused with a line on how to convert it)."""
+    return (Path(run_dir) / CHECKPOINT).is_file() or (Path(run_dir) / LEGACY_CHECKPOINT).is_file()
 
 
 def is_done(run_dir: str | Path) -> bool:
@@ -69,7 +71,7 @@ def prepare(run_dir: str | Path, overwrite: bool, resume: bool) -> Path:
     """Make the run dir; with `overwrite`, remove the previous run's training files first."""
     run = Path(run_dir)
     if check_writable(run, overwrite, resume) and overwrite:
-        for name in (CHECKPOINT, DONE, HISTORY, SUMMARY, CONFIG):
+        for name in (CHECKPOINT, LEGACY_CHECKPOINT, DONE, HISTORY, SUMMARY, CONFIG):
             (run / name).unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     return run

@@ -82,11 +82,15 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def rng_state(gen: torch.Generator) -> dict:
+    """Every random stream a run draws from: Python, NumPy, torch's CPU and (where used) CUDA generators, and
+    the data generator (batch plans, augmentation)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "data": gen.get_state(),
+        "cuda": cuda,
     }
 
 
@@ -95,6 +99,8 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     gen.set_state(state["data"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 def make_optimizer(model, cfg: TrainConfig, steps: int):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -134,18 +135,23 @@ def defaults_point(loss: str) -> dict:
 
 
 def open_study(tc: TuneConfig):
+    """Create or load the study. On an SQL storage each running trial records a heartbeat every
+    EMBEDFM_TUNE_HEARTBEAT seconds (default 60; tests set 1-2); a RUNNING trial without one for 3
+    intervals (its worker was killed, the machine lost power) is marked failed by the next worker that
+    starts a trial and is retried once."""
     import optuna
 
     Path(tc.out).mkdir(parents=True, exist_ok=True)
     storage = tc.storage_url
     if storage.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
-        # heartbeats: a trial whose worker died (kill, power cut) is marked failed and retried once
+        heartbeat = os.environ.get("EMBEDFM_TUNE_HEARTBEAT", "60")
+        _check(heartbeat.isdigit() and int(heartbeat) >= 1, f"EMBEDFM_TUNE_HEARTBEAT={heartbeat!r}: whole seconds >= 1")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
+            storage = _rdb_storage(
                 storage,
-                heartbeat_interval=60,
-                grace_period=180,
+                heartbeat_interval=int(heartbeat),
+                grace_period=3 * int(heartbeat),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
     pruner = {
@@ -153,23 +159,50 @@ def open_study(tc: TuneConfig):
         "halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
         "none": optuna.pruners.NopPruner(),
     }[tc.pruner]
-    direction = OBJECTIVES[tc.objective][1]
+    kwargs = dict(
+        study_name=tc.name,
+        storage=storage,
+        direction=OBJECTIVES[tc.objective][1],
+        sampler=optuna.samplers.TPESampler(seed=tc.sampler_seed),
+        pruner=pruner,
+    )
     try:
-        study = optuna.create_study(
-            study_name=tc.name,
-            storage=storage,
-            load_if_exists=True,
-            direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=tc.sampler_seed),
-            pruner=pruner,
-        )
+        try:
+            study, created = optuna.create_study(**kwargs), True
+        except optuna.exceptions.DuplicatedStudyError:
+            study, created = optuna.create_study(**kwargs, load_if_exists=True), False
     except ValueError as e:  # e.g. the stored study was created with the other direction
         raise EmbedfmError(f"study {tc.name!r} in {tc.storage_url}: {e}") from None
+    # The worker that created the study enqueues the defaults as trial 0; one that loaded it an instant
+    # later waits for them, so workers started together neither repeat the defaults nor run ahead of them.
+    for _ in range(0 if created else 50):
+        if study.get_trials(deepcopy=False):
+            break
+        time.sleep(0.1)
+    if not study.get_trials(deepcopy=False):  # a new study, or its creator died before enqueueing
+        study.enqueue_trial(defaults_point(tc.base.loss), user_attrs={"defaults": True})
     study.set_user_attr("loss", tc.base.loss)
     study.set_user_attr("objective", tc.objective)
-    if not study.trials:
-        study.enqueue_trial(defaults_point(tc.base.loss), user_attrs={"defaults": True})
     return study
+
+
+def _rdb_storage(url: str, **kwargs):
+    """optuna.storages.RDBStorage(url, **kwargs), retried while another worker creates the tables of a new
+    storage: Optuna creates them check-then-create, so workers started at once on a new database race
+    ("table studies already exists", a duplicate key) and the losers would crash."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(10):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or any(
+                m in str(e) for m in ("already exists", "database is locked")
+            )
+            if not racing or attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def finished(study) -> int:

@@ -36,7 +36,7 @@ import torch
 
 from embedfm import machine
 from embedfm.config import TrainConfig
-from embedfm.data import FILES, augment, find_data_dir, load_fashion_mnist, make_splits, to_float
+from embedfm.data import FILES, augment, data_files, find_data_dir, load_fashion_mnist, make_splits, to_float
 from embedfm.knn import KNNClassifier, vote
 from embedfm.models import build_model, count_macs
 from embedfm.objectives import build_objective
@@ -180,9 +180,9 @@ def torchvision_loader(tmp: Path, batch_size: int, workers: int = 2):
 
     raw = tmp / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    src = find_data_dir(None)
-    for f in FILES.values():  # torchvision reads the un-gzipped files
-        (raw / f[:-3]).write_bytes(gzip.decompress((src / f).read_bytes()))
+    for key, path in data_files(find_data_dir(None)).items():  # torchvision reads the un-gzipped files
+        b = path.read_bytes()
+        (raw / FILES[key].removesuffix(".gz")).write_bytes(gzip.decompress(b) if b[:2] == b"\x1f\x8b" else b)
     tf = transforms.Compose(
         [
             transforms.RandomCrop(28, padding=2),

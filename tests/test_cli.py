@@ -26,7 +26,7 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_data_dir):
     assert main(["train", "--loss", "ce", "--out", str(ce), "--data-dir", str(real_data_dir), *SMALL]) == 0
     assert main(["train", "--loss", "triplet", "--out", str(trip), "--data-dir", str(real_data_dir), *SMALL]) == 0
     for run in (ce, trip):
-        assert (run / "last.pt").is_file() and (run / "DONE").is_file()
+        assert (run / "checkpoint.safetensors").is_file() and (run / "DONE").is_file()
         cfg = json.loads((run / "config.json").read_text())
         assert cfg["limit"] == 2000
         hist = json.loads((run / "history.json").read_text())
@@ -136,18 +136,18 @@ def test_bad_train_flags(tmp_path, flags, message):
 
 def test_refuses_to_overwrite_finished_run(fake_run):
     out, data = fake_run
-    before = (out / "last.pt").read_bytes()
+    before = (out / "checkpoint.safetensors").read_bytes()
     r = run_cli("train", "--out", out, "--data-dir", data, "--epochs", "1", "--no-progress")
     assert r.returncode == 2 and "already holds a finished run" in r.stderr
-    assert (out / "last.pt").read_bytes() == before
+    assert (out / "checkpoint.safetensors").read_bytes() == before
 
 
 def test_bad_data_with_overwrite_keeps_the_existing_run(tmp_path, fake_run):
     src, _ = fake_run
-    before = (src / "last.pt").read_bytes()
+    before = (src / "checkpoint.safetensors").read_bytes()
     r = run_cli("train", "--out", src, "--overwrite", "--data-dir", _bad_data("truncated", tmp_path), "--no-progress")
     assert r.returncode == 2 and "truncated" in r.stderr
-    assert (src / "last.pt").read_bytes() == before and (src / "DONE").exists()
+    assert (src / "checkpoint.safetensors").read_bytes() == before and (src / "DONE").exists()
 
 
 def test_eval_bad_run_dirs(tmp_path, fake_run):
@@ -158,7 +158,7 @@ def test_eval_bad_run_dirs(tmp_path, fake_run):
     assert r.returncode == 2 and "no checkpoint" in r.stderr
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
-    (corrupt / "last.pt").write_bytes((out / "last.pt").read_bytes()[:500])
+    (corrupt / "checkpoint.safetensors").write_bytes((out / "checkpoint.safetensors").read_bytes()[:500])
     r = run_cli("eval", corrupt)
     assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", out, "--k", "1000", "--data-dir", data)
@@ -185,7 +185,7 @@ def test_help_explains_every_flag():
             assert action.help and len(action.help) > 8, f"embedfm {name} {action.option_strings or action.dest}"
     for cmd in COMMANDS:
         r = run_cli(cmd, "--help")
-        assert r.returncode == 0 and "--out" in r.stdout
+        assert r.returncode == 0 and f"usage: embedfm {cmd}" in r.stdout
         assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout  # unset says nothing
     assert "--triplet-weight" in run_cli("train", "--help").stdout
 

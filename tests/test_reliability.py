@@ -125,22 +125,28 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
 
 
+def _rewritten(src, dst, change):
+    """A copy of src's checkpoint with `change(meta)` applied to its JSON metadata, saved the way embedfm saves."""
+    from safetensors.torch import load, save
+
+    raw = (src / rundir.CHECKPOINT).read_bytes()
+    meta = json.loads(ckpt_io._metadata(raw)[ckpt_io.META_KEY])
+    change(meta)
+    dst.mkdir()
+    (dst / rundir.CHECKPOINT).write_bytes(save(load(raw), metadata={ckpt_io.META_KEY: json.dumps(meta)}))
+    return dst
+
+
 def test_newer_checkpoint_format_is_refused(tmp_path, fake_run):
     src, _ = fake_run
-    ck = torch.load(src / "last.pt", weights_only=False)
-    ck["format_version"] = ckpt_io.FORMAT_VERSION + 1
-    (tmp_path / "new").mkdir()
-    torch.save(ck, tmp_path / "new" / "last.pt")
+    new = _rewritten(src, tmp_path / "new", lambda m: m.update(format_version=ckpt_io.FORMAT_VERSION + 1))
     with pytest.raises(CheckpointError, match="newer than this embedfm reads"):
-        ckpt_io.load_checkpoint(tmp_path / "new")
+        ckpt_io.load_checkpoint(new)
 
 
 def test_checkpoint_with_incompatible_config(tmp_path, fake_run):
     src, data = fake_run
-    ck = torch.load(src / "last.pt", weights_only=False)
-    ck["model_args"]["embedding_dim"] = 32  # weights are 64-d
-    (tmp_path / "bad").mkdir()
-    torch.save(ck, tmp_path / "bad" / "last.pt")
+    _rewritten(src, tmp_path / "bad", lambda m: m["model_args"].update(embedding_dim=32))  # weights are 64-d
     r = subprocess.run(
         [sys.executable, "-m", "embedfm", "eval", str(tmp_path / "bad"), "--data-dir", str(data)],
         capture_output=True,

@@ -40,7 +40,7 @@ def test_tune_resumes_the_same_study_and_best_config_trains(tmp_path, capsys):
     rows = list(csv.DictReader((study_dir / "trials.csv").open()))
     assert [r["number"] for r in rows] == ["0", "1", "2"] and rows[0]["defaults"] == "True"
     for r in rows:  # every trial is an ordinary run dir
-        assert (Path(r["run_dir"]) / "last.pt").is_file()
+        assert (Path(r["run_dir"]) / "checkpoint.safetensors").is_file()
     assert (study_dir / "trials.md").read_text().count("\n| ") == 4  # header + 3 trials
     assert (study_dir / "history.png").is_file()
 
