@@ -19,3 +19,11 @@ class ConfigError(EmbedfmError):
 
 class CheckpointError(EmbedfmError):
     """A run dir has no usable checkpoint, or one this version cannot read."""
+
+
+class StorageError(EmbedfmError):
+    """A file could not be written (disk full, read-only, no permission); the previous file is kept."""
+
+
+class BusyError(EmbedfmError):
+    """Another embedfm process is writing the same run dir, report dir or index dir."""

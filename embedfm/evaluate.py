@@ -123,24 +123,25 @@ def evaluate(
         raise EmbedfmError(
             "these runs were trained on different data and cannot be compared: " + ", ".join(fingerprints)
         )
-    data = load_fashion_mnist(data_dir) if data_dir else None
-    runs = {}
-    for name, r in zip(names, run_dirs):
-        entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress)
-        save_embeddings(r, arrays)
-        runs[name] = entry
-        sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
-        kf = entry["classifiers"].get("knn_flip")
-        log(
-            f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}"
-            + (f" ({kf['accuracy']:.4f} flip-averaged)" if kf else "")
-            + ", "
-            f"focus-group error {sm['focus_group_error']:.4f} / {kn['focus_group_error']:.4f}, "
-            f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)"
-        )
-    focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])
-    report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
     out = Path(out) if out else default_out(run_dirs)
-    write_report(report, out)
+    with rundir.lock(out, "eval", log):  # one writer per report dir
+        data = load_fashion_mnist(data_dir) if data_dir else None
+        runs = {}
+        for name, r in zip(names, run_dirs):
+            entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress)
+            save_embeddings(r, arrays)
+            runs[name] = entry
+            sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
+            kf = entry["classifiers"].get("knn_flip")
+            log(
+                f"{name}: softmax acc {sm['accuracy']:.4f}, kNN acc {kn['accuracy']:.4f}"
+                + (f" ({kf['accuracy']:.4f} flip-averaged)" if kf else "")
+                + ", "
+                f"focus-group error {sm['focus_group_error']:.4f} / {kn['focus_group_error']:.4f}, "
+                f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)"
+            )
+        focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])
+        report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
+        write_report(report, out)
     log(f"report: {out / 'report.md'}")
     return report

@@ -2,7 +2,9 @@
 tune outputs) goes through here.
 
 A file is written to a temporary file in the same dir, flushed, fsynced and `os.replace`d into place, so a
-crash leaves either the old file or the new one, never half of one. Torch-free.
+crash leaves either the old file or the new one, never half of one. A write that fails (disk full, read-only
+file system, no permission) removes its temporary file and raises `StorageError`, one line naming the file; the
+previous file stays whole. Torch-free.
 """
 
 from __future__ import annotations
@@ -14,9 +16,19 @@ import os
 import tempfile
 from pathlib import Path
 
+from embedfm.errors import StorageError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as e:
+        kept = f"; the previous {path.name} is kept" if path.exists() else ""
+        raise StorageError(f"cannot write {path}: {e.strerror or e}{kept}") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

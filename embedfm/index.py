@@ -14,14 +14,18 @@ Index types are faiss factory strings: "Flat" (exact), "IVF<nlist>,Flat", "HNSW<
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from embedfm import CLASS_NAMES
+from embedfm import CLASS_NAMES, rundir
 from embedfm.data import IMAGE_SUFFIXES, load_fashion_mnist, load_image, read_idx
 from embedfm.errors import DataError, EmbedfmError
 from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json
@@ -166,7 +170,8 @@ def build(
         "ef_search": ef_search,
         "faiss_version": faiss.__version__,
     }
-    save(out, index, images, labels, sources, meta)
+    with rundir.lock(out, "index", log):  # one writer per index dir
+        save(out, index, images, labels, sources, meta)
     log(
         f"index {factory} of {meta['n']} items × {meta['dim']}-d ({meta['index_bytes'] / 2**20:.1f} MiB) → {out} "
         f"(embed {t_embed:.1f} s, build {t_build:.1f} s)"
@@ -176,22 +181,97 @@ def build(
 
 def save(out: Path, index, images, labels, sources, meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / INDEX_FILE, faiss.serialize_index(index).tobytes())
+    blob = faiss.serialize_index(index).tobytes()
+    atomic_write_bytes(out / INDEX_FILE, blob)
     atomic_save_npz(out / CATALOGUE_FILE, {"images": images, "labels": labels, "sources": sources})
-    atomic_write_json(out / META_FILE, meta)  # written last: its presence means a complete index
+    # written last: its presence means a complete index; the checksum ties index.faiss to it
+    atomic_write_json(out / META_FILE, {**meta, "index_sha256": hashlib.sha256(blob).hexdigest()})
 
 
 def load(index_dir: str | Path):
-    """(faiss index, catalogue dict, meta) from an index dir, or one clear error."""
+    """(faiss index, catalogue dict, meta) from an index dir, or one clear error.
+
+    Every file is checked before it is trusted: index.json's fields and types; index.faiss against the SHA-256
+    that index.json records, then read once in a child process (faiss parses native data: a damaged or hostile
+    file may crash the reader, and only the child would go down); catalogue.npz without pickles, its arrays'
+    dtypes and shapes, and sizes that agree with the index.
+    """
     d = Path(index_dir)
     if not (d / META_FILE).is_file():
         raise EmbedfmError(f"{d}: no index here; build one with `embedfm index RUN`")
+    meta = _read_meta(d)
     try:
-        meta = json.loads((d / META_FILE).read_text())
-        index = faiss.deserialize_index(np.fromfile(d / INDEX_FILE, dtype=np.uint8))
-        with np.load(d / CATALOGUE_FILE) as z:
-            catalogue = {k: z[k] for k in z.files}
-    except (OSError, ValueError, RuntimeError) as e:
+        blob = (d / INDEX_FILE).read_bytes()
+    except OSError as e:
+        raise EmbedfmError(
+            f"{d / INDEX_FILE}: unreadable ({e.strerror or e}); rebuild it with `embedfm index`"
+        ) from None
+    if hashlib.sha256(blob).hexdigest() != meta["index_sha256"]:
+        raise EmbedfmError(f"{d / INDEX_FILE}: does not match its index.json (damaged or replaced); rebuild it "
+                           "with `embedfm index`")  # fmt: skip
+    _probe_in_child(d / INDEX_FILE)
+    try:
+        index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+    except RuntimeError as e:
         raise EmbedfmError(f"{d}: unreadable index ({_first_line(e)}); rebuild it with `embedfm index`") from None
+    catalogue = _read_catalogue(d / CATALOGUE_FILE)
+    if index.ntotal != meta["n"] or index.d != meta["dim"] or len(catalogue["labels"]) != index.ntotal:
+        sizes = f"index {index.ntotal} × {index.d}, index.json {meta['n']} × {meta['dim']}"
+        raise EmbedfmError(f"{d}: {sizes} and catalogue {len(catalogue['labels'])} items disagree; rebuild it")
     set_search_params(index, meta.get("nprobe"), meta.get("ef_search"))
     return index, catalogue, meta
+
+
+META_FIELDS = {"factory": str, "n": int, "dim": int, "index_sha256": str}
+
+
+def _read_meta(d: Path) -> dict:
+    try:
+        meta = json.loads((d / META_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise EmbedfmError(f"{d / META_FILE}: unreadable ({_first_line(e)}); rebuild it with `embedfm index`") from None
+    if not isinstance(meta, dict):
+        raise EmbedfmError(f"{d / META_FILE}: not an embedfm index description; rebuild it with `embedfm index`")
+    if "index_sha256" not in meta and "n" in meta:
+        raise EmbedfmError(f"{d}: built by an older embedfm (no checksum); rebuild it with `embedfm index`")
+    for key, kind in META_FIELDS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise EmbedfmError(f"{d / META_FILE}: field {key!r} missing or not a {kind.__name__}; rebuild it with "
+                               "`embedfm index`")  # fmt: skip
+    for key in ("nprobe", "ef_search"):
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1_000_000):
+            raise EmbedfmError(f"{d / META_FILE}: {key} {v!r} is not a positive int")
+    if not (0 < meta["n"] <= 10**9 and 0 < meta["dim"] <= 4096):
+        raise EmbedfmError(f"{d / META_FILE}: implausible size {meta['n']} × {meta['dim']}")
+    return meta
+
+
+def _probe_in_child(path: Path, timeout: float = 120.0) -> None:
+    """Deserialize the index once in a child process: a file faiss cannot parse safely takes the child down,
+    not this process, and costs one line."""
+    code = "import sys, faiss; faiss.read_index(sys.argv[1])"
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EmbedfmError(f"{path}: reading the index did not finish in {timeout:.0f} s; rebuild it") from None
+    if r.returncode != 0:
+        why = _first_line(RuntimeError(r.stderr)) if r.stderr.strip() else f"reader exited with {r.returncode}"
+        raise EmbedfmError(f"{path}: unreadable index ({why}); rebuild it with `embedfm index`")
+
+
+def _read_catalogue(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cat = {k: z[k] for k in ("images", "labels", "sources")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise EmbedfmError(
+            f"{path}: unreadable catalogue ({_first_line(e)}); rebuild it with `embedfm index`"
+        ) from None
+    images, labels, sources = cat["images"], cat["labels"], cat["sources"]
+    ok = (images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
+          and labels.ndim == 1 and labels.dtype.kind == "i" and sources.ndim == 1 and sources.dtype.kind == "U"
+          and len(images) == len(labels) == len(sources))  # fmt: skip
+    if not ok:
+        raise EmbedfmError(f"{path}: catalogue arrays have the wrong types or shapes; rebuild it with `embedfm index`")
+    return cat

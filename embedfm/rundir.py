@@ -7,16 +7,21 @@ A run dir holds:
     DONE             written last, when training finished: marks the run complete
     embeddings.npz   train/test embeddings and predictions, written by `embedfm eval`
     report.json      the run's evaluation report, when `embedfm eval RUN` wrote it into the run dir
+    .lock            held (flock) by the one process writing the dir: `lock()` below
 
 Torch-free: scripts and `--help` use it without paying for torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from embedfm.errors import EmbedfmError
+from embedfm.errors import BusyError, EmbedfmError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -26,6 +31,7 @@ SUMMARY = "summary.csv"
 DONE = "DONE"
 EMBEDDINGS = "embeddings.npz"
 REPORT = "report.json"
+LOCK = ".lock"
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
@@ -92,3 +98,53 @@ def default_out(run_dirs: list[str]) -> Path:
     (e.g. artifacts/demo for demo/ce + demo/triplet)."""
     paths = [str(Path(r).resolve()) for r in run_dirs]
     return Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath(paths))
+
+
+@contextmanager
+def lock(directory: str | Path, command: str, log=print) -> Iterator[None]:
+    """Hold `directory`'s write lock for the block: one writer per run dir, report dir or index dir.
+
+    An advisory `flock` on DIR/.lock, which the kernel releases when its holder exits in any way, SIGKILL
+    included: a lock left by a dead process is taken over, not waited on. A second process asking for a held
+    lock fails at once with one line naming the holder's PID and command. The file itself stays (removing it
+    would let two processes lock two different files of one name); it records the last holder.
+    """
+    import fcntl
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held by another process
+        os.close(fd)
+        holder = _holder(path)
+        raise BusyError(
+            f"{d} is being written by PID {holder.get('pid', '?')} (embedfm {holder.get('command', '?')}, since "
+            f"{holder.get('since', '?')}); wait for it to finish or stop it"
+        ) from None
+    previous = _holder(path)
+    if previous.get("pid") and previous.get("state") == "held":
+        log(f"{d}: took over the lock left by PID {previous['pid']} (embedfm {previous.get('command')}), "
+            "which is no longer running")  # fmt: skip
+    _record(fd, {"pid": os.getpid(), "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S"), "state": "held"})
+    try:
+        yield
+    finally:
+        _record(fd, {"pid": os.getpid(), "command": command, "state": "released"})
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _holder(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text() or "{}")
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(fd: int, info: dict) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)

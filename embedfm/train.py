@@ -12,6 +12,7 @@ measured recipe is the shipped recipe.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -175,7 +176,8 @@ def train(
     old = None
     if resume:
         old = checkpoint.load_checkpoint(cfg.out)
-        cfg = from_dict(old["config"], source=f"{cfg.out}/{rundir.CHECKPOINT}")
+        # the run continues where it is now, whatever dir it was trained in (run dirs are moved and shared)
+        cfg = from_dict({**old["config"], "out": cfg.out}, source=f"{cfg.out}/{rundir.CHECKPOINT}")
         if rundir.is_done(cfg.out):
             log(f"{cfg.out}: already finished, nothing to resume")
             return {"run_dir": cfg.out, "history": old["history"], "seconds": 0.0}
@@ -185,15 +187,20 @@ def train(
     data = data or load_fashion_mnist(cfg.data_dir)
     splits = make_splits(data, cfg.val_size, cfg.limit)
     steps = steps_per_epoch(cfg, len(splits.train_y))
-    dd = distributed.init(device, cfg.batch_size)
-    quiet = lambda *a, **k: None
-    try:
-        if dd.main:
-            rundir.prepare(cfg.out, overwrite, resume)
-        dd.barrier()
-        return _loop(cfg, data, splits, steps, device, dd, progress and dd.main, log if dd.main else quiet, hooks, old)
-    finally:
-        distributed.close(dd)
+    # one writer per run dir: rank 0 holds the lock (the only rank that writes) until the run ends
+    with rundir.lock(cfg.out, "train", log) if distributed.from_env().main else contextlib.nullcontext():
+        if distributed.from_env().main:
+            rundir.check_writable(cfg.out, overwrite, resume)  # again: another run may have finished meanwhile
+        dd = distributed.init(device, cfg.batch_size)
+        quiet = lambda *a, **k: None
+        try:
+            if dd.main:
+                rundir.prepare(cfg.out, overwrite, resume)
+            dd.barrier()
+            main_log = log if dd.main else quiet
+            return _loop(cfg, data, splits, steps, device, dd, progress and dd.main, main_log, hooks, old)
+        finally:
+            distributed.close(dd)
 
 
 def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> dict:

@@ -181,6 +181,10 @@ def open_study(tc: TuneConfig):
         time.sleep(0.1)
     if not study.get_trials(deepcopy=False):  # a new study, or its creator died before enqueueing
         study.enqueue_trial(defaults_point(tc.base.loss), user_attrs={"defaults": True})
+    # a resumed study continues from new random points: the same seed would redraw the first run's start-up points
+    done = len(study.get_trials(deepcopy=False)) - 1  # the defaults trial is enqueued, not drawn
+    if done > 0:
+        study.sampler = optuna.samplers.TPESampler(seed=tc.sampler_seed + 1000 * done)
     study.set_user_attr("loss", tc.base.loss)
     study.set_user_attr("objective", tc.objective)
     return study

@@ -1,5 +1,6 @@
 """Nothing lost, nothing half-written: resume after SIGKILL, non-finite loss, unusable checkpoints."""
 
+import errno
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from conftest import make_fake_dataset
 from embedfm import checkpoint as ckpt_io
 from embedfm import rundir
 from embedfm.cli import main
-from embedfm.errors import CheckpointError, EmbedfmError
+from embedfm.errors import CheckpointError, EmbedfmError, StorageError
 from embedfm.fileio import atomic_write_bytes
 
 pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
@@ -116,10 +117,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     p.write_text("old")
 
     def boom(*a):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match=r"cannot write .*f\.json: No space left on device; the previous f\.json"):
         atomic_write_bytes(p, b"new")
     assert p.read_text() == "old"
     assert [f.name for f in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
