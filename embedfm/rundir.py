@@ -109,21 +109,10 @@ def lock(directory: str | Path, command: str, log=print) -> Iterator[None]:
     lock fails at once with one line naming the holder's PID and command. The file itself stays (removing it
     would let two processes lock two different files of one name); it records the last holder.
     """
-    import fcntl
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = d / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: held by another process
-        os.close(fd)
-        holder = _holder(path)
-        raise BusyError(
-            f"{d} is being written by PID {holder.get('pid', '?')} (embedfm {holder.get('command', '?')}, since "
-            f"{holder.get('since', '?')}); wait for it to finish or stop it"
-        ) from None
+    fd = _acquire(path)
     previous = _holder(path)
     if previous.get("pid") and previous.get("state") == "held":
         log(f"{d}: took over the lock left by PID {previous['pid']} (embedfm {previous.get('command')}), "
@@ -133,8 +122,37 @@ def lock(directory: str | Path, command: str, log=print) -> Iterator[None]:
         yield
     finally:
         _record(fd, {"pid": os.getpid(), "command": command, "state": "released"})
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        _release(fd)
+
+
+def check_not_busy(directory: str | Path) -> None:
+    """Fail at once, naming the holder, when another process holds `directory`'s lock; changes nothing."""
+    path = Path(directory) / LOCK
+    if path.is_file():
+        _release(_acquire(path))
+
+
+def _acquire(path: Path) -> int:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held by another process
         os.close(fd)
+        holder = _holder(path)
+        raise BusyError(
+            f"{path.parent} is being written by PID {holder.get('pid', '?')} (embedfm {holder.get('command', '?')}, "
+            f"since {holder.get('since', '?')}); wait for it to finish or stop it"
+        ) from None
+    return fd
+
+
+def _release(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _holder(path: Path) -> dict:

@@ -173,6 +173,7 @@ def train(
     """Train one run into `cfg.out`. Returns {"run_dir", "history", "seconds"} (seconds: training time, hooks
     and validation excluded)."""
     hooks = hooks or Hooks()
+    rundir.check_not_busy(cfg.out)  # another process training into this dir is the first thing to say
     old = None
     if resume:
         old = checkpoint.load_checkpoint(cfg.out)
