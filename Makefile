@@ -9,7 +9,7 @@ DEMO   := artifacts/demo
 # torch >= 2.1 works (see pyproject.toml), override with `make TORCH_PIN= ...`.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast lint format docs venv data clean-demo
+.PHONY: demo test test-fast test-deps lint format docs venv data clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ data:
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
 	else echo "data: not installed system-wide; embedfm will download it into ~/.cache/embedfm"; fi
 
+# PostgreSQL for the multi-worker tune test (skipped with one line where it cannot be installed)
+test-deps:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq postgresql || (apt-get update -qq && apt-get install -y -qq postgresql)) >/dev/null 2>&1 \
+	    || echo "test-deps: postgresql not installed; its test will be skipped"; \
+	fi
+
 demo: venv data
 	$(VENV)/bin/embedfm train --loss ce --out $(DEMO)/ce --overwrite --no-progress
 	$(VENV)/bin/embedfm train --loss triplet --out $(DEMO)/triplet --overwrite --no-progress
@@ -37,7 +45,7 @@ demo: venv data
 	$(VENV)/bin/embedfm viz $(DEMO)/ce $(DEMO)/triplet --out $(DEMO)
 	@echo "report: $(DEMO)/report.md (report.json, confusion.png, confusion_diff.png, umap.png)"
 
-test: venv data
+test: venv data test-deps
 	$(VENV)/bin/python -m pytest
 
 test-fast: venv

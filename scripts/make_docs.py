@@ -490,6 +490,23 @@ def t_bench(ctx: Ctx) -> str:
     return "\n".join(lines) + "\n\nSource: " + source
 
 
+def t_checkpoint_format(ctx: Ctx) -> str:
+    path = ctx.ref / "checkpoint_format.json"
+    b = load(path)
+    rows = []
+    for r in b["rows"]:
+        kb = {k: f"{v / 1024:,.0f}" for k, v in r["bytes"].items()}
+        ms = {k: {f: f"{v * 1e3:.1f}" for f, v in r[k].items()} for k in ("save_s", "load_full_s", "load_model_s")}
+        rows.append([f"`{r['backbone']}` ({r['parameters']:,} parameters)", f"{kb['safetensors']} / {kb['pickle']}",
+                     f"{ms['save_s']['safetensors']} / {ms['save_s']['pickle']}",
+                     f"{ms['load_full_s']['safetensors']} / {ms['load_full_s']['pickle']}",
+                     f"{ms['load_model_s']['safetensors']} / {ms['load_model_s']['pickle']}"])  # fmt: skip
+    header = ["backbone", "size KiB, safetensors / pickle", "save ms", "full load ms (resume)",
+              "model load ms (eval)"]  # fmt: skip
+    return (table(header, rows) + f"\n\nBest of {b['reps']} each, {b['date']}, {b['machine']}. Source: "
+            + ctx.link(path))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ index scaling
 
 
@@ -770,6 +787,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "study-resnet20-umap": t_study_resnet20_umap,  # study/resnet20/umap.json
     "bench-meta": t_bench_meta,  # bench.json
     "bench": t_bench,  # bench.md (written from bench.json by scripts/bench.py)
+    "checkpoint-format": t_checkpoint_format,  # checkpoint_format.json (scripts/bench_checkpoint.py)
     "index-meta": t_index_meta,  # bench_index.json
     "index-scaling": t_index_scaling,  # bench_index.json
     "index-compact": t_index_compact,  # bench_index.json
