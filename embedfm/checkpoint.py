@@ -12,7 +12,7 @@ what lets a run dir from a stranger be evaluated safely.
 
 Run dirs from before this format hold a pickled `last.pt`, which can run arbitrary code when loaded: they are
 refused with a line saying how to convert them (`embedfm convert RUN`), which loads the old file with torch's
-restricted `weights_only` unpickler, or fully only when the user passes `--trust`.
+restricted `weights_only` unpickler only. embedfm never runs the full unpickler on anything.
 """
 
 from __future__ import annotations
@@ -199,10 +199,11 @@ def _numpy_globals() -> list:
     return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def convert(run_dir: str | Path, trust: bool = False, log=print) -> Path:
+def convert(run_dir: str | Path, log=print) -> Path:
     """Rewrite a run's old `last.pt` as `checkpoint.safetensors`. The old file is read with torch's restricted
-    unpickler (`weights_only=True`, NumPy arrays allowed), which runs no code from the file; only with `trust`
-    is a file that needs more loaded with the full unpickler. The old file is left in place."""
+    unpickler (`weights_only=True`, NumPy's array reconstruction allowed), which runs no code from the file and
+    reads every checkpoint an older embedfm wrote. A file that needs more is refused: embedfm does not run code
+    from files. The old file is left in place."""
     import torch
 
     run = Path(run_dir)
@@ -212,21 +213,15 @@ def convert(run_dir: str | Path, trust: bool = False, log=print) -> Path:
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             ckpt = torch.load(old, map_location="cpu", weights_only=True)
-        how = "read with torch's weights-only unpickler"
-    except Exception as e:  # any refusal or damage: never fall through to the full unpickler without --trust
-        if not trust:
-            raise CheckpointError(
-                f"{old}: cannot be read without running code from it ({_first_line(e)}); only if you trust its "
-                f"source: embedfm convert {run} --trust"
-            ) from None
-        try:
-            ckpt = torch.load(old, map_location="cpu", weights_only=False)
-        except Exception as e2:
-            raise CheckpointError(f"{old}: corrupt or unreadable checkpoint ({type(e2).__name__})") from None
-        how = "loaded with the full unpickler (--trust)"
+    except Exception as e:  # any refusal or damage: one line, and never a fall-back to the full unpickler
+        raise CheckpointError(
+            f"{old}: cannot be read without running code from it ({_first_line(e)}); embedfm does not do that. "
+            "Only if you trust its source: load it yourself with torch.load's full unpickler and pass the "
+            "dict to embedfm.checkpoint.save_checkpoint(run_dir, ckpt)"
+        ) from None
     if not isinstance(ckpt, dict) or not {"model_args", "model", "config"} <= set(ckpt):
         raise CheckpointError(f"{old}: not an embedfm checkpoint")
     save_checkpoint(run, {k: v for k, v in ckpt.items() if k != "format_version"})
     load_model(run)  # the converted checkpoint rebuilds its network
-    log(f"{old} ({how}) → {run / CHECKPOINT}")
+    log(f"{old} (read with torch's weights-only unpickler) → {run / CHECKPOINT}")
     return run / CHECKPOINT

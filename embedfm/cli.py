@@ -242,15 +242,9 @@ def add_convert(sub) -> None:
         description="Convert a run dir written by an older embedfm (a pickled last.pt, which can run code when "
         "loaded) to the safe format every command reads (checkpoint.safetensors). The old file is read with "
         "torch's restricted weights-only unpickler, which runs nothing from the file; a file that needs more is "
-        "refused unless --trust is given. The old file is left in place.",
+        "refused. The old file is left in place.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs holding a last.pt to convert")
-    p.add_argument(
-        "--trust",
-        action="store_true",
-        help="load a file the restricted unpickler refuses with the full one, which runs whatever code the file "
-        "holds: only for files from a source you trust",
-    )
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -368,7 +362,7 @@ def cmd_convert(args) -> None:
     from embedfm.checkpoint import convert
 
     for run in args.runs:
-        convert(run, trust=args.trust)
+        convert(run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ def test_old_format_is_refused_with_how_to_convert_then_converts_safely(tmp_path
     old = _old_format_copy(src, tmp_path / "old")
     assert main(["eval", str(old), "--data-dir", str(data), "--no-progress"]) == 2
     assert f"embedfm convert {old}" in _one_line_error(capsys)
-    assert main(["convert", str(old)]) == 0  # numpy RNG arrays pass the weights-only unpickler: no --trust needed
+    assert main(["convert", str(old)]) == 0  # numpy RNG arrays pass the weights-only unpickler
     assert "weights-only unpickler" in capsys.readouterr().out
     a, b = checkpoint.load_checkpoint(src), checkpoint.load_checkpoint(old)
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
