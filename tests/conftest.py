@@ -31,6 +31,10 @@ def make_fake_dataset(root: Path, n_train: int = 200, n_test: int = 50, seed: in
     return root
 
 
+# the smallest budget a real run accepts: seconds on fake data
+TINY = ["--limit", "200", "--val-size", "50", "--batch-size", "50", "--no-progress"]
+
+
 @pytest.fixture
 def fake_data_dir(tmp_path) -> Path:
     return make_fake_dataset(tmp_path / "fmnist")
@@ -58,25 +62,5 @@ def fake_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     data = make_fake_dataset(root / "data", n_train=300, n_test=50)
     out = root / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(data),
-                "--limit",
-                "200",
-                "--val-size",
-                "50",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "50",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--out", str(out), "--data-dir", str(data), "--epochs", "1", *TINY]) == 0
     return out, data

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import make_fake_dataset
+from conftest import TINY, make_fake_dataset
 
 from embedfm import checkpoint as ckpt_io
 from embedfm import rundir
@@ -160,27 +160,7 @@ def test_runs_on_different_data_are_not_compared(tmp_path, fake_run):
     src, _ = fake_run
     other_data = make_fake_dataset(tmp_path / "other", n_train=300, n_test=50, seed=7)
     other = tmp_path / "other_run"
-    assert (
-        main(
-            [
-                "train",
-                "--out",
-                str(other),
-                "--data-dir",
-                str(other_data),
-                "--limit",
-                "200",
-                "--val-size",
-                "50",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "50",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--out", str(other), "--data-dir", str(other_data), "--epochs", "1", *TINY]) == 0
     r = subprocess.run(
         [sys.executable, "-m", "embedfm", "eval", str(src), str(other), "--out", str(tmp_path)],
         capture_output=True,

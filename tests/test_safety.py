@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from embedfm import checkpoint, rundir
 from embedfm.cli import main
 from embedfm.errors import BusyError
-
-TINY = ["--limit", "200", "--val-size", "50", "--batch-size", "50", "--no-progress"]
 
 
 def _embedfm(*args, **kw) -> subprocess.Popen:
