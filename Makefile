@@ -1,4 +1,4 @@
-# embedfm: `make demo` (set up + train CE and CE+triplet + eval + viz) and `make test`;
+# embedfm: `make demo` (set up + train CE and CE+triplet + eval + viz + explore page) and `make test`;
 # `make test-fast` (no training on real data, under a minute), `make lint`, `make format`, `make docs`.
 PYTHON ?= python3
 VENV   := .venv
@@ -30,12 +30,19 @@ data:
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
 	else echo "data: not installed system-wide; embedfm will download it into ~/.cache/embedfm"; fi
 
-# PostgreSQL for the multi-worker tune test (skipped with one line where it cannot be installed)
+# PostgreSQL for the multi-worker tune test, Chromium + chromedriver for the explore page's browser test
+# (each test is skipped with one line where its program cannot be installed)
 test-deps:
 	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq postgresql || (apt-get update -qq && apt-get install -y -qq postgresql)) >/dev/null 2>&1 \
 	    || echo "test-deps: postgresql not installed; its test will be skipped"; \
+	fi
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium chromium-driver \
+	    || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)) >/dev/null 2>&1 \
+	    || echo "test-deps: chromium not installed; the explore page's browser test will be skipped"; \
 	fi
 
 demo: venv data
@@ -43,7 +50,8 @@ demo: venv data
 	$(VENV)/bin/embedfm train --loss triplet --out $(DEMO)/triplet --overwrite --no-progress
 	$(VENV)/bin/embedfm eval $(DEMO)/ce $(DEMO)/triplet --out $(DEMO) --no-progress
 	$(VENV)/bin/embedfm viz $(DEMO)/ce $(DEMO)/triplet --out $(DEMO)
-	@echo "report: $(DEMO)/report.md (report.json, confusion.png, confusion_diff.png, umap.png)"
+	$(VENV)/bin/embedfm explore $(DEMO)/ce $(DEMO)/triplet --out $(DEMO)/explore.html
+	@echo "report: $(DEMO)/report.md (report.json, confusion.png, confusion_diff.png, umap.png); page: $(DEMO)/explore.html"
 
 test: venv data test-deps
 	$(VENV)/bin/python -m pytest

@@ -122,10 +122,12 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise CheckpointError(f"{p}: corrupt or unreadable checkpoint ({type(e).__name__})") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise CheckpointError(f"{p}: not an embedfm checkpoint")
-    if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
+    version = meta["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
-            f"{p}: checkpoint format {meta['format_version']} is newer than this embedfm reads ({FORMAT_VERSION}); "
-            "upgrade embedfm"
+            f"{p}: checkpoint format {version!r} is newer than this embedfm reads ({FORMAT_VERSION}); upgrade embedfm"
+            if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+            else f"{p}: checkpoint format {version!r} is not a format version; not an embedfm checkpoint"
         )
     for key, kind in (("model_args", dict), ("config", dict)):
         if not isinstance(meta.get(key), kind):
@@ -137,7 +139,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
             ckpt["optimizer"] = _join_optimizer(tensors, meta["optimizer"])
         if "rng" in meta:
             ckpt["rng"] = _join_rng(tensors, meta["rng"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{p}: checkpoint's training state is malformed ({_first_line(e)})") from None
     return ckpt
 
@@ -153,6 +155,13 @@ def _join_rng(tensors: dict, meta: dict) -> dict:
 
     version, mt, gauss = meta["python"]
     name, keys, pos, has_gauss, cached = meta["numpy"]
+    # the ranges random.setstate / np.random.set_state accept, checked here so a damaged state is one line
+    if not (len(mt) == 625 and all(isinstance(x, int) and 0 <= x < 2**32 for x in mt[:624]) and 0 <= mt[624] <= 624):
+        raise ValueError("Python RNG state out of range")
+    if not (len(keys) == 624 and all(isinstance(k, int) and 0 <= k < 2**32 for k in keys) and 0 <= pos <= 624):
+        raise ValueError("NumPy RNG state out of range")
+    if not (isinstance(version, int) and isinstance(has_gauss, int) and (gauss is None or isinstance(gauss, float))):
+        raise ValueError("RNG state has the wrong types")
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng/cuda/")), key=lambda k: int(k[9:]))]
     return {"python": (int(version), tuple(int(x) for x in mt), gauss),
             "numpy": (str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)),

@@ -18,7 +18,7 @@ from embedfm import __version__
 from embedfm.errors import EmbedfmError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-COMMANDS = ("train", "eval", "viz", "tune", "index", "search", "summarize", "convert")
+COMMANDS = ("train", "eval", "viz", "tune", "index", "search", "summarize", "convert", "export", "explore")
 
 
 def _classes(s: str) -> tuple[int, ...]:
@@ -247,6 +247,68 @@ def add_convert(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs holding a last.pt to convert")
 
 
+def add_export(sub) -> None:
+    from embedfm.export import DEFAULT_MAX_POINTS, DEFAULT_SPLIT, FORMATS, SPLITS
+
+    p = sub.add_parser(
+        "export",
+        help="write a run for other tools: TensorBoard's Embedding Projector, ONNX, npz",
+        description="Export RUN into --out (default RUN/export): tensorboard = the Embedding Projector's files "
+        "(tensors.tsv, metadata.tsv, sprite.png, projector_config.pbtxt; `tensorboard --logdir DIR`); onnx = "
+        "model.onnx, the embedding network (input float (N, 1, 28, 28) normalised like training, outputs logits and "
+        "embedding; needs `pip install 'embedfm[export]'`); npz = embeddings.npz as `embedfm eval` writes it.",
+        formatter_class=_ShowDefaults,
+    )
+    p.add_argument("run", metavar="RUN", help="run dir to export")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        required=True,
+        choices=FORMATS,
+        help="what to write: the projector's files, the ONNX network or eval's arrays",
+    )
+    p.add_argument("--out", help="output dir (default RUN/export)")
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        help=f"tensorboard: whose images to show, the test set or the run's train split [{DEFAULT_SPLIT}]",
+    )
+    p.add_argument(
+        "--max-points",
+        type=int,
+        metavar="N",
+        help=f"tensorboard: at most N points, a seeded random subset [{DEFAULT_MAX_POINTS}]",
+    )
+    p.add_argument("--seed", type=int, default=0, help="tensorboard: seed of the random subset")
+    p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (default: as at training)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_explore(sub) -> None:
+    p = sub.add_parser(
+        "explore",
+        help="one interactive HTML page: runs' UMAPs side by side with the images, neighbours, confusion galleries",
+        description="Write one self-contained HTML page (opens from disk, offline) to look at runs side by side: "
+        "linked UMAP panels of the test embeddings, hover for the image and every run's prediction, click for its "
+        "nearest training images in each run, clickable confusion matrices, fixed/broken lists of the focus "
+        "classes against the first run. Uses embeddings.npz from `embedfm eval` (computed if missing).",
+        formatter_class=_ShowDefaults,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs, one panel each; the first is the baseline")
+    p.add_argument("--out", help="HTML file (default: explore.html in the run dir, or the runs' common parent)")
+    p.add_argument(
+        "--classifier",
+        choices=["knn", "softmax", "knn_flip"],
+        default="knn",
+        help="whose predictions the page shows (as eval saved them)",
+    )
+    p.add_argument("--k", type=int, default=10, help="nearest training images shown per run")
+    p.add_argument("--max-points", type=int, help="show a random subset of this many test images (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="UMAP and subset seed")
+    p.add_argument("--focus-classes", type=_classes, help="override the runs' focus classes")
+    p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (default: as at training)")
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """argparse prints the whole usage block on a bad flag; we print one line and point at --help."""
 
@@ -265,7 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(
         dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}", parser_class=OneLineErrors
     )
-    for add in (add_train, add_eval, add_viz, add_tune, add_index, add_search, add_summarize, add_convert):
+    for add in (
+        add_train,
+        add_eval,
+        add_viz,
+        add_tune,
+        add_index,
+        add_search,
+        add_summarize,
+        add_convert,
+        add_export,
+        add_explore,
+    ):
         add(sub)
     return p
 
@@ -363,6 +436,36 @@ def cmd_convert(args) -> None:
 
     for run in args.runs:
         convert(run)
+
+
+def cmd_export(args) -> None:
+    from embedfm.export import export
+
+    export(
+        args.run,
+        args.fmt,
+        out=args.out,
+        split=args.split,
+        max_points=args.max_points,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+
+
+def cmd_explore(args) -> None:
+    from embedfm.explore import explore
+
+    explore(
+        args.runs,
+        out=args.out,
+        classifier=args.classifier,
+        k=args.k,
+        focus=args.focus_classes,
+        max_points=args.max_points,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,13 @@ class TrainConfig:
         "torch.compile the training step (needs a C++ compiler on CPU; speed only, checkpoints hold the plain model)",
         "run",
     )
+    # CPU runs are reproducible without it; on CUDA it is what makes a resumed run bit-identical (docs/distributed.md)
+    deterministic: bool = setting(
+        False,
+        "deterministic kernels only (torch.use_deterministic_algorithms, cuBLAS workspace): bit-identical "
+        "resume on a GPU too, at a cost in speed",
+        "run",
+    )
 
     def __post_init__(self):
         validate(self)
@@ -202,8 +210,10 @@ def validate(c: TrainConfig) -> None:
     )
     _check(len(set(c.focus_classes)) == len(c.focus_classes), "--focus-classes lists a class twice")
     _check(c.mining == "all" or len(c.focus_classes) >= 2, "--mining focus needs at least two focus classes")
-    _check(c.focus_oversample >= 1, f"--focus-oversample must be >= 1, got {c.focus_oversample}")
-    _check(c.m_per_class >= 2, f"--m-per-class must be at least 2 (a positive pair), got {c.m_per_class}")
+    _check(1 <= c.focus_oversample <= 100, f"--focus-oversample must be in [1, 100], got {c.focus_oversample}")
+    _check(
+        2 <= c.m_per_class <= 10_000, f"--m-per-class must be in [2, 10000] (2: a positive pair), got {c.m_per_class}"
+    )
     _check(c.val_size >= 10, f"--val-size must be at least 10, got {c.val_size}")
     _check(
         c.limit is None or c.limit >= 10 * c.m_per_class,
@@ -222,8 +232,13 @@ def validate(c: TrainConfig) -> None:
 
 
 def _min_batch(c: TrainConfig) -> int:
-    b = 10 * c.m_per_class
-    while min(class_counts(b, c.focus_classes, c.focus_oversample)) < c.m_per_class:
+    """The smallest batch whose balanced plan holds --m-per-class images of every class. A class of weight w gets
+    at least floor(b·w/W) of b (W: the weights' sum), so b = m·W/w_min is enough; the search starts just below
+    that and takes a few steps (largest-remainder rounding may help earlier)."""
+    weights = [c.focus_oversample if k in c.focus_classes else 1.0 for k in range(10)]
+    enough = math.ceil(c.m_per_class * sum(weights) / min(weights))
+    b = max(10 * c.m_per_class, enough - 20)
+    while b < enough and min(class_counts(b, c.focus_classes, c.focus_oversample)) < c.m_per_class:
         b += 1
     return b
 
@@ -241,17 +256,47 @@ def run_keys() -> set[str]:
     return {n for n, f in FIELDS.items() if f.metadata["group"] == RUN_GROUP}
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite_number(v) -> bool:
+    try:
+        return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+# a field's annotation (without "| None") → (the check a value from a file must pass, what to say otherwise)
+_VALUE_TYPES = {
+    "int": (_is_int, "an integer"),
+    "float": (_is_finite_number, "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a list of integers"),
+}
+
+
 def from_dict(d: dict, source: str = "config") -> TrainConfig:
-    """Build a config from a dict (e.g. a JSON file), rejecting unknown keys."""
+    """Build a config from a dict (e.g. a JSON file), rejecting unknown keys and values of the wrong type."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: a config must be a JSON object, got {type(d).__name__}")
     unknown = sorted(set(d) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"{source}: unknown config key(s) {', '.join(unknown)}")
+        raise ConfigError(f"{source}: unknown config key(s) {', '.join(map(repr, unknown))[:200]}")
+    for name, value in d.items():
+        kind = FIELDS[name].type
+        check, what = _VALUE_TYPES[kind.replace(" | None", "")]
+        if not (check(value) or (value is None and kind.endswith("| None"))):
+            shown = json.dumps(value, default=repr)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ConfigError(f"{source}: {name} must be {what}{' or null' * kind.endswith('| None')}, got {shown}")
     d = dict(d)
-    if "focus_classes" in d and d["focus_classes"] is not None:
-        d["focus_classes"] = tuple(int(k) for k in d["focus_classes"])
+    if "focus_classes" in d:
+        d["focus_classes"] = tuple(d["focus_classes"])
     try:
         return TrainConfig(**d)
-    except TypeError as e:
+    except (TypeError, ValueError, OverflowError) as e:  # e.g. a batch size too large for class_counts' floats
         raise ConfigError(f"{source}: {e}") from None
 
 
@@ -261,7 +306,9 @@ def load_config_file(path: str | Path) -> dict:
         d = json.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:  # a directory, no permission, ...
+        raise ConfigError(f"{p}: cannot read config file ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
         raise ConfigError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{p}: a config file must hold a JSON object")

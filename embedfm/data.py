@@ -7,7 +7,8 @@ What this module owns:
 - reading and validating them (gzip integrity, magic number, dimensions, counts, label range), with the
   sizes a header declares checked against the file before anything is allocated,
 - the fixed stratified validation split and the `--limit` subset,
-- augmentation of whole uint8 batches with tensor ops (per-sample random crop + horizontal flip),
+- augmentation of whole uint8 batches with tensor ops (per-sample random crop + horizontal flip), on the device
+  the batch is on (training on CUDA holds the uint8 train split in GPU memory: `Splits.train_on`),
 - batch index plans: plain shuffled batches and class-balanced batches with focus over-sampling,
 - reading query and catalogue images (PNG, JPEG, BMP, GIF, WebP, TIFF) with a pixel limit.
 
@@ -18,6 +19,7 @@ on the way in.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import math
@@ -308,6 +310,13 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
 
+    def train_on(self, device: torch.device) -> Splits:
+        """These splits with the train images and labels held on `device`, where the training steps gather and
+        augment their batches (uint8: 55 k images are 43 MB, nothing beside a GPU's memory). On the CPU: self."""
+        if device.type == "cpu":
+            return self
+        return dataclasses.replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device))
+
 
 def make_splits(data: FashionMNIST, val_size: int, limit: int | None = None, split_seed: int = 0) -> Splits:
     """Fixed stratified validation split from train (seed independent of the training seed), then
@@ -337,23 +346,27 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random crop (zero padding `pad`) and horizontal flip of a uint8 batch (B, H, W).
+    """Per-sample random crop (zero padding `pad`) and horizontal flip of a uint8 batch (B, H, W), on x's device.
 
-    One gather for the whole batch: each sample gets its own offset (dy, dx) and flip bit.
+    One gather for the whole batch: each sample gets its own offset (dy, dx) and flip bit. The random draws come
+    from the CPU `generator` whatever the device (a run draws the same numbers on a GPU as on the CPU, and its
+    checkpoint holds that one stream); only these (B,) draws travel to the device, the images stay there.
     """
     B, H, W = x.shape
+    dev = x.device
     if pad > 0:
         xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, H+2p, W+2p), zeros
-        dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
+        dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
     else:
-        xp, dy, dx = x, torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
-    rows = dy[:, None] + torch.arange(H)  # (B, H)
-    cols = dx[:, None] + torch.arange(W)  # (B, W)
+        xp = x
+        dy = dx = torch.zeros(B, dtype=torch.long, device=dev)
+    rows = dy[:, None] + torch.arange(H, device=dev)  # (B, H)
+    cols = dx[:, None] + torch.arange(W, device=dev)  # (B, W)
     if flip:
-        flipped = torch.rand(B, generator=generator) < 0.5
+        flipped = (torch.rand(B, generator=generator) < 0.5).to(dev)  # (B,)
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
-    return xp[torch.arange(B)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return xp[torch.arange(B, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:

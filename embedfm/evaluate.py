@@ -26,6 +26,7 @@ from embedfm.fileio import atomic_save_npz
 from embedfm.inference import embed, select_device
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import classifier_metrics, retrieval_metrics
+from embedfm.report import is_number
 from embedfm.rundir import default_out, run_names
 
 # ----------------------------------------------------------------------------------------------
@@ -46,6 +47,14 @@ def evaluate_run(
         cfg = from_dict(ckpt["config"], source=f"{run_dir}/{rundir.CHECKPOINT}")
     except EmbedfmError as e:
         raise EmbedfmError(f"{run_dir}: checkpoint holds an incompatible config ({e})") from None
+    history = ckpt.get("history", [])
+    last = history[-1] if isinstance(history, list) and history else {}
+    if not (
+        isinstance(history, list)
+        and all(isinstance(h, dict) for h in history)
+        and (last.get("train_seconds") is None or is_number(last["train_seconds"]))
+    ):
+        raise EmbedfmError(f"{run_dir}: checkpoint's history is malformed (not a list of epochs with figures)")
     focus = tuple(focus or cfg.focus_classes)
     device = select_device("auto")
     model.to(device)
@@ -79,8 +88,8 @@ def evaluate_run(
         "backbone": cfg.backbone,
         "seed": cfg.seed,
         "embedding_dim": cfg.embedding_dim,
-        "epochs": len(ckpt.get("history", [])),
-        "train_seconds": (ckpt.get("history") or [{}])[-1].get("train_seconds"),
+        "epochs": len(history),
+        "train_seconds": last.get("train_seconds"),
         "complete": rundir.is_done(run_dir),
         "config": cfg.to_dict(),
         "classifiers": classifiers,

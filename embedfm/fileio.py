@@ -1,5 +1,6 @@
-"""Atomic file writes: every file embedfm writes (checkpoints, configs, histories, reports, figures, indexes,
-tune outputs) goes through here.
+"""File I/O: atomic writes of every file embedfm writes (checkpoints, configs, histories, reports, figures,
+indexes, tune outputs), and the guarded readers of the JSON and npz files it reads back (`read_json`,
+`read_npz`), which turn any damaged or hostile file into one line.
 
 A file is written to a temporary file in the same dir, flushed, fsynced and `os.replace`d into place, so a
 crash leaves either the old file or the new one, never half of one. A write that fails (disk full, read-only
@@ -87,3 +88,53 @@ def atomic_save_npz(path: str | Path, arrays: dict) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | Path, fix: str = "") -> object:
+    """The JSON document in `path`, or one `EmbedfmError` line naming the file (unreadable, not UTF-8, not JSON,
+    nested too deep) and, when given, how to `fix` it."""
+    from embedfm.errors import EmbedfmError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8, not JSON; RecursionError: too deep
+        raise EmbedfmError(f"{path}: unreadable ({_first_line(e)})" + (f"; {fix}" if fix else "")) from None
+
+
+def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "") -> dict:
+    """The named arrays of an .npz archive, read without pickles and without trusting its headers: every array's
+    declared size must fit the bytes its archive member holds before anything is allocated, object arrays are
+    refused, and any damage (zip, compression, npy header, truncation) is one `EmbedfmError` line."""
+    import zipfile
+
+    import numpy as np
+
+    from embedfm.errors import EmbedfmError
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in keys:
+                info = zf.getinfo(f"{key}.npy")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                        version, np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(f)
+                    if dtype.hasobject:
+                        raise ValueError(f"{key} holds Python objects")
+                    if int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                        raise ValueError(f"{key}'s header claims more data than the archive holds")
+                with zf.open(info) as f:
+                    out[key] = np.lib.format.read_array(f, allow_pickle=False)
+    except KeyError as e:
+        raise EmbedfmError(f"{path}: lacks {e.args[0]}" + (f"; {fix}" if fix else "")) from None
+    except Exception as e:  # zipfile, zlib/lzma, npy format, OS and memory errors all mean the same: unusable
+        raise EmbedfmError(f"{path}: unreadable ({_first_line(e)})" + (f"; {fix}" if fix else "")) from None
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__

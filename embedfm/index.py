@@ -15,11 +15,9 @@ Index types are faiss factory strings: "Flat" (exact), "IVF<nlist>,Flat", "HNSW<
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import faiss
@@ -28,7 +26,7 @@ import numpy as np
 from embedfm import CLASS_NAMES, rundir
 from embedfm.data import IMAGE_SUFFIXES, load_fashion_mnist, load_image, read_idx
 from embedfm.errors import DataError, EmbedfmError
-from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json
+from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json, read_npz
 from embedfm.inference import embed_images, load_run_model
 
 INDEX_FILE, CATALOGUE_FILE, META_FILE = "index.faiss", "catalogue.npz", "index.json"
@@ -226,10 +224,7 @@ META_FIELDS = {"factory": str, "n": int, "dim": int, "index_sha256": str}
 
 
 def _read_meta(d: Path) -> dict:
-    try:
-        meta = json.loads((d / META_FILE).read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise EmbedfmError(f"{d / META_FILE}: unreadable ({_first_line(e)}); rebuild it with `embedfm index`") from None
+    meta = read_json(d / META_FILE, "rebuild it with `embedfm index`")
     if not isinstance(meta, dict):
         raise EmbedfmError(f"{d / META_FILE}: not an embedfm index description; rebuild it with `embedfm index`")
     if "index_sha256" not in meta and "n" in meta:
@@ -261,13 +256,7 @@ def _probe_in_child(path: Path, timeout: float = 120.0) -> None:
 
 
 def _read_catalogue(path: Path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            cat = {k: z[k] for k in ("images", "labels", "sources")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise EmbedfmError(
-            f"{path}: unreadable catalogue ({_first_line(e)}); rebuild it with `embedfm index`"
-        ) from None
+    cat = read_npz(path, ("images", "labels", "sources"), "rebuild it with `embedfm index`")
     images, labels, sources = cat["images"], cat["labels"], cat["sources"]
     ok = (images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
           and labels.ndim == 1 and labels.dtype.kind == "i" and sources.ndim == 1 and sources.dtype.kind == "U"

@@ -18,21 +18,26 @@ from tqdm import tqdm
 from embedfm import distributed
 from embedfm.data import to_float
 from embedfm.errors import EmbedfmError
-from embedfm.models import fuse_for_inference
+from embedfm.models import device_of, fuse_for_inference
 
 
 def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise EmbedfmError("--device cuda was asked for but no CUDA device is available")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", distributed.from_env().local_rank)  # one GPU per torchrun process
+        rank, n = distributed.from_env().local_rank, torch.cuda.device_count()
+        if rank >= n:
+            raise EmbedfmError(f"LOCAL_RANK {rank} has no GPU of its own: {n} visible (one per torchrun process)")
+        return torch.device("cuda", rank)  # one GPU per torchrun process
     return torch.device("cpu")
 
 
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (tensor cores; no loss scaling needed); a no-op on CPU, where fp32 is
-    what oneDNN runs fastest for these small convs."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    what oneDNN runs fastest for these small convs, and on any other device (torch.autocast refuses device types it
+    does not know, even disabled)."""
+    on = device.type == "cuda"
+    return torch.autocast("cuda" if on else "cpu", dtype=torch.bfloat16, enabled=on)
 
 
 class Embedded(NamedTuple):
@@ -67,8 +72,10 @@ def embed(
             lg, em = model(x)
             if tta_flip:
                 lg_m, em_m = model(x.flip(3))
-                lg = (lg + lg_m) / 2
-                flips.append(F.normalize((em + em_m).float(), dim=1).cpu())
+                # summed in fp32: under bf16 autocast (CUDA) a bf16 sum would round near-ties differently from
+                # the CPU's fp32 figures; on the CPU the casts are no-ops
+                lg = (lg.float() + lg_m.float()) / 2
+                flips.append(F.normalize(em.float() + em_m.float(), dim=1).cpu())
         logits.append(lg.float().cpu())
         embs.append(em.float().cpu())
     return Embedded(torch.cat(logits), torch.cat(embs), torch.cat(flips) if tta_flip else None)
@@ -83,5 +90,5 @@ def load_run_model(run_dir: str | Path, device: str | torch.device | None = None
 
 def embed_images(model, images: np.ndarray, progress: bool = True, desc: str = "embed") -> np.ndarray:
     """uint8 images (N, 28, 28) → unit-norm embeddings (N, D), float32, on the model's device."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     return embed(model, torch.from_numpy(images), device, progress=progress, desc=desc).emb.numpy()

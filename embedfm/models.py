@@ -211,8 +211,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model computes: the device of its parameters (the CPU for one without parameters). Everything that
+    makes a tensor for a model it did not place asks this, so a model moved to the GPU gets GPU inputs."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def count_macs(model: nn.Module, shape: tuple[int, ...] = (1, 1, 28, 28)) -> int:
-    """Multiply-accumulates of one forward pass through conv and linear layers (per image)."""
+    """Multiply-accumulates of one forward pass through conv and linear layers (per image), counted by running one
+    zero image through the model where it is (CPU or GPU)."""
     macs = 0
 
     def hook(m, inp, out):
@@ -226,7 +234,7 @@ def count_macs(model: nn.Module, shape: tuple[int, ...] = (1, 1, 28, 28)) -> int
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(shape))
+        model(torch.zeros(shape, device=device_of(model)))
     model.train(was_training)
     for h in handles:
         h.remove()

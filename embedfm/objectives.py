@@ -72,6 +72,8 @@ class CETriplet(nn.Module):
         """Triplets (a, p, n) as indices into the batch."""
         if self.mining == "all":
             return self.miner(emb, labels)
+        if self.focus.device != labels.device:  # built on the CPU: the focus ids follow the labels, moved once
+            self.focus = self.focus.to(labels.device)
         keep = torch.nonzero(torch.isin(labels, self.focus)).squeeze(1)  # (F,) focus images of the batch
         a, p, n = self.miner(emb[keep], labels[keep])
         return keep[a], keep[p], keep[n]
@@ -88,7 +90,8 @@ class CETriplet(nn.Module):
             scale = float(torch.distributed.get_world_size())
         triplets = self.mine(emb, labels)  # (anchors, positives, negatives), each (T,)
         metric = self.metric(emb, labels, triplets)
-        stats.update(triplet=metric.detach(), triplets=torch.tensor(float(len(triplets[0]))))
+        # made on the embeddings' device (a fill, no host-to-device copy): the loop sums stats where they are
+        stats.update(triplet=metric.detach(), triplets=torch.full((), float(len(triplets[0])), device=emb.device))
         return ce + self.weight * scale * metric, stats
 
 

@@ -10,10 +10,68 @@ from pathlib import Path
 
 import numpy as np
 
-from embedfm import CLASS_NAMES
+from embedfm import CLASS_NAMES, fileio
+from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text
 
 SHIRT = 6
+EVAL_AGAIN = "rerun `embedfm eval`"
+
+# ----------------------------------------------------------------------------------------------
+# reading report files back (report.json, umap.json; summarize reads report.json, history.json, pixels.json):
+# they may come from anyone, so each is checked for what its reader uses, and a bad one is one line
+
+
+def read_json(path: str | Path, fix: str = EVAL_AGAIN):
+    """The JSON document in `path`, or one line naming the file (see `fileio.read_json`)."""
+    return fileio.read_json(path, fix)
+
+
+def is_number(v) -> bool:
+    """An int or float (not a bool) that converts to a float; NaN counts (figures may be undefined)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
+_KINDS = {"number": is_number, "dict": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list),
+          "str": lambda v: isinstance(v, str), "any": lambda v: True}  # fmt: skip
+
+
+def require(doc, keys: tuple, kind: str, where: str, fix: str = EVAL_AGAIN):
+    """doc[keys[0]][keys[1]]... if it is there and of `kind` (number, dict, list, str, any), else one line."""
+    value = doc
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise EmbedfmError(f"{where}: {'.'.join(keys)!r} is missing; {fix}")
+        value = value[key]
+    if not _KINDS[kind](value):
+        raise EmbedfmError(f"{where}: {'.'.join(keys)!r} is not a {kind}; {fix}")
+    return value
+
+
+def check_report(report, where: str) -> None:
+    """What render_markdown reads from a report: focus classes, and per run its classifiers' figures (softmax
+    and kNN per class), retrieval figures and the run's description."""
+    focus = require(report, ("focus_classes",), "list", where)
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(CLASS_NAMES) for c in focus):
+        raise EmbedfmError(f"{where}: 'focus_classes' must be class ids 0-{len(CLASS_NAMES) - 1}; {EVAL_AGAIN}")
+    for name, r in require(report, ("runs",), "dict", where).items():
+        w = f"{where}: run {name!r}"
+        for key in ("run_dir", "loss", "backbone", "seed", "epochs", "train_seconds", "embedding_dim"):
+            require(r, (key,), "any", w)
+        for key in ("precision_at_1", "map_at_r"):
+            require(r, ("retrieval", key), "number", w)
+        for clf in {"softmax": None, "knn": None, **require(r, ("classifiers",), "dict", w)}:
+            for key in ("accuracy", "focus_group_error"):
+                require(r, ("classifiers", clf, key), "number", w)
+            for c in range(len(CLASS_NAMES)) if clf in ("softmax", "knn") else (SHIRT,):
+                for key in ("precision", "recall", "f1") if clf in ("softmax", "knn") else ("recall",):
+                    require(r, ("classifiers", clf, "per_class", str(c), key), "number", w)
 
 
 def _pct(x: float) -> str:
@@ -178,14 +236,16 @@ def write_report(report: dict, out: str | Path) -> None:
 
 def rerender_markdown(out: str | Path) -> None:
     """(Re)write report.md from report.json and whichever figures are in `out` (viz adds umap.png)."""
-    import json
-
     out = Path(out)
-    report = json.loads((out / "report.json").read_text())
+    report = read_json(out / "report.json")
+    check_report(report, str(out / "report.json"))
     figures = [f for f in ("confusion.png", "confusion_diff.png", "umap.png") if (out / f).exists()]
     md = render_markdown(report, figures)
     if (out / "umap.json").exists():
-        sil = json.loads((out / "umap.json").read_text())["focus_silhouette"]
+        umap_path, again = out / "umap.json", "rerun `embedfm viz`"
+        sil = require(read_json(umap_path, again), ("focus_silhouette",), "dict", str(umap_path), again)
+        for n in sil:
+            require(sil, (n,), "number", f"{umap_path}: focus_silhouette", again)
         md = md.replace(
             "## Runs\n",
             "Focus-class silhouette in the embedding space (cosine; +1 = apart, 0 = "

@@ -22,6 +22,7 @@ from embedfm import rundir
 from embedfm.config import FIELDS, FOCUS_CLASSES, TrainConfig, resolved_sampler, run_keys
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
+from embedfm.report import read_json, require
 
 SHIRT = 6
 PIXELS = "pixels.json"
@@ -39,16 +40,44 @@ def find_reports(paths: list[str]) -> list[dict]:
     reports = []
     for p in map(Path, paths):
         for rep in sorted([p / "report.json"] if (p / "report.json").exists() else p.glob("*/report.json")):
-            for name, r in json.loads(rep.read_text())["runs"].items():
+            for name, r in require(read_json(rep), ("runs",), "dict", str(rep)).items():
+                check_run(r, f"{rep}: run {name!r}")
                 reports.append({"name": name, **r, "val": last_val(rep.parent)})
     return reports
+
+
+def check_run(r, where: str) -> None:
+    """What `figures` and the method's label read from a report's run, checked (one line naming the file)."""
+    config = require(r, ("config",), "dict", where)
+    for key in ("loss", "backbone"):
+        if key in config:
+            require(config, (key,), "str", f"{where}: config")
+    for clf in ("softmax", "knn", "knn_flip"):
+        if clf == "knn_flip" and require(r, ("classifiers",), "dict", where).get(clf) is None:
+            continue  # reports written before 2026-11-25 lack it
+        for key in ("accuracy", "focus_group_error"):
+            require(r, ("classifiers", clf, key), "number", where)
+        for c in FOCUS_CLASSES if clf != "knn_flip" else (SHIRT,):
+            require(r, ("classifiers", clf, "per_class", str(c), "recall"), "number", where)
+    for key in ("precision_at_1", "map_at_r"):
+        require(r, ("retrieval", key), "number", where)
+    if r.get("train_seconds") is not None:
+        require(r, ("train_seconds",), "number", where)
 
 
 def last_val(run_dir: Path) -> dict:
     """Validation figures of the final epoch (history.json beside report.json): what selection may use."""
     hist = run_dir / rundir.HISTORY
-    last = json.loads(hist.read_text())[-1] if hist.exists() else {}
-    return {k: last.get(k, float("nan")) for k in ("val_acc", "val_focus_err")}
+    if not hist.exists():
+        return dict.fromkeys(("val_acc", "val_focus_err"), float("nan"))
+    history = read_json(hist, "retrain the run")
+    if not (isinstance(history, list) and history and isinstance(history[-1], dict)):
+        raise EmbedfmError(f"{hist}: not a list of epochs; retrain the run")
+    last = history[-1]
+    for k in ("val_acc", "val_focus_err"):
+        if last.get(k) is not None:
+            require(last, (k,), "number", f"{hist}: last epoch", "retrain the run")
+    return {k: float("nan") if last.get(k) is None else last[k] for k in ("val_acc", "val_focus_err")}
 
 
 def full_config(r: dict) -> dict:
@@ -70,7 +99,7 @@ def method_label(runs: list[dict], all_keys: list[str]) -> str:
     cfg = full_config(runs[0])
     if cfg.get("sampler") == "auto":  # show what "auto" meant for this loss
         cfg["sampler"] = resolved_sampler(cfg["loss"], "auto")
-    extra = ", ".join(f"{k}={cfg[k]}" for k in varying if not (cfg["loss"] == "ce" and k in METRIC_ONLY))
+    extra = ", ".join(f"{k}={cfg.get(k)}" for k in varying if not (cfg["loss"] == "ce" and k in METRIC_ONLY))
     return f"{cfg['loss']} / {cfg['backbone']} / {cfg['epochs']} ep" + (f" ({extra})" if extra else "")
 
 
@@ -173,7 +202,11 @@ def summarize(
     if pixels:
         atomic_write_json(out_dir / PIXELS, pixel_baseline(data_dir))
     if (out_dir / PIXELS).is_file():
-        rows.append(pixel_row(json.loads((out_dir / PIXELS).read_text())))
+        again = "measure it again with `embedfm summarize --pixels`"
+        b = read_json(out_dir / PIXELS, again)
+        for key in ("acc_knn", "focus_err_knn", f"recall_{SHIRT}_knn"):
+            require(b, (key,), "number", str(out_dir / PIXELS), again)
+        rows.append(pixel_row(b))
     md = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in rows]
     atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
     atomic_write_csv(out_dir / "summary.csv", rows, header=HEADER)

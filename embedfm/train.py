@@ -3,7 +3,13 @@
 Reads top to bottom: set-up (seeds, data, model, optimiser, one-cycle schedule), then per epoch plan the
 batches, step through them with a progress bar, validate (softmax and kNN accuracy on the fixed validation
 split), and save an atomic checkpoint + history. A finished run gets a DONE mark. `--resume` restarts after
-the last checkpointed epoch with every RNG state restored, so the result equals an uninterrupted run.
+the last checkpointed epoch with every RNG state restored, so the result equals an uninterrupted run: bit for bit
+on the CPU; on CUDA only with `--deterministic` (docs/distributed.md).
+
+The device is chosen once (`select_device`) and everything follows it: the model, the objective's tensors, and on
+an accelerator the uint8 train split itself (`Splits.train_on`), so batches are gathered and augmented there (per
+step only the (B,) crop offsets and flip bits come from the host); step statistics are summed where they are made
+and read once an epoch. On CUDA the miner's random stream is re-seeded every step (`step_seed`).
 
 This is the one training loop: `embedfm tune`, the benchmarks and the recipe probes drive it through `Hooks`
 (per step and per epoch) or reuse its pieces (`prepare_batch`, `train_step`, `make_optimizer`), so a
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import sys
 import time
@@ -73,6 +80,23 @@ class Hooks:
 
 
 VAL_KNN_REFS = 5_000  # train images used as kNN reference for the per-epoch validation kNN (cheap)
+
+
+def set_deterministic(on: bool) -> None:
+    """--deterministic: PyTorch's deterministic kernels only (cuDNN's convolution and index_put_'s backward among
+    them); an op without one then fails naming itself instead of silently varying. cuBLAS reads its workspace
+    setting when it starts, so this runs before the run's first CUDA work (a process that already used cuBLAS
+    keeps the workspace it had). Off, it restores PyTorch's default (a tune trial after a deterministic one)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The seed of one step's CUDA random stream (the triplet miner's torch.multinomial draws from the device's
+    generator): a function of the step's place in the run, so a resumed run, and every torchrun rank, draws what
+    an uninterrupted run does without carrying per-rank generator states in the checkpoint."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -184,6 +208,7 @@ def train(
             return {"run_dir": cfg.out, "history": old["history"], "seconds": 0.0}
     # everything that can fail on bad input happens before the run dir is touched
     rundir.check_writable(cfg.out, overwrite, resume)
+    set_deterministic(cfg.deterministic)  # before the first CUDA work
     device = select_device(cfg.device)
     data = data or load_fashion_mnist(cfg.data_dir)
     splits = make_splits(data, cfg.val_size, cfg.limit)
@@ -214,15 +239,16 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
     net = build_model(**model_args).to(device, memory_format=torch.channels_last)
     opt, sched = make_optimizer(net, cfg, cfg.epochs * steps)
     objective = build_objective(cfg)
+    train_splits = splits.train_on(device)  # the uint8 train split beside the model (the CPU: the split itself)
     history, start_epoch = [], 0
     if old is not None:
         try:
+            history, start_epoch = _resumable(old, cfg, opt)
             net.load_state_dict(old["model"])
             opt.load_state_dict(old["optimizer"])
             sched.load_state_dict(old["scheduler"])
             set_rng_state(old["rng"], gen)
-            history, start_epoch = old["history"], old["epoch"] + 1
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, AttributeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EmbedfmError(f"{run}: checkpoint does not fit this run's model or optimizer ({first})") from None
         log(f"resuming {run} after epoch {start_epoch}/{cfg.epochs}")
@@ -243,7 +269,7 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
 
     for epoch in range(start_epoch, cfg.epochs):
         stats = run_epoch(
-            model, net, objective, opt, sched, splits, cfg, gen, device, epoch, progress, dd, hooks, train_seconds
+            model, net, objective, opt, sched, train_splits, cfg, gen, device, epoch, progress, dd, hooks, train_seconds
         )
         train_seconds += stats.pop("seconds")
         if not dd.main:  # rank 0 validates and writes; the others wait for it
@@ -283,6 +309,29 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
     return {"run_dir": str(run), "history": history, "seconds": train_seconds}
 
 
+def _resumable(old: dict, cfg: TrainConfig, opt) -> tuple[list, int]:
+    """(history, first epoch to run) of a checkpoint to resume, after checking that its training state has the
+    shape this run's own would have: raises ValueError naming the first thing that does not fit."""
+    epoch, history = old["epoch"], old["history"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < cfg.epochs:
+        raise ValueError(f"epoch {epoch!r} is not one of this run's {cfg.epochs} epochs")
+    if not (isinstance(history, list) and len(history) == epoch + 1 and all(isinstance(r, dict) for r in history)):
+        raise ValueError(f"the history does not hold the {epoch + 1} finished epochs")
+    seconds = history[-1].get("train_seconds")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        raise ValueError("the history's train_seconds is not a number")
+    groups, fresh = old["optimizer"]["param_groups"], opt.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(fresh):
+        raise ValueError("the optimizer's parameter groups differ")
+    for g, f in zip(groups, fresh):  # every hyper-parameter of the type this run's optimizer uses
+        for key, value in f.items():
+            v = g.get(key) if isinstance(g, dict) else None
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) if number else type(v) is type(value)):
+                raise ValueError(f"optimizer setting {key!r} is {v!r}")
+    return history, epoch + 1
+
+
 def prepare_batch(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -292,7 +341,8 @@ def prepare_batch(
     dd: distributed.Dist | None = None,
 ):
     """A uint8 global batch (B, 28, 28) → this rank's augmented float batch (B / world, 1, 28, 28), channels-last,
-    and its labels (B / world,), on `device`."""
+    and its labels (B / world,), on `device`. The batch is augmented where it is: on the GPU when the train split
+    is held there, and the copies to `device` are then no-ops."""
     dd = dd or distributed.Dist()
     # every rank augments the whole global batch (keeps the generators in step), then takes its shard
     x = dd.shard(augment(images, cfg.crop_pad, cfg.flip, gen))  # (B / world, 28, 28)
@@ -344,12 +394,18 @@ def run_epoch(
     seconds_before: float = 0.0,
 ) -> dict:
     """One pass over the planned batches; returns the epoch's mean train figures (over all ranks) and "seconds",
-    its training time with the hooks' time taken out."""
+    its training time with the hooks' time taken out. `splits.train_x` / `train_y` may be held on the device
+    (`Splits.train_on`): batches are gathered there."""
     dd, hooks = dd or distributed.Dist(), hooks or Hooks()
     model.train()
-    batches = plan_epoch(cfg, splits.train_y, gen)  # (steps, B)
-    sums: dict[str, float] = {}
-    correct = seen = 0
+    # planned on the CPU from the CPU generator (the same plan on any device), then moved once an epoch to where
+    # the images are; on the CPU both moves are no-ops
+    batches = plan_epoch(cfg, splits.train_y.cpu(), gen).to(splits.train_x.device)  # (steps, B)
+    # running sums where the step made them (fp64, as Python floats summed them): read once an epoch, and every
+    # 10 steps for the progress bar, so a GPU step waits for the host only in the finite-loss check
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     hook_seconds = 0.0
     t0 = time.perf_counter()
     bar = tqdm(
@@ -362,6 +418,9 @@ def run_epoch(
     )
     for step, idx in enumerate(bar):
         x, y = prepare_batch(splits.train_x[idx], splits.train_y[idx], cfg, gen, device, dd)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(step_seed(cfg.seed, epoch, step, dd.rank))
         try:
             loss, parts, logits = train_step(model, objective, opt, sched, x, y, device, dd)
         except FloatingPointError as e:
@@ -370,8 +429,8 @@ def run_epoch(
                 "kept (try a lower --lr)"
             ) from None
         for k, v in {"train_loss": loss, **parts}.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        correct += int((logits.argmax(1) == y).sum())
+            sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).double()  # () fp64
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         if hooks.on_step is not None:
             th = time.perf_counter()
@@ -381,15 +440,15 @@ def run_epoch(
             hook_seconds += time.perf_counter() - th
         if progress and step % 10 == 0:
             bar.set_postfix(
-                loss=f"{sums['train_loss'] / (step + 1):.3f}",
-                acc=f"{correct / seen:.3f}",
+                loss=f"{sums['train_loss'].item() / (step + 1):.3f}",
+                acc=f"{correct.item() / seen:.3f}",
                 ips=f"{seen / (time.perf_counter() - t0 - hook_seconds):.0f}",
             )
     bar.close()
     seconds = time.perf_counter() - t0 - hook_seconds
     n = len(batches)
     keys = list(sums)
-    totals = dd.sum([sums[k] for k in keys] + [correct, seen], device)  # means over ranks
+    totals = dd.sum([sums[k].item() for k in keys] + [correct.item(), seen], device)  # means over ranks
     out = {k: round(v / n / dd.world, 5) for k, v in zip(keys, totals)}
     correct, seen = totals[-2], totals[-1]
     out["train_acc"] = round(correct / seen, 5)

@@ -280,6 +280,15 @@ def tune(tc: TuneConfig, data=None, log=print) -> dict:
 
     from embedfm.data import load_fashion_mnist
 
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        # Each trial would be trained by every rank, but only rank 0 reports to Optuna and prunes: a pruned trial
+        # leaves the other ranks waiting in a collective until NCCL's timeout, and every rank would draw its own
+        # trial. A trial of a 28×28 model fits one GPU, so the GPUs are used by trials side by side instead.
+        raise EmbedfmError(
+            f"embedfm tune does not run under torchrun (WORLD_SIZE={world}): start one `embedfm tune` per GPU "
+            "(CUDA_VISIBLE_DEVICES=i) sharing one --storage, each with its own --sampler-seed"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = data or load_fashion_mnist(tc.base.data_dir)
     study = open_study(tc)

@@ -89,19 +89,38 @@ def umap_2d(
 
 
 def load_test_embeddings(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(test embeddings (N, D), test labels (N,), checkpoint config) of a run."""
+    """(test embeddings (N, D), test labels (N,), checkpoint config) of a run; a damaged or hostile
+    embeddings.npz or config is one line (the file is read without pickles, its arrays checked)."""
+    from embedfm.config import from_dict
     from embedfm.evaluate import evaluate_run, save_embeddings
 
     ckpt = checkpoint.load_checkpoint(run_dir)
+    try:
+        cfg = from_dict(ckpt["config"], source=f"{run_dir}/{rundir.CHECKPOINT}").to_dict()
+    except EmbedfmError as e:
+        raise EmbedfmError(f"{run_dir}: checkpoint holds an incompatible config ({e})") from None
     path = Path(run_dir) / rundir.EMBEDDINGS
     if not path.exists():
         _, arrays = evaluate_run(run_dir, progress=False)
         save_embeddings(run_dir, arrays)
+    rerun = f"rerun `embedfm eval {run_dir}`"
     try:
-        with np.load(path) as z:
-            return z["test_embeddings"], z["test_labels"], ckpt["config"]
-    except (OSError, ValueError, KeyError) as e:
-        raise EmbedfmError(f"{path}: unreadable embeddings file ({e}); rerun `embedfm eval {run_dir}`") from None
+        with np.load(path, allow_pickle=False) as z:
+            emb, labels = z["test_embeddings"], z["test_labels"]
+    except Exception as e:  # whatever a damaged zip or npy header raises (BadZipFile, EOFError, MemoryError, ...)
+        raise EmbedfmError(f"{path}: unreadable embeddings file ({_first_line(e)}); {rerun}") from None
+    ok = (emb.dtype.kind == "f" and emb.ndim == 2 and len(emb) > 0 and emb.shape[1] > 0
+          and labels.dtype.kind in "iu" and labels.shape == (len(emb),))  # fmt: skip
+    if not ok:
+        raise EmbedfmError(f"{path}: test embeddings and labels have the wrong types or shapes; {rerun}")
+    if not np.isfinite(emb).all() or labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
+        raise EmbedfmError(f"{path}: non-finite test embeddings or labels outside 0-{len(CLASS_NAMES) - 1}; {rerun}")
+    return emb, labels, cfg
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def draw_panel(ax, xy: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], title: str) -> None:

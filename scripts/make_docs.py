@@ -507,6 +507,19 @@ def t_checkpoint_format(ctx: Ctx) -> str:
             + ctx.link(path))  # fmt: skip
 
 
+def t_export_speed(ctx: Ctx) -> str:
+    path = ctx.ref / "export.json"
+    b = load(path)
+    rows = [[f"torch {b['torch']} (`inference.embed`: BN folded, channels-last, fp32)", f"{b['torch_images_per_s']:,}"],
+            [f"onnxruntime {b['onnxruntime']} (CPUExecutionProvider)",
+             f"{b['onnxruntime_images_per_s']:,} (× {b['onnxruntime_speedup']:.2f})"]]  # fmt: skip
+    load_avg = " → ".join(f"{x:.1f}" for x in b.get("load_average_1min", []))
+    note = f"; 1-minute load average {load_avg}" if load_avg else ""
+    return (table(["runtime", "images/s"], rows) + f"\n\n`{b['backbone']}`, {b['images']:,} images in batches of "
+            f"{b['batch_size']}, best of {b['repeats']}, {b['threads']} threads each; largest output difference "
+            f"{b['max_abs_diff']:.1e}. {b['date']}, {b['machine']}{note}. Source: " + ctx.link(path))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ index scaling
 
 
@@ -788,6 +801,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "bench-meta": t_bench_meta,  # bench.json
     "bench": t_bench,  # bench.md (written from bench.json by scripts/bench.py)
     "checkpoint-format": t_checkpoint_format,  # checkpoint_format.json (scripts/bench_checkpoint.py)
+    "export-speed": t_export_speed,  # export.json (scripts/bench_export.py)
     "index-meta": t_index_meta,  # bench_index.json
     "index-scaling": t_index_scaling,  # bench_index.json
     "index-compact": t_index_compact,  # bench_index.json

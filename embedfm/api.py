@@ -1,0 +1,319 @@
+"""The Python API: a trained run as an object that embeds, classifies and searches images.
+
+    import embedfm
+
+    m = embedfm.load("artifacts/demo/triplet")
+    images, labels = m.split("test")           # uint8 (N, 28, 28), int64 (N,)
+    z = m.embed(images)                         # float32 (N, D), unit norm
+    m.predict(images)                           # the softmax head: int64 (N,)
+    m.predict(images, classifier="knn", k=10)   # kNN over the run's train-split embeddings
+    m.search(["shirt.jpg"], k=5)                # nearest items of the index `embedfm index RUN` built
+
+A thin layer over the modules the commands use: `inference` runs the network (BN folded, channels-last, bf16 on
+CUDA, flip averaging of the logits where the run was trained with it), `knn.KNNClassifier` classifies, `index`
+loads and checks an index, `data.load_image` makes an image file look like Fashion-MNIST. So `m.predict(test)`
+equals `embedfm eval`'s `pred_softmax`, `m.predict(test, classifier="knn")` its `pred_knn`, and `m.search` finds
+what `embedfm search` finds.
+
+Images are given as uint8 arrays (N, 28, 28) (or one (28, 28) image), or as image file paths (one path or a
+list), which are converted like Fashion-MNIST (`data.load_image`: grey, inverted when the background is light,
+cropped, centred, 28 × 28).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from embedfm import CLASS_NAMES, rundir
+from embedfm.errors import EmbedfmError
+
+__all__ = ["Model", "Outputs", "SearchResult", "as_images", "load"]
+
+CLASSIFIERS = ("softmax", "knn")
+SPLITS = ("train", "val", "test")
+
+
+class Outputs(NamedTuple):
+    """Both heads of the network for N images."""
+
+    logits: np.ndarray  # (N, C) float32; the mean of the image's and its mirror's where the run uses tta_flip
+    embeddings: np.ndarray  # (N, D) float32, unit norm: the image's own embedding (what kNN, UMAP, search use)
+
+
+class SearchResult(NamedTuple):
+    """The k nearest catalogue items of Q queries, nearest first. Where an approximate index finds fewer than k,
+    the missing slots hold id -1, label -1, similarity -inf, source "" and a black image."""
+
+    similarities: np.ndarray  # (Q, k) float32, cosine similarity
+    ids: np.ndarray  # (Q, k) int64, row in the catalogue
+    labels: np.ndarray  # (Q, k) int64, class id (-1 = unknown)
+    sources: np.ndarray  # (Q, k) str, e.g. "train:123" or the image file's path
+    images: np.ndarray  # (Q, k, 28, 28) uint8, the catalogue images
+
+
+def load(run_dir: str | os.PathLike, device=None, data_dir: str | os.PathLike | None = None) -> Model:
+    """Load a trained run (a run dir, or its checkpoint.safetensors) for inference.
+
+    `device`: None or "auto" (CUDA when available, else CPU), "cpu", "cuda" or a torch.device. `data_dir`: where
+    the Fashion-MNIST files are, for `split` and for the kNN references when the run has no `embeddings.npz`
+    (default: where the run was trained). A bad run fails with one `EmbedfmError` line.
+    """
+    from embedfm.inference import load_run_model, select_device
+
+    if device is None or (isinstance(device, str) and device in ("auto", "cuda")):
+        device = select_device(device or "auto")
+    network, ckpt = load_run_model(run_dir, device)
+    return Model(network, ckpt, run_dir, data_dir=data_dir)
+
+
+def as_images(images) -> np.ndarray:
+    """Images as given to the API → uint8 (N, 28, 28).
+
+    Accepts a uint8 array (N, 28, 28) or (28, 28) (NumPy, a CPU torch tensor or nested lists), an image file
+    path, or a list of paths (each converted like Fashion-MNIST by `data.load_image`)."""
+    from embedfm.data import load_image
+
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images):
+        return np.stack([load_image(p) for p in images])
+    x = np.asarray(images)
+    if x.ndim == 2:
+        x = x[None]
+    if x.size == 0 and x.ndim != 3:  # an empty list
+        return np.zeros((0, 28, 28), dtype=np.uint8)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise EmbedfmError(f"expected images of shape (N, 28, 28) or image file paths, got an array of {x.shape}")
+    if x.dtype != np.uint8:
+        raise EmbedfmError(
+            f"expected uint8 pixels (0-255, like Fashion-MNIST), got {x.dtype}; "
+            "for floats in [0, 1] pass (x * 255).round().astype(np.uint8)"
+        )
+    return x
+
+
+class Model:
+    """A trained run's network with the run's settings; made by `embedfm.load`.
+
+    Attributes: `run_dir`, `config` (the run's `TrainConfig`), `class_names` (C,), `embedding_dim` (D),
+    `num_classes` (C), `device`, `network` (the torch module, eval mode)."""
+
+    def __init__(self, network, ckpt: dict, run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None):
+        from embedfm.config import from_dict
+
+        p = Path(run_dir)
+        self.run_dir = p.parent if p.is_file() else p
+        self.network = network
+        self.device = next(network.parameters()).device
+        self._ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng")}  # no weights twice
+        try:
+            self.config = from_dict(ckpt["config"], source=f"{self.run_dir}/{rundir.CHECKPOINT}")
+        except EmbedfmError as e:
+            raise EmbedfmError(f"{self.run_dir}: checkpoint holds an incompatible config ({e})") from None
+        self.embedding_dim = int(ckpt["model_args"].get("embedding_dim", 64))
+        self.num_classes = int(ckpt["model_args"].get("num_classes", 10))
+        self.class_names = (
+            CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(map(str, range(self.num_classes)))
+        )
+        self.data_dir = data_dir
+        self.reference_source: str | None = None  # "embeddings.npz" or "embedded", once `reference()` ran
+        self._splits = None
+        self._reference: tuple[np.ndarray, np.ndarray] | None = None
+        self._knn: dict[tuple[int, str], object] = {}
+        self._indexes: dict[Path, tuple] = {}
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"<embedfm.Model {self.run_dir}: {c.loss} {c.backbone}, {self.embedding_dim}-d embedding, "
+            f"{self.num_classes} classes, on {self.device}>"
+        )
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def embed(self, images) -> np.ndarray:
+        """Images (N, 28, 28) uint8 or file paths → embeddings (N, D) float32, unit norm (cosine = dot product).
+
+        The same vectors `embedfm eval` saves, `embedfm index` indexes and `embedfm search` queries with
+        (`inference.embed_images`)."""
+        from embedfm.inference import embed_images
+
+        x = as_images(images)
+        if len(x) == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        return embed_images(self.network, np.ascontiguousarray(x), progress=False)
+
+    def outputs(self, images) -> Outputs:
+        """Images → Outputs(logits (N, C), embeddings (N, D)) in one pass (`inference.embed`); the logits average
+        the image's and its mirror's where the run was trained with tta_flip, as `embedfm eval`'s do."""
+        import torch
+
+        from embedfm.inference import embed
+
+        x = as_images(images)
+        if len(x) == 0:
+            return Outputs(np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32))
+        out = embed(self.network, torch.from_numpy(np.ascontiguousarray(x)), self.device, tta_flip=self.config.tta_flip)
+        return Outputs(out.logits.numpy(), out.emb.numpy())
+
+    # ------------------------------------------------------------------------------------------ classify
+
+    def predict(self, images, classifier: str = "softmax", k: int = 10, metric: str = "cosine") -> np.ndarray:
+        """Images → predicted class ids (N,) int64.
+
+        classifier="softmax": the network's head (argmax of `outputs().logits`), `embedfm eval`'s pred_softmax.
+        classifier="knn": majority vote of the k nearest train-split embeddings (`reference()`), ties to the
+        nearest tied class, `embedfm eval`'s pred_knn (metric "cosine" or "l2")."""
+        _check_classifier(classifier)
+        if classifier == "softmax":
+            return self.outputs(images).logits.argmax(1).astype(np.int64)
+        emb = self.embed(images)
+        if len(emb) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return self.knn(k, metric).predict(emb)
+
+    def predict_proba(self, images, classifier: str = "softmax", k: int = 10, metric: str = "cosine") -> np.ndarray:
+        """Images → class probabilities (N, C) float32, rows summing to 1.
+
+        softmax: the softmax of the logits. knn: the share of the k nearest train-split embeddings in each
+        class (a tie between classes is broken by `predict`, not here)."""
+        _check_classifier(classifier)
+        if classifier == "softmax":
+            logits = self.outputs(images).logits
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        emb = self.embed(images)
+        if len(emb) == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        knn = self.knn(k, metric)
+        _, idx = knn.kneighbors(emb)  # (N, k)
+        votes = knn.labels[idx]
+        counts = np.stack([(votes == c).sum(axis=1) for c in range(self.num_classes)], axis=1)
+        return (counts / k).astype(np.float32)
+
+    def knn(self, k: int = 10, metric: str = "cosine"):
+        """The fitted `knn.KNNClassifier` over `reference()` that `predict(..., classifier="knn")` uses (cached)."""
+        from embedfm.knn import KNNClassifier
+
+        if (k, metric) not in self._knn:
+            emb, labels = self.reference()
+            self._knn[k, metric] = KNNClassifier(k=k, metric=metric, num_classes=self.num_classes).fit(emb, labels)
+        return self._knn[k, metric]
+
+    def reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kNN references: the run's train-split embeddings (N, D) float32 and labels (N,) int64.
+
+        Read from the run's `embeddings.npz` (written by `embedfm eval`) when it is there and newer than the
+        checkpoint, else the train split is embedded once (seconds on a CPU) and kept on this object.
+        `reference_source` says which."""
+        if self._reference is None:
+            saved = self._saved_reference()
+            if saved is not None:
+                self._reference, self.reference_source = saved, rundir.EMBEDDINGS
+            else:
+                images, labels = self.split("train")
+                self._reference, self.reference_source = (self.embed(images), labels), "embedded"
+        return self._reference
+
+    def _saved_reference(self) -> tuple[np.ndarray, np.ndarray] | None:
+        from embedfm.checkpoint import checkpoint_path
+
+        path = self.run_dir / rundir.EMBEDDINGS
+        try:
+            if path.stat().st_mtime < checkpoint_path(self.run_dir).stat().st_mtime:
+                return None  # evaluated before the checkpoint changed: stale
+            with np.load(path, allow_pickle=False) as z:
+                emb, labels = z["train_embeddings"], z["train_labels"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, EmbedfmError):
+            return None
+        n_train = self._ckpt.get("splits", {}).get("n_train", len(emb))
+        if emb.ndim != 2 or emb.shape != (n_train, self.embedding_dim) or labels.shape != (n_train,):
+            return None
+        return emb.astype(np.float32), labels.astype(np.int64)
+
+    # ------------------------------------------------------------------------------------------ data
+
+    def split(self, name: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """The run's own data split: images (N, 28, 28) uint8 and labels (N,) int64.
+
+        "train" is what the run trained on (after its --limit), "val" its validation split, "test" the test set:
+        the splits `embedfm train` and `embedfm eval` use. Fails if the data differ from what the run saw."""
+        if name not in SPLITS:
+            raise EmbedfmError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
+        if self._splits is None:
+            from embedfm.data import load_fashion_mnist, make_splits
+
+            data = load_fashion_mnist(self.data_dir or self.config.data_dir)
+            if "data" in self._ckpt and self._ckpt["data"] != data.fingerprint():
+                raise EmbedfmError(f"{self.run_dir}: trained on different data than {data.source} holds")
+            self._splits = make_splits(data, self.config.val_size, self.config.limit)
+        x, y = getattr(self._splits, f"{name}_x"), getattr(self._splits, f"{name}_y")
+        return x.numpy(), y.numpy().astype(np.int64)
+
+    # ------------------------------------------------------------------------------------------ search
+
+    def search(
+        self,
+        images,
+        index_dir: str | os.PathLike | None = None,
+        k: int = 10,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> SearchResult:
+        """The k nearest catalogue items of each query image in an index built by `embedfm index`
+        (default RUN/index), as `embedfm search` finds them. Returns a SearchResult of (Q, k) arrays.
+
+        `nprobe` / `ef_search` override the index's saved search breadth (IVF / HNSW) for this call."""
+        from embedfm.index import load as load_index
+        from embedfm.index import set_search_params
+
+        d = Path(index_dir) if index_dir is not None else self.run_dir / "index"
+        key = d.resolve()
+        if key not in self._indexes:
+            index, cat, meta = load_index(d)  # checked once: checksum, a child-process read, the catalogue
+            self._indexes[key] = index, cat, meta, _search_params(index)
+        index, cat, meta, (saved_nprobe, saved_ef) = self._indexes[key]
+        if not 1 <= k <= index.ntotal:
+            raise EmbedfmError(f"k must be in 1..{index.ntotal} (catalogue size), got {k}")
+        if meta["dim"] != self.embedding_dim:
+            raise EmbedfmError(
+                f"{d}: the index holds {meta['dim']}-d embeddings but this run makes {self.embedding_dim}-d ones; "
+                "rebuild the index with this run"
+            )
+        emb = self.embed(images)
+        set_search_params(
+            index, saved_nprobe if nprobe is None else nprobe, saved_ef if ef_search is None else ef_search
+        )
+        sims, ids = index.search(np.ascontiguousarray(emb, dtype=np.float32), k)  # (Q, k) each
+        found = ids >= 0
+        safe = np.where(found, ids, 0)
+        images_out = np.where(found[..., None, None], cat["images"][safe], 0).astype(np.uint8)
+        return SearchResult(
+            similarities=np.where(found, sims, -np.inf).astype(np.float32),
+            ids=ids.astype(np.int64),
+            labels=np.where(found, cat["labels"][safe], -1).astype(np.int64),
+            sources=np.where(found, cat["sources"][safe], ""),
+            images=images_out,
+        )
+
+
+def _search_params(index) -> tuple[int | None, int | None]:
+    """(nprobe, efSearch) an index searches with now (None where it has no such setting)."""
+    import faiss
+
+    try:
+        nprobe = int(faiss.extract_index_ivf(index).nprobe)
+    except RuntimeError:
+        nprobe = None
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    return nprobe, None if hnsw is None else int(hnsw.efSearch)
+
+
+def _check_classifier(classifier: str) -> None:
+    if classifier not in CLASSIFIERS:
+        raise EmbedfmError(f"unknown classifier {classifier!r}; choose from {', '.join(CLASSIFIERS)}")
