@@ -21,7 +21,21 @@ from embedfm.errors import ConfigError
 
 LOSSES = ("ce", "triplet")
 SAMPLERS = ("auto", "random", "balanced")
-METRIC_LOSSES = ("triplet", "margin")
+# --metric-loss: the pytorch-metric-learning loss of --loss triplet (docs/losses.md)
+METRIC_LOSSES = ("triplet", "margin", "contrastive", "multisimilarity", "supcon", "proxyanchor", "arcface")
+# losses with parameters of their own (proxies, class centres): trained beside the network, saved in the checkpoint
+PARAMETRIC_LOSSES = ("proxyanchor", "arcface")
+MINERS = ("auto", "distance", "multisimilarity", "none")
+# what --miner auto means for each metric loss: the miner its authors (or the comparison papers) paired it with
+AUTO_MINER = {
+    "triplet": "distance",
+    "margin": "distance",
+    "contrastive": "distance",
+    "multisimilarity": "multisimilarity",
+    "supcon": "none",
+    "proxyanchor": "none",
+    "arcface": "none",
+}
 MININGS = ("all", "focus")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,7 +67,8 @@ class TrainConfig:
     # what to train
     loss: str = setting(
         "ce",
-        "ce: plain classifier; triplet: CE + weight × metric loss over distance-weighted-mined triplets",
+        "ce: plain classifier; triplet: --ce-weight × CE + --triplet-weight × the --metric-loss (by default "
+        "TripletMarginLoss over distance-weighted-mined triplets)",
         "model",
         LOSSES,
     )
@@ -61,22 +76,53 @@ class TrainConfig:
     # low-dimensional on purpose: distance-weighted sampling is designed for (and degrades above) ~128-d
     embedding_dim: int = setting(64, "embedding size (unit norm); low dims suit distance-weighted sampling", "model")
     # metric-learning side
-    margin: float = setting(0.2, "triplet margin on unit-norm embeddings (distances in [0, 2])", "metric")
-    triplet_weight: float = setting(1.0, "weight of the metric loss next to CE", "metric")
+    margin: float = setting(
+        0.2,
+        "margin on unit-norm embeddings (distances in [0, 2]): TripletMarginLoss's, MarginLoss's α, and the "
+        "diagnostics' probe",
+        "metric",
+    )
+    triplet_weight: float = setting(1.0, "weight of the metric loss (whichever --metric-loss) next to CE", "metric")
+    ce_weight: float = setting(
+        1.0, "weight of cross-entropy next to the metric loss; 0 = the metric loss alone (the kNN classifies)", "metric"
+    )
     metric_loss: str = setting(
         "triplet",
-        "metric loss next to CE: TripletMarginLoss, or MarginLoss with boundary "
-        "--beta (the loss Wu et al. paired with distance-weighted sampling)",
+        "metric loss (pytorch-metric-learning; docs/losses.md): TripletMarginLoss, MarginLoss with boundary --beta, "
+        "ContrastiveLoss, MultiSimilarityLoss, SupConLoss, ProxyAnchorLoss, ArcFaceLoss",
         "metric",
         METRIC_LOSSES,
     )
+    miner: str = setting(
+        "auto",
+        "tuple miner: distance-weighted, multi-similarity or none (every tuple of the batch); auto = the loss's "
+        "own: distance for triplet, margin, contrastive; multisimilarity for multisimilarity; none for the rest",
+        "metric",
+        MINERS,
+    )
     beta: float = setting(1.2, "MarginLoss boundary β between positive and negative distances", "metric")
     mining: str = setting(
-        "all", "all: mine triplets in the whole batch; focus: only among focus-class images", "metric", MININGS
+        "all", "all: the miner and loss see the whole batch; focus: only its focus-class images", "metric", MININGS
     )
     miner_cutoff: float = setting(0.5, "DistanceWeightedMiner: distances below this are clipped", "metric")
     miner_nonzero_loss_cutoff: float = setting(
         1.4, "DistanceWeightedMiner: negatives farther than this are never drawn (> --miner-cutoff)", "metric"
+    )
+    pos_margin: float = setting(0.0, "ContrastiveLoss: positive pairs farther apart than this are pulled", "metric")
+    neg_margin: float = setting(1.0, "ContrastiveLoss: negative pairs closer than this are pushed", "metric")
+    ms_alpha: float = setting(2.0, "MultiSimilarityLoss: weight α of positive pairs", "metric")
+    ms_beta: float = setting(50.0, "MultiSimilarityLoss: weight β of negative pairs", "metric")
+    ms_base: float = setting(0.5, "MultiSimilarityLoss: similarity threshold λ", "metric")
+    ms_epsilon: float = setting(0.1, "MultiSimilarityMiner: similarity slack ε of the mined pairs", "metric")
+    temperature: float = setting(0.1, "SupConLoss: temperature τ of the cosine similarities", "metric")
+    proxy_margin: float = setting(0.1, "ProxyAnchorLoss: margin δ on cosine similarity", "metric")
+    proxy_alpha: float = setting(32.0, "ProxyAnchorLoss: scale α", "metric")
+    arcface_margin: float = setting(28.6, "ArcFaceLoss: additive angular margin in degrees", "metric")
+    arcface_scale: float = setting(64.0, "ArcFaceLoss: scale s of the cosine logits", "metric")
+    proxy_lr_mult: float = setting(
+        1.0,
+        "learning-rate multiplier of the loss's own parameters (ProxyAnchor proxies, ArcFace class centres)",
+        "metric",
     )
     # batches
     sampler: str = setting("auto", "batch sampler; auto = balanced for triplet, random for ce", "batches", SAMPLERS)
@@ -145,6 +191,11 @@ class TrainConfig:
     def resolved_sampler(self) -> str:
         return resolved_sampler(self.loss, self.sampler)
 
+    @property
+    def resolved_miner(self) -> str:
+        """What --miner auto means for this --metric-loss (AUTO_MINER)."""
+        return AUTO_MINER[self.metric_loss] if self.miner == "auto" else self.miner
+
     def describe(self) -> str:
         """One `key = value` per line, aligned: what a run prints at start."""
         d = self.to_dict()
@@ -199,6 +250,22 @@ def validate(c: TrainConfig) -> None:
     _check(c.embedding_dim >= 2, f"--embedding-dim must be at least 2, got {c.embedding_dim}")
     _check(c.margin >= 0, f"--margin must be non-negative, got {c.margin}")
     _check(c.triplet_weight >= 0, f"--triplet-weight must be non-negative, got {c.triplet_weight}")
+    _check(c.ce_weight >= 0, f"--ce-weight must be non-negative, got {c.ce_weight}")
+    _check(
+        c.loss == "ce" or c.ce_weight > 0 or c.triplet_weight > 0,
+        "--ce-weight and --triplet-weight are both 0: nothing would be trained",
+    )
+    _check(
+        0 <= c.pos_margin < c.neg_margin <= 2,
+        f"--pos-margin and --neg-margin must satisfy 0 <= pos < neg <= 2 (unit-norm distances), got {c.pos_margin} "
+        f"and {c.neg_margin}",
+    )
+    for name in ("ms_alpha", "ms_beta", "temperature", "proxy_alpha", "arcface_scale", "proxy_lr_mult"):
+        _check(getattr(c, name) > 0, f"--{flag(name)} must be positive, got {getattr(c, name)}")
+    _check(-1 < c.ms_base < 1, f"--ms-base must be a cosine similarity in (-1, 1), got {c.ms_base}")
+    _check(c.ms_epsilon >= 0, f"--ms-epsilon must be non-negative, got {c.ms_epsilon}")
+    _check(0 <= c.proxy_margin < 1, f"--proxy-margin must be in [0, 1), got {c.proxy_margin}")
+    _check(0 <= c.arcface_margin < 90, f"--arcface-margin must be in [0, 90) degrees, got {c.arcface_margin}")
     _check(
         0 <= c.miner_cutoff < c.miner_nonzero_loss_cutoff,
         f"--miner-cutoff must be >= 0 and below --miner-nonzero-loss-cutoff, got {c.miner_cutoff} and "

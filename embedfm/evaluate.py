@@ -23,6 +23,7 @@ from embedfm.config import from_dict
 from embedfm.data import load_fashion_mnist, make_splits
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_npz
+from embedfm.gallery import most_confused
 from embedfm.inference import embed, select_device
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import classifier_metrics, retrieval_metrics
@@ -135,11 +136,11 @@ def evaluate(
     out = Path(out) if out else default_out(run_dirs)
     with rundir.lock(out, "eval", log):  # one writer per report dir
         data = load_fashion_mnist(data_dir) if data_dir else None
-        runs = {}
+        runs, preds = {}, {}
         for name, r in zip(names, run_dirs):
             entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress)
             save_embeddings(r, arrays)
-            runs[name] = entry
+            runs[name], preds[name], labels = entry, arrays["pred_knn"], arrays["test_labels"]
             sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
             kf = entry["classifiers"].get("knn_flip")
             log(
@@ -151,6 +152,9 @@ def evaluate(
             )
         focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])
         report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
+        # the faces behind the focus-class confusions: the test images of each confusion, run by run
+        data = data or load_fashion_mnist(next(iter(runs.values()))["config"]["data_dir"])
+        most_confused(data.test_images.numpy(), labels, preds, focus_used, out / "most_confused.png")
         write_report(report, out)
     log(f"report: {out / 'report.md'}")
     return report

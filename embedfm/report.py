@@ -239,7 +239,9 @@ def rerender_markdown(out: str | Path) -> None:
     out = Path(out)
     report = read_json(out / "report.json")
     check_report(report, str(out / "report.json"))
-    figures = [f for f in ("confusion.png", "confusion_diff.png", "umap.png") if (out / f).exists()]
+    figures = [
+        f for f in ("confusion.png", "confusion_diff.png", "most_confused.png", "umap.png") if (out / f).exists()
+    ]
     md = render_markdown(report, figures)
     if (out / "umap.json").exists():
         umap_path, again = out / "umap.json", "rerun `embedfm viz`"

@@ -4,6 +4,7 @@ A run dir holds:
     config.json      the resolved TrainConfig, written at start
     checkpoint.safetensors  checkpoint after the latest finished epoch (`checkpoint.py`; never a pickle)
     history.json     per-epoch figures; summary.csv the same as a table
+    diagnostics.png  the per-epoch embedding diagnostics (`diagnostics.py`), drawn when training ends
     DONE             written last, when training finished: marks the run complete
     embeddings.npz   train/test embeddings and predictions, written by `embedfm eval`
     report.json      the run's evaluation report, when `embedfm eval RUN` wrote it into the run dir

@@ -1,10 +1,12 @@
 """Training: `train(cfg)` runs one configuration to the end and returns its history.
 
-Reads top to bottom: set-up (seeds, data, model, optimiser, one-cycle schedule), then per epoch plan the
-batches, step through them with a progress bar, validate (softmax and kNN accuracy on the fixed validation
-split), and save an atomic checkpoint + history. A finished run gets a DONE mark. `--resume` restarts after
-the last checkpointed epoch with every RNG state restored, so the result equals an uninterrupted run: bit for bit
-on the CPU; on CUDA only with `--deterministic` (docs/distributed.md).
+Reads top to bottom: set-up (seeds, data, model, objective, optimiser, one-cycle schedule), then per epoch plan
+the batches, step through them with a progress bar, validate (softmax and kNN accuracy on the fixed validation
+split), probe what the metric term sees (`diagnostics.py`), and save an atomic checkpoint + history. An objective's
+own parameters (ProxyAnchor, ArcFace) are optimised and checkpointed beside the network's. A finished run gets
+its diagnostics plot and a DONE mark. `--resume` restarts after the last checkpointed epoch with every RNG state
+restored, so the result equals an uninterrupted run: bit for bit on the CPU; on CUDA only with `--deterministic`
+(docs/distributed.md).
 
 The device is chosen once (`select_device`) and everything follows it: the model, the objective's tensors, and on
 an accelerator the uint8 train split itself (`Splits.train_on`), so batches are gathered and augmented there (per
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from embedfm import checkpoint, distributed, rundir
+from embedfm import checkpoint, diagnostics, distributed, rundir
 from embedfm.config import TrainConfig, from_dict
 from embedfm.data import (
     FashionMNIST,
@@ -52,7 +54,7 @@ from embedfm.inference import autocast, embed, select_device
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import focus_group_error
 from embedfm.models import build_model, count_macs, count_params
-from embedfm.objectives import build_objective
+from embedfm.objectives import average_loss_grads, build_objective, loss_parameters
 
 
 class Step(NamedTuple):
@@ -128,13 +130,18 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
-def make_optimizer(model, cfg: TrainConfig, steps: int):
+def make_optimizer(model, cfg: TrainConfig, steps: int, loss_params=()):
     """(optimizer, one-cycle scheduler over `steps` steps). Weight decay on conv/linear weights only; BN
-    parameters and biases are not decayed. AdamW's decay is decoupled, SGD's an L2 coefficient."""
+    parameters and biases are not decayed. AdamW's decay is decoupled, SGD's an L2 coefficient. The objective's
+    own parameters (`loss_params`: ProxyAnchor proxies, ArcFace class centres), if any, are a third group,
+    undecayed, at --proxy-lr-mult × the lr."""
     groups = [
         {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": cfg.weight_decay},
         {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
     ]
+    loss_params = list(loss_params)
+    if loss_params:
+        groups.append({"params": loss_params, "weight_decay": 0.0, "lr": cfg.lr * cfg.proxy_lr_mult})
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     else:
@@ -143,13 +150,15 @@ def make_optimizer(model, cfg: TrainConfig, steps: int):
 
 
 def one_cycle(opt, cfg: TrainConfig, steps: int):
-    """The one-cycle lr schedule of `steps` steps peaking at cfg.lr, for any optimizer."""
+    """The one-cycle lr schedule of `steps` steps peaking at cfg.lr (× --proxy-lr-mult for a third group, the
+    objective's parameters), for any optimizer."""
     if steps < 4:  # too few steps to warm up and anneal (OneCycleLR divides by zero): constant lr
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     # at least 2 warm-up steps: OneCycleLR needs its warm-up phase to end after step 0
     pct = min(max(cfg.warmup_frac, 2.5 / steps), 0.5)
+    max_lr = cfg.lr if len(opt.param_groups) <= 2 else [cfg.lr, cfg.lr, cfg.lr * cfg.proxy_lr_mult]
     return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=pct, div_factor=20.0, final_div_factor=200.0
+        opt, max_lr=max_lr, total_steps=steps, pct_start=pct, div_factor=20.0, final_div_factor=200.0
     )
 
 
@@ -176,7 +185,8 @@ def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> d
     ref_emb = embed(model, splits.train_x[:n_ref], device).emb
     knn = KNNClassifier(k=min(cfg.knn_k, n_ref)).fit(ref_emb.numpy(), splits.train_y[:n_ref].numpy())
     knn_pred = torch.from_numpy(knn.predict(emb.numpy()))
-    pred = logits.argmax(1)
+    # --ce-weight 0: the softmax head is not trained, the kNN is the run's classifier (docs/losses.md)
+    pred = knn_pred if cfg.loss == "triplet" and cfg.ce_weight == 0 else logits.argmax(1)
     return {
         "val_loss": F.cross_entropy(logits, splits.val_y).item(),
         "val_acc": (pred == splits.val_y).float().mean().item(),
@@ -237,14 +247,21 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
     model_args = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "num_classes": 10}
     # channels_last: oneDNN's fastest conv layout on CPU
     net = build_model(**model_args).to(device, memory_format=torch.channels_last)
-    opt, sched = make_optimizer(net, cfg, cfg.epochs * steps)
-    objective = build_objective(cfg)
+    objective = build_objective(cfg)  # a loss with parameters draws them here, after the weights
+    if isinstance(objective, torch.nn.Module):
+        objective.to(device)
+    loss_params = loss_parameters(objective)
+    opt, sched = make_optimizer(net, cfg, cfg.epochs * steps, loss_params)
+    diag_batches = diagnostics.fixed_batches(splits.train_y, cfg) if dd.main else None
     train_splits = splits.train_on(device)  # the uint8 train split beside the model (the CPU: the split itself)
     history, start_epoch = [], 0
     if old is not None:
         try:
             history, start_epoch = _resumable(old, cfg, opt)
             net.load_state_dict(old["model"])
+            if loss_params:  # saved as JSON numbers: float32 → float64 → float32 is exact
+                saved = {k: torch.tensor(v, dtype=torch.float32) for k, v in old["objective"].items()}
+                objective.load_state_dict(saved)
             opt.load_state_dict(old["optimizer"])
             sched.load_state_dict(old["scheduler"])
             set_rng_state(old["rng"], gen)
@@ -281,12 +298,16 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
             **validate(net, splits, cfg, device),
             "lr": sched.get_last_lr()[0],
             "train_seconds": round(train_seconds, 2),
+            **diagnostics.probe(net, splits.train_x, splits.train_y, diag_batches, cfg, device, objective),
         }
         history.append(row)
         log(format_row(row, cfg.epochs))
+        # the objective's own parameters (few: classes × embedding dim) ride in the checkpoint's JSON metadata
+        own = {"objective": {k: v.tolist() for k, v in objective.state_dict().items()}} if loss_params else {}
         checkpoint.save_checkpoint(
             run,
             {
+                **own,
                 "model_args": model_args,
                 "model": net.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -300,13 +321,23 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
             },
         )
         atomic_write_json(run / rundir.HISTORY, history)
-        atomic_write_csv(run / rundir.SUMMARY, history)
+        atomic_write_csv(run / rundir.SUMMARY, _table(history))
         dd.barrier()
         if hooks.on_epoch is not None:
             hooks.on_epoch(row)
     if dd.main:
+        try:  # a plot is not worth leaving a finished run unfinished for
+            diagnostics.plot(run)
+        except Exception as e:
+            log(f"{run}: {diagnostics.PNG} not drawn ({type(e).__name__}: {str(e).strip()[:200]})")
         atomic_write_text(run / rundir.DONE, f"finished {len(history)} epochs\n")
     return {"run_dir": str(run), "history": history, "seconds": train_seconds}
+
+
+def _table(history: list[dict]) -> list[dict]:
+    """History rows with one set of columns (a resumed run's older rows may lack newer keys): for the CSV."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    return [{k: row.get(k) for k in keys} for row in history]
 
 
 def _resumable(old: dict, cfg: TrainConfig, opt) -> tuple[list, int]:
@@ -372,6 +403,8 @@ def train_step(
         raise FloatingPointError(f"non-finite loss ({loss.item()})")
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if dd is not None and dd.enabled and loss_parameters(objective):
+        average_loss_grads(objective, dd.world)
     opt.step()
     sched.step()
     return loss.detach(), parts, logits.detach()
@@ -458,7 +491,8 @@ def run_epoch(
 
 
 def format_row(row: dict, epochs: int) -> str:
-    trip = f" triplet {row['triplet']:.3f} ({row['triplets']:.0f} triplets/batch)" if "triplet" in row else ""
+    trip = f" metric {row['triplet']:.3f}" if "triplet" in row else ""
+    trip += f" ({row['triplets']:.0f} tuples/batch)" if "triplets" in row else ""
     return (
         f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.3f}{trip} train acc {row['train_acc']:.4f} | "
         f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.4f} focus err {row['val_focus_err']:.4f} "

@@ -4,7 +4,8 @@ One study = one SQLite file (by default) in the study dir, so a crashed study re
 the same command, and several workers can share it. Each trial is an ordinary embedfm run dir under
 `<study dir>/trials/`, so `eval` / `viz` work on any trial unchanged; the test set is never read.
 
-- search space: `SPACE` below, one table for both losses (the CE side is a subset of the triplet side);
+- search space: `SPACE` below, one table for CE and CE + triplet (the CE side is a subset of the triplet side);
+  the other metric losses search the shared part and their own parameters (`LOSS_SPACE`, `PARAMS`);
 - sampler: TPE, seeded; the built-in defaults are always trial 0, so the study measures how far the
   search moved validation figures over them at the same budget;
 - pruning: median (or successive halving) on the per-epoch validation figure, so bad trials stop early;
@@ -40,9 +41,35 @@ SPACE = {
     "miner_nonzero_loss_cutoff": ("float", 1.0, 1.6),
     "focus_oversample": ("float", 1.0, 2.5),
 }
+# the parameters of the other metric losses (--metric-loss; docs/losses.md), searched only for their loss
+LOSS_SPACE = {
+    "beta": ("float", 0.8, 1.6),
+    "pos_margin": ("float", 0.0, 0.5),
+    "neg_margin": ("float", 0.6, 1.6),
+    "ms_alpha": ("log", 0.5, 10.0),
+    "ms_beta": ("log", 10.0, 100.0),
+    "ms_base": ("float", 0.3, 0.8),
+    "ms_epsilon": ("float", 0.01, 0.3),
+    "temperature": ("log", 0.03, 0.5),
+    "proxy_margin": ("float", 0.0, 0.3),
+    "proxy_alpha": ("log", 4.0, 64.0),
+    "arcface_margin": ("float", 10.0, 45.0),
+    "arcface_scale": ("log", 8.0, 64.0),
+    "proxy_lr_mult": ("log", 1.0, 100.0),
+}
+_CE = ("lr", "weight_decay", "label_smoothing")
+_METRIC = (*_CE, "triplet_weight", "embedding_dim", "m_per_class", "focus_oversample")
+MINER_PARAMS = {"distance": ("miner_cutoff", "miner_nonzero_loss_cutoff"), "multisimilarity": ("ms_epsilon",)}
+# searched parameters by method: "ce", or the --metric-loss of --loss triplet with its --miner auto
 PARAMS = {
-    "ce": ("lr", "weight_decay", "label_smoothing"),
+    "ce": _CE,
     "triplet": tuple(SPACE),
+    "margin": (*SPACE, "beta"),
+    "contrastive": (*_METRIC, *MINER_PARAMS["distance"], "pos_margin", "neg_margin"),
+    "multisimilarity": (*_METRIC, "ms_alpha", "ms_beta", "ms_base", *MINER_PARAMS["multisimilarity"]),
+    "supcon": (*_METRIC, "temperature"),
+    "proxyanchor": (*_METRIC, "proxy_margin", "proxy_alpha", "proxy_lr_mult"),
+    "arcface": (*_METRIC, "arcface_margin", "arcface_scale", "proxy_lr_mult"),
 }
 OBJECTIVES = {  # flag value: (history key, direction)
     "val_acc": ("val_acc", "maximize"),
@@ -54,7 +81,21 @@ TRIAL_DEFAULTS = {"loss": "triplet", "epochs": 3, "limit": 20_000}
 
 
 # The settings of the base config that `embedfm tune` exposes as flags (the searched ones are in SPACE).
-BASE_FLAGS = ("loss", "backbone", "epochs", "limit", "batch_size", "val_size", "data_dir", "seed", "device", "threads")
+BASE_FLAGS = (
+    "loss",
+    "metric_loss",
+    "miner",
+    "ce_weight",
+    "backbone",
+    "epochs",
+    "limit",
+    "batch_size",
+    "val_size",
+    "data_dir",
+    "seed",
+    "device",
+    "threads",
+)
 
 
 @dataclass(frozen=True)
@@ -62,12 +103,12 @@ class TuneConfig:
     base: TrainConfig = field(default_factory=lambda: TrainConfig(**TRIAL_DEFAULTS))
     trials: int = setting(20, "finished (complete + pruned) trials the study should hold", "study")
     timeout: float | None = setting(None, "seconds after which no new trial starts", "study")
-    out: str | None = setting(None, "study dir (default: artifacts/tune/<loss>)", "study", metavar="DIR")
+    out: str | None = setting(None, "study dir (default: artifacts/tune/<method>)", "study", metavar="DIR")
     storage: str | None = setting(
         None, "Optuna storage URL (default: sqlite:///<study dir>/study.db)", "study", metavar="URL"
     )
     study_name: str | None = setting(
-        None, "study name (default: <loss>-<backbone>-<objective>)", "study", metavar="NAME"
+        None, "study name (default: <method>-<backbone>-<objective>)", "study", metavar="NAME"
     )
     objective: str = setting(
         "val_acc",
@@ -87,8 +128,15 @@ class TuneConfig:
             )
         _check(self.trials >= 1, f"--trials must be at least 1, got {self.trials}")
         _check(self.timeout is None or self.timeout > 0, f"--timeout must be positive, got {self.timeout}")
-        if self.out is None:  # the one default study dir, per loss
-            object.__setattr__(self, "out", f"artifacts/tune/{self.base.loss}")
+        if self.out is None:  # the one default study dir, per method
+            object.__setattr__(self, "out", f"artifacts/tune/{self.method}")
+
+    @property
+    def method(self) -> str:
+        """ce, triplet (the default metric loss), or the other --metric-loss; "-alone" with --ce-weight 0."""
+        b = self.base
+        name = b.loss if b.loss == "ce" or b.metric_loss == "triplet" else b.metric_loss
+        return name + ("-alone" if b.loss != "ce" and b.ce_weight == 0 else "")
 
     @property
     def storage_url(self) -> str:
@@ -96,7 +144,7 @@ class TuneConfig:
 
     @property
     def name(self) -> str:
-        return self.study_name or f"{self.base.loss}-{self.base.backbone}-{self.objective}"
+        return self.study_name or f"{self.method}-{self.base.backbone}-{self.objective}"
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -113,11 +161,21 @@ def resolve_base(config_file: str | None, overrides: dict) -> TrainConfig:
     return from_dict(d, source=config_file or "flags")
 
 
-def suggest(trial, loss: str) -> dict:
-    """Draw one point of the search space for `loss`."""
+def searched(cfg: TrainConfig) -> tuple[str, ...]:
+    """The parameters a study of this base config searches: its method's (PARAMS), with the miner parameters of the
+    miner it actually uses (a --miner other than auto swaps them)."""
+    if cfg.loss == "ce":
+        return PARAMS["ce"]
+    mined = {n for names in MINER_PARAMS.values() for n in names}
+    names = [n for n in PARAMS[cfg.metric_loss] if n not in mined or n in MINER_PARAMS.get(cfg.resolved_miner, ())]
+    return tuple(dict.fromkeys([*names, *MINER_PARAMS.get(cfg.resolved_miner, ())]))
+
+
+def suggest(trial, loss: str | tuple[str, ...]) -> dict:
+    """Draw one point of the search space of `loss` (a PARAMS key) or of the named parameters."""
     params = {}
-    for name in PARAMS[loss]:
-        kind, *args = SPACE[name]
+    for name in PARAMS[loss] if isinstance(loss, str) else loss:
+        kind, *args = {**SPACE, **LOSS_SPACE}[name]
         if kind == "choice":
             params[name] = trial.suggest_categorical(name, args[0])
         else:
@@ -125,10 +183,11 @@ def suggest(trial, loss: str) -> dict:
     return params
 
 
-def defaults_point(loss: str) -> dict:
-    """The built-in defaults as a point of the space: enqueued as trial 0 of every new study."""
+def defaults_point(loss: str | tuple[str, ...]) -> dict:
+    """The built-in defaults as a point of the space (of `loss`, a PARAMS key, or of the named parameters):
+    enqueued as trial 0 of every new study."""
     d = TrainConfig().to_dict()
-    return {name: d[name] for name in PARAMS[loss]}
+    return {name: d[name] for name in (PARAMS[loss] if isinstance(loss, str) else loss)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,12 +239,13 @@ def open_study(tc: TuneConfig):
             break
         time.sleep(0.1)
     if not study.get_trials(deepcopy=False):  # a new study, or its creator died before enqueueing
-        study.enqueue_trial(defaults_point(tc.base.loss), user_attrs={"defaults": True})
+        study.enqueue_trial(defaults_point(searched(tc.base)), user_attrs={"defaults": True})
     # a resumed study continues from new random points: the same seed would redraw the first run's start-up points
     done = len(study.get_trials(deepcopy=False)) - 1  # the defaults trial is enqueued, not drawn
     if done > 0:
         study.sampler = optuna.samplers.TPESampler(seed=tc.sampler_seed + 1000 * done)
     study.set_user_attr("loss", tc.base.loss)
+    study.set_user_attr("params", list(searched(tc.base)))
     study.set_user_attr("objective", tc.objective)
     return study
 
@@ -223,7 +283,7 @@ def make_objective(tc: TuneConfig, data, log):
     key = OBJECTIVES[tc.objective][0]
 
     def objective(trial) -> float:
-        params = suggest(trial, tc.base.loss)
+        params = suggest(trial, searched(tc.base))
         run_dir = Path(tc.out) / "trials" / f"{trial.number:04d}"
         try:
             cfg = dataclasses.replace(tc.base, **params, out=str(run_dir))
@@ -333,7 +393,7 @@ def trial_rows(study) -> list[dict]:
                 "val_focus_err": a.get("val_focus_err"),
                 "val_knn_acc": a.get("val_knn_acc"),
                 "train_seconds": a.get("train_seconds"),
-                **{k: t.params.get(k) for k in PARAMS[study.user_attrs.get("loss", "triplet")]},
+                **{k: t.params.get(k) for k in _study_params(study)},
                 "run_dir": a.get("run_dir"),
             }
         )
@@ -415,8 +475,14 @@ def write_plots(study, out: Path) -> dict:
     return done
 
 
+def _study_params(study) -> tuple[str, ...]:
+    """The parameters a study searches (recorded since --metric-loss had more than two losses; else by its loss)."""
+    names = study.user_attrs.get("params")
+    return tuple(names) if isinstance(names, list) else PARAMS[study.user_attrs.get("loss", "triplet")]
+
+
 def trials_markdown(rows: list[dict], tc: TuneConfig) -> str:
-    params = PARAMS[tc.base.loss]
+    params = searched(tc.base)
     head = ["#", "state", "val acc", "val focus err", "epochs", "s", *params]
     lines = [
         f"# Study {tc.name}: {tc.objective}, {tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial",
