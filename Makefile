@@ -51,7 +51,7 @@ demo: venv data
 	$(VENV)/bin/embedfm eval $(DEMO)/ce $(DEMO)/triplet --out $(DEMO) --no-progress
 	$(VENV)/bin/embedfm viz $(DEMO)/ce $(DEMO)/triplet --out $(DEMO)
 	$(VENV)/bin/embedfm explore $(DEMO)/ce $(DEMO)/triplet --out $(DEMO)/explore.html
-	@echo "report: $(DEMO)/report.md (report.json, confusion.png, confusion_diff.png, umap.png); page: $(DEMO)/explore.html"
+	@echo "report: $(DEMO)/report.md (report.json, confusion.png, confusion_diff.png, most_confused.png, umap.png); page: $(DEMO)/explore.html"
 
 test: venv data test-deps
 	$(VENV)/bin/python -m pytest
