@@ -32,7 +32,7 @@ import numpy as np
 
 from embedfm import CLASS_NAMES, checkpoint, rundir
 from embedfm.errors import EmbedfmError
-from embedfm.fileio import atomic_write_text
+from embedfm.fileio import atomic_write_text, read_npz
 
 SIDE = 28  # Fashion-MNIST images are SIDE × SIDE
 NEIGHBORS = 10  # training neighbours shown per run
@@ -138,15 +138,11 @@ def _read_npz(run_dir: str | Path, classifier: str) -> dict:
     rerun = f"rerun `embedfm eval {run_dir}`"
     keys = ("train_embeddings", "train_labels", "test_embeddings", "test_labels", f"pred_{classifier}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if f"pred_{classifier}" not in z.files and classifier == "knn_flip":
-                raise EmbedfmError(f"{run_dir}: no flip-averaged kNN predictions (the run has tta_flip off)")
-            arrays = {k: z[k] for k in keys}
-    except EmbedfmError:
+        arrays = read_npz(path, keys, rerun, what="embeddings file")
+    except EmbedfmError as e:
+        if classifier == "knn_flip" and "lacks pred_knn_flip" in str(e):
+            raise EmbedfmError(f"{run_dir}: no flip-averaged kNN predictions (the run has tta_flip off)") from None
         raise
-    except Exception as e:  # a damaged zip, a missing key, ...
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise EmbedfmError(f"{path}: unreadable embeddings file ({first}); {rerun}") from None
     n, n_train = len(arrays["test_labels"]), len(arrays["train_labels"])
     ok = (
         arrays["train_embeddings"].ndim == 2

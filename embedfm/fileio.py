@@ -101,7 +101,7 @@ def read_json(path: str | Path, fix: str = "") -> object:
         raise EmbedfmError(f"{path}: unreadable ({_first_line(e)})" + (f"; {fix}" if fix else "")) from None
 
 
-def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "") -> dict:
+def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "", what: str = "") -> dict:
     """The named arrays of an .npz archive, read without pickles and without trusting its headers: every array's
     declared size must fit the bytes its archive member holds before anything is allocated, object arrays are
     refused, and any damage (zip, compression, npy header, truncation) is one `EmbedfmError` line."""
@@ -131,7 +131,8 @@ def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "") -> dict:
     except KeyError as e:
         raise EmbedfmError(f"{path}: lacks {e.args[0]}" + (f"; {fix}" if fix else "")) from None
     except Exception as e:  # zipfile, zlib/lzma, npy format, OS and memory errors all mean the same: unusable
-        raise EmbedfmError(f"{path}: unreadable ({_first_line(e)})" + (f"; {fix}" if fix else "")) from None
+        unreadable = f"unreadable {what}" if what else "unreadable"
+        raise EmbedfmError(f"{path}: {unreadable} ({_first_line(e)})" + (f"; {fix}" if fix else "")) from None
     return out
 
 

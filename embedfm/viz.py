@@ -19,7 +19,7 @@ import numpy as np
 
 from embedfm import CLASS_NAMES, checkpoint, rundir
 from embedfm.errors import EmbedfmError
-from embedfm.fileio import atomic_save_figure, atomic_write_json
+from embedfm.fileio import atomic_save_figure, atomic_write_json, read_npz
 
 NUMBA_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedfm" / "numba"
 FOCUS_COLORS = {0: "#1f77b4", 2: "#2ca02c", 4: "#d62728", 6: "#ff7f0e"}
@@ -104,11 +104,8 @@ def load_test_embeddings(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, d
         _, arrays = evaluate_run(run_dir, progress=False)
         save_embeddings(run_dir, arrays)
     rerun = f"rerun `embedfm eval {run_dir}`"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            emb, labels = z["test_embeddings"], z["test_labels"]
-    except Exception as e:  # whatever a damaged zip or npy header raises (BadZipFile, EOFError, MemoryError, ...)
-        raise EmbedfmError(f"{path}: unreadable embeddings file ({_first_line(e)}); {rerun}") from None
+    arrays = read_npz(path, ("test_embeddings", "test_labels"), rerun, what="embeddings file")
+    emb, labels = arrays["test_embeddings"], arrays["test_labels"]
     ok = (emb.dtype.kind == "f" and emb.ndim == 2 and len(emb) > 0 and emb.shape[1] > 0
           and labels.dtype.kind in "iu" and labels.shape == (len(emb),))  # fmt: skip
     if not ok:
@@ -116,11 +113,6 @@ def load_test_embeddings(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, d
     if not np.isfinite(emb).all() or labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
         raise EmbedfmError(f"{path}: non-finite test embeddings or labels outside 0-{len(CLASS_NAMES) - 1}; {rerun}")
     return emb, labels, cfg
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def draw_panel(ax, xy: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], title: str) -> None:
