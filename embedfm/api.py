@@ -158,7 +158,13 @@ class Model:
         x = as_images(images)
         if len(x) == 0:
             return Outputs(np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32))
-        out = embed(self.network, torch.from_numpy(np.ascontiguousarray(x)), self.device, tta_flip=self.config.tta_flip)
+        out = embed(
+            self.network,
+            torch.from_numpy(np.ascontiguousarray(x)),
+            self.device,
+            tta_flip=self.config.tta_flip,
+            tta_shift=self.config.tta_shift,
+        )
         return Outputs(out.logits.numpy(), out.emb.numpy())
 
     # ------------------------------------------------------------------------------------------ classify
@@ -251,7 +257,9 @@ class Model:
             data = load_fashion_mnist(self.data_dir or self.config.data_dir)
             if "data" in self._ckpt and self._ckpt["data"] != data.fingerprint():
                 raise EmbedfmError(f"{self.run_dir}: trained on different data than {data.source} holds")
-            self._splits = make_splits(data, self.config.val_size, self.config.limit)
+            self._splits = make_splits(
+                data, self.config.val_size, self.config.limit, holdout=self.config.holdout_classes
+            )
         x, y = getattr(self._splits, f"{name}_x"), getattr(self._splits, f"{name}_y")
         return x.numpy(), y.numpy().astype(np.int64)
 

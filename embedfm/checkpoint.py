@@ -181,8 +181,23 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     ckpt = load_checkpoint(run_dir)
     args = ckpt["model_args"]
     try:
-        if args.get("backbone") not in BACKBONES or set(args) - {"backbone", "embedding_dim", "num_classes"}:
+        if args.get("backbone") not in BACKBONES or set(args) - {
+            "backbone",
+            "embedding_dim",
+            "num_classes",
+            "backbone_kwargs",
+        }:
             raise ValueError(f"unknown model arguments {args}")
+        if "backbone_kwargs" in args:  # only --widths: three channel counts
+            widths = args["backbone_kwargs"].get("widths") if isinstance(args["backbone_kwargs"], dict) else None
+            ok = isinstance(widths, list) and len(widths) == 3
+            if not (
+                ok
+                and set(args["backbone_kwargs"]) == {"widths"}
+                and all(type(w) is int and 1 <= w <= 1024 for w in widths)
+            ):
+                raise ValueError(f"unknown backbone arguments {args['backbone_kwargs']}")
+            args = {**args, "backbone_kwargs": {"widths": tuple(widths)}}
         sizes = [args.get(k, 10) for k in ("embedding_dim", "num_classes")]
         if not all(isinstance(n, int) and 2 <= n <= 4096 for n in sizes):
             raise ValueError(f"model sizes out of range: {args}")

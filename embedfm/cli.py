@@ -90,8 +90,9 @@ def add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train one model (CE or CE + triplet) into a run dir",
-        description="Train one model. Settings come from the built-in defaults (shown in [brackets]), then "
-        "--config FILE, then the flags given here. The resolved config is printed and saved in the run dir.",
+        description="Train one model. Settings come from the built-in defaults (shown in [brackets]), then the "
+        "--recipe preset, then --config FILE, then the flags given here. The resolved config is printed and saved "
+        "in the run dir.",
     )
     p.add_argument("--config", metavar="FILE", help="JSON file of config values (flags given here override it)")
     p.add_argument(
@@ -233,6 +234,13 @@ def add_summarize(sub) -> None:
         "a saved pixels.json is always shown",
     )
     p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (for --pixels)")
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="also write paired.md / paired.json: every method against every CE control on the same test images "
+        "(per-seed differences, paired bootstrap 95%% intervals, McNemar on the focus classes)",
+    )
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the test images (with --paired)")
 
 
 def add_convert(sub) -> None:
@@ -429,6 +437,10 @@ def cmd_summarize(args) -> None:
     from embedfm.summarize import summarize
 
     summarize(args.paths, out=args.out, pixels=args.pixels, data_dir=args.data_dir)
+    if args.paired:
+        from embedfm.summarize import summarize_paired
+
+        summarize_paired(args.paths, out=args.out, draws=args.draws)
 
 
 def cmd_convert(args) -> None:

@@ -2,9 +2,9 @@
 
 Every `TrainConfig` field carries its default, its help text, its choices and its group (see `setting`);
 `embedfm train --help` and `embedfm tune --help` are generated from it, `embedfm summarize` reads the groups to
-know which settings change what a run learns. Resolution order (timm-style): field defaults < `--config FILE`
-(JSON) < command-line flags. The resolved config is printed at the start of a run and saved as `config.json` in
-the run dir and inside every checkpoint, so a run describes itself.
+know which settings change what a run learns. Resolution order (timm-style): field defaults < the `--recipe`
+preset < `--config FILE` (JSON) < command-line flags. The resolved config is printed at the start of a run and
+saved as `config.json` in the run dir and inside every checkpoint, so a run describes itself.
 
 This module does not import torch: `--help` and config validation stay fast.
 """
@@ -42,7 +42,15 @@ DEVICES = ("auto", "cpu", "cuda")
 # the keys of models.BACKBONES (a test keeps them equal); named here so that validating a config, and so
 # `--help`, does not import torch
 BACKBONES = ("fastcnn", "linear", "mlp", "lenet", "vgg", "resnet20")
+WIDE_BACKBONES = ("fastcnn", "vgg", "resnet20")  # the backbones whose three stage widths --widths sets
 FOCUS_CLASSES = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt: the group every classifier confuses
+
+# --recipe: presets that sit between the field defaults and --config / flags. `fast` is the speed-run recipe,
+# every setting of it chosen on the validation split (docs/speedrun.md, scripts/speedrun.py ablate).
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "fast": {},
+}
 
 # Groups, in the order `--help` shows them. Settings in RUN_GROUP say where and how fast a run happens, not
 # what it learns: `embedfm summarize` groups runs that differ only in those (and in the seed).
@@ -65,6 +73,13 @@ def setting(default, help: str, group: str, choices: tuple | None = None, metava
 @dataclass(frozen=True)
 class TrainConfig:
     # what to train
+    recipe: str = setting(
+        "default",
+        "preset of the settings below: default, or fast (the speed-run recipe, docs/speedrun.md); --config and "
+        "flags override it",
+        "model",
+        tuple(RECIPES),
+    )
     loss: str = setting(
         "ce",
         "ce: plain classifier; triplet: --ce-weight × CE + --triplet-weight × the --metric-loss (by default "
@@ -75,6 +90,12 @@ class TrainConfig:
     backbone: str = setting("fastcnn", "network before the embedding head", "model", BACKBONES)
     # low-dimensional on purpose: distance-weighted sampling is designed for (and degrades above) ~128-d
     embedding_dim: int = setting(64, "embedding size (unit norm); low dims suit distance-weighted sampling", "model")
+    widths: tuple[int, ...] | None = setting(
+        None,
+        "channels of the backbone's three stages (fastcnn, vgg, resnet20); default: the backbone's own",
+        "model",
+        metavar="W,W,W",
+    )
     # metric-learning side
     margin: float = setting(
         0.2,
@@ -152,7 +173,16 @@ class TrainConfig:
     # 0 by default: at a 3-epoch budget random crops slow convergence more than they regularise
     crop_pad: int = setting(0, "random-crop padding in pixels (0 = no crop)", "data")
     flip: bool = setting(True, "random horizontal flips", "data")
+    holdout_classes: tuple[int, ...] = setting(
+        (),
+        "classes kept out of training and validation: the unseen-class test (eval then measures retrieval and "
+        "few-shot kNN on them; docs/losses.md)",
+        "data",
+    )
     tta_flip: bool = setting(True, "softmax predictions average the image and its mirror", "data")
+    tta_shift: int = setting(
+        0, "softmax predictions also average the image(s) shifted N pixels up, down, left and right (0 = off)", "data"
+    )
     knn_k: int = setting(10, "k of the per-epoch validation kNN", "data")
     # run
     out: str = setting("artifacts/runs/run", "run dir to write (checkpoint, config, history)", "run", metavar="DIR")
@@ -185,6 +215,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["focus_classes"] = list(self.focus_classes)
+        d["widths"] = None if self.widths is None else list(self.widths)
+        d["holdout_classes"] = list(self.holdout_classes)
         return d
 
     @property
@@ -196,6 +228,14 @@ class TrainConfig:
         """What --miner auto means for this --metric-loss (AUTO_MINER)."""
         return AUTO_MINER[self.metric_loss] if self.miner == "auto" else self.miner
 
+    @property
+    def model_args(self) -> dict:
+        """What `models.build_model(**model_args)` needs to rebuild this run's network (saved in its checkpoint)."""
+        args = {"backbone": self.backbone, "embedding_dim": self.embedding_dim, "num_classes": 10}
+        if self.widths is not None:
+            args["backbone_kwargs"] = {"widths": list(self.widths)}
+        return args
+
     def describe(self) -> str:
         """One `key = value` per line, aligned: what a run prints at start."""
         d = self.to_dict()
@@ -203,17 +243,24 @@ class TrainConfig:
         return "\n".join(f"  {k:<{w}} = {v}" for k, v in d.items())
 
 
-def class_counts(batch_size: int, focus_classes: tuple[int, ...], focus_oversample: float, num_classes: int = 10):
+def class_counts(
+    batch_size: int,
+    focus_classes: tuple[int, ...],
+    focus_oversample: float,
+    num_classes: int = 10,
+    absent: tuple[int, ...] = (),
+):
     """How many images of each class a balanced batch holds: a list of num_classes ints summing to batch_size.
 
-    Each class gets a share proportional to its weight (focus classes `focus_oversample`, others 1), rounded by
-    largest remainder (ties to the lower class id) so the batch size is exact. Pure Python: config validation
-    needs it without torch; `data.balanced_batches` draws batches by it."""
-    w = [focus_oversample if k in focus_classes else 1.0 for k in range(num_classes)]
+    Each class gets a share proportional to its weight (focus classes `focus_oversample`, `absent` ones 0 — the
+    classes --holdout-classes keeps out of training —, others 1), rounded by largest remainder (ties to the lower
+    class id) so the batch size is exact. Pure Python: config validation needs it without torch;
+    `data.balanced_batches` draws batches by it."""
+    w = [0.0 if k in absent else focus_oversample if k in focus_classes else 1.0 for k in range(num_classes)]
     total = sum(w)
     share = [x / total * batch_size for x in w]
     counts = [int(s // 1) for s in share]
-    by_remainder = sorted(range(num_classes), key=lambda k: -(share[k] - counts[k]))  # stable
+    by_remainder = sorted((k for k in range(num_classes) if w[k] > 0), key=lambda k: -(share[k] - counts[k]))
     for k in by_remainder[: batch_size - sum(counts)]:
         counts[k] += 1
     return counts
@@ -248,6 +295,14 @@ def validate(c: TrainConfig) -> None:
     _check(0 <= c.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
     _check(0 < c.warmup_frac < 1, f"--warmup-frac must be in (0, 1), got {c.warmup_frac}")
     _check(c.embedding_dim >= 2, f"--embedding-dim must be at least 2, got {c.embedding_dim}")
+    _check(
+        c.widths is None or (len(c.widths) == 3 and all(1 <= w <= 1024 for w in c.widths)),
+        f"--widths must be three channel counts in 1-1024, got {','.join(map(str, c.widths or ()))}",
+    )
+    _check(
+        c.widths is None or c.backbone in WIDE_BACKBONES,
+        f"--widths applies to {', '.join(WIDE_BACKBONES)}, not --backbone {c.backbone}",
+    )
     _check(c.margin >= 0, f"--margin must be non-negative, got {c.margin}")
     _check(c.triplet_weight >= 0, f"--triplet-weight must be non-negative, got {c.triplet_weight}")
     _check(c.ce_weight >= 0, f"--ce-weight must be non-negative, got {c.ce_weight}")
@@ -287,10 +342,21 @@ def validate(c: TrainConfig) -> None:
         f"--limit must be at least {10 * c.m_per_class} (--m-per-class × 10 classes), got {c.limit}",
     )
     _check(c.crop_pad >= 0, f"--crop-pad must be non-negative, got {c.crop_pad}")
+    _check(0 <= c.tta_shift <= 4, f"--tta-shift must be in 0-4 pixels, got {c.tta_shift}")
     _check(c.knn_k >= 1, f"--knn-k must be at least 1, got {c.knn_k}")
     _check(c.threads is None or c.threads >= 1, f"--threads must be at least 1, got {c.threads}")
+    _check(
+        all(0 <= k <= 9 for k in c.holdout_classes) and len(set(c.holdout_classes)) == len(c.holdout_classes),
+        f"--holdout-classes must be distinct class ids in 0-9, got {','.join(map(str, c.holdout_classes))}",
+    )
+    _check(len(c.holdout_classes) <= 8, "--holdout-classes must leave at least two classes to train on")
+    _check(
+        c.mining == "all" or len(set(c.focus_classes) - set(c.holdout_classes)) >= 2,
+        "--mining focus needs at least two focus classes that are not held out",
+    )
     if c.resolved_sampler == "balanced":
-        least = min(class_counts(c.batch_size, c.focus_classes, c.focus_oversample))
+        counts = class_counts(c.batch_size, c.focus_classes, c.focus_oversample, absent=c.holdout_classes)
+        least = min(n for k, n in enumerate(counts) if k not in c.holdout_classes)
         _check(
             least >= c.m_per_class,
             f"--batch-size {c.batch_size} is too small for the balanced sampler: it must hold "
@@ -302,10 +368,16 @@ def _min_batch(c: TrainConfig) -> int:
     """The smallest batch whose balanced plan holds --m-per-class images of every class. A class of weight w gets
     at least floor(b·w/W) of b (W: the weights' sum), so b = m·W/w_min is enough; the search starts just below
     that and takes a few steps (largest-remainder rounding may help earlier)."""
-    weights = [c.focus_oversample if k in c.focus_classes else 1.0 for k in range(10)]
+    kept = [k for k in range(10) if k not in c.holdout_classes]
+    weights = [c.focus_oversample if k in c.focus_classes else 1.0 for k in kept]
     enough = math.ceil(c.m_per_class * sum(weights) / min(weights))
-    b = max(10 * c.m_per_class, enough - 20)
-    while b < enough and min(class_counts(b, c.focus_classes, c.focus_oversample)) < c.m_per_class:
+    b = max(len(kept) * c.m_per_class, enough - 20)
+
+    def least(b: int) -> int:
+        counts = class_counts(b, c.focus_classes, c.focus_oversample, absent=c.holdout_classes)
+        return min(counts[k] for k in kept)
+
+    while b < enough and least(b) < c.m_per_class:
         b += 1
     return b
 
@@ -359,8 +431,9 @@ def from_dict(d: dict, source: str = "config") -> TrainConfig:
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             raise ConfigError(f"{source}: {name} must be {what}{' or null' * kind.endswith('| None')}, got {shown}")
     d = dict(d)
-    if "focus_classes" in d:
-        d["focus_classes"] = tuple(d["focus_classes"])
+    for key in ("focus_classes", "widths", "holdout_classes"):
+        if d.get(key) is not None:
+            d[key] = tuple(d[key])
     try:
         return TrainConfig(**d)
     except (TypeError, ValueError, OverflowError) as e:  # e.g. a batch size too large for class_counts' floats
@@ -382,8 +455,14 @@ def load_config_file(path: str | Path) -> dict:
     return d
 
 
+def with_recipe(d: dict) -> dict:
+    """The settings `d` gives, over its --recipe's preset (an unknown recipe is left for validation to name)."""
+    preset = RECIPES.get(d.get("recipe", "default"), {}) if isinstance(d.get("recipe", "default"), str) else {}
+    return {**preset, **d}
+
+
 def resolve(file: str | None, overrides: dict) -> TrainConfig:
-    """defaults < file < overrides (flags that were actually given, i.e. not None)."""
+    """defaults < --recipe preset < file < overrides (flags that were actually given, i.e. not None)."""
     d = load_config_file(file) if file else {}
     d.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(d, source=file or "flags")
+    return from_dict(with_recipe(d), source=file or "flags")

@@ -318,13 +318,20 @@ class Splits:
         return dataclasses.replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device))
 
 
-def make_splits(data: FashionMNIST, val_size: int, limit: int | None = None, split_seed: int = 0) -> Splits:
+def make_splits(
+    data: FashionMNIST, val_size: int, limit: int | None = None, split_seed: int = 0, holdout: tuple[int, ...] = ()
+) -> Splits:
     """Fixed stratified validation split from train (seed independent of the training seed), then
-    an optional stratified `limit` subset of the remaining train images."""
+    an optional stratified `limit` subset of the remaining train images. `holdout` classes are then removed from
+    train and validation (the unseen-class test; the test split keeps every class)."""
     train_idx, val_idx = stratified_split(data.train_labels, val_size, split_seed)
     if limit is not None and limit < len(train_idx):
         sub, _ = stratified_split(data.train_labels[train_idx], len(train_idx) - limit, split_seed + 1)
         train_idx = train_idx[sub]
+    if holdout:
+        held = torch.tensor(list(holdout), dtype=data.train_labels.dtype)
+        train_idx = train_idx[~torch.isin(data.train_labels[train_idx], held)]
+        val_idx = val_idx[~torch.isin(data.train_labels[val_idx], held)]
     ty = data.train_labels.long()
     return Splits(
         data.train_images[train_idx],
@@ -376,7 +383,11 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> tor
 
 
 def class_counts_per_batch(
-    batch_size: int, focus_classes: tuple[int, ...], focus_oversample: float, num_classes: int = NUM_CLASSES
+    batch_size: int,
+    focus_classes: tuple[int, ...],
+    focus_oversample: float,
+    num_classes: int = NUM_CLASSES,
+    absent: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """How many samples of each class a balanced batch holds: (num_classes,) summing to batch_size.
 
@@ -385,7 +396,8 @@ def class_counts_per_batch(
     """
     from embedfm.config import class_counts
 
-    return torch.tensor(class_counts(batch_size, focus_classes, focus_oversample, num_classes), dtype=torch.long)
+    counts = class_counts(batch_size, focus_classes, focus_oversample, num_classes, absent)
+    return torch.tensor(counts, dtype=torch.long)
 
 
 def balanced_batches(
@@ -403,11 +415,15 @@ def balanced_batches(
     Each permutation is cut to a multiple of the per-batch count, so no batch straddles two
     permutations and no image appears twice in one batch (the cut tail, < count images, is random).
     """
-    num_classes = int(labels.max()) + 1
-    counts = class_counts_per_batch(batch_size, focus_classes, focus_oversample, num_classes)
+    num_classes = NUM_CLASSES
+    # a class the split lacks (--holdout-classes) gets no share of the batch
+    absent = tuple(sorted(set(range(num_classes)) - set(torch.unique(labels).tolist())))
+    counts = class_counts_per_batch(batch_size, focus_classes, focus_oversample, num_classes, absent)
     nb = len(labels) // batch_size
     cols = []
     for c in range(num_classes):
+        if c in absent:
+            continue
         idx = torch.nonzero(labels == c).squeeze(1)
         per_batch = int(counts[c])
         if len(idx) < per_batch:

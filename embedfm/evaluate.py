@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from embedfm import CLASS_NAMES, checkpoint, rundir
 from embedfm.config import from_dict
 from embedfm.data import load_fashion_mnist, make_splits
@@ -26,9 +28,10 @@ from embedfm.fileio import atomic_save_npz
 from embedfm.gallery import most_confused
 from embedfm.inference import embed, select_device
 from embedfm.knn import KNNClassifier
-from embedfm.metrics import classifier_metrics, retrieval_metrics
+from embedfm.metrics import ap_at_r, classifier_metrics, retrieval_metrics
 from embedfm.report import is_number
 from embedfm.rundir import default_out, run_names
+from embedfm.unseen import unseen_figures
 
 # ----------------------------------------------------------------------------------------------
 # one run
@@ -62,14 +65,20 @@ def evaluate_run(
     data = data or load_fashion_mnist(cfg.data_dir)
     if "data" in ckpt and ckpt["data"] != data.fingerprint():
         raise EmbedfmError(f"{run_dir}: trained on different data than {data.source} holds; cannot evaluate it here")
-    splits = make_splits(data, cfg.val_size, cfg.limit)
+    splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     if k > len(splits.train_y):
         raise EmbedfmError(f"k={k} is larger than the number of reference embeddings ({len(splits.train_y)})")
 
     t0 = time.perf_counter()
     train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train").emb
     test_logits, test_emb, test_emb_flip = embed(
-        model, splits.test_x, device, tta_flip=cfg.tta_flip, progress=progress, desc="embed test"
+        model,
+        splits.test_x,
+        device,
+        tta_flip=cfg.tta_flip,
+        tta_shift=cfg.tta_shift,
+        progress=progress,
+        desc="embed test",
     )
     y_train, y_test = splits.train_y.numpy(), splits.test_y.numpy()
     knn = KNNClassifier(k=k, metric=metric).fit(train_emb.numpy(), y_train)
@@ -95,7 +104,13 @@ def evaluate_run(
         "config": cfg.to_dict(),
         "classifiers": classifiers,
         "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
+        "per_image": per_image(y_test, arrays, ap_at_r(test_emb.numpy(), y_test)),
     }
+    if cfg.holdout_classes:  # the unseen-class test (embedfm.unseen): the train images of each held-out class
+        pools = {
+            c: embed(model, data.train_images[data.train_labels == c], device).emb.numpy() for c in cfg.holdout_classes
+        }
+        entry["unseen"] = unseen_figures(knn, test_emb.numpy(), y_test, pools, seed=cfg.seed)
     entry["eval_seconds"] = round(time.perf_counter() - t0, 2)
     arrays = {
         "train_embeddings": train_emb.numpy(),
@@ -105,6 +120,21 @@ def evaluate_run(
         **arrays,
     }
     return entry, arrays
+
+
+def digits(labels: np.ndarray) -> str:
+    """Class ids 0-9 (N,) as one string of N digits: a test set's predictions in 10 kB of readable JSON."""
+    return "".join(map(str, np.asarray(labels, dtype=np.int64).tolist()))
+
+
+def per_image(y_test: np.ndarray, preds: dict, ap: np.ndarray) -> dict:
+    """What a paired comparison of runs needs (`embedfm summarize --paired`): the test labels and each classifier's
+    prediction per test image (digit strings, image order), and each image's AP@R as a query (4 decimals)."""
+    return {
+        "labels": digits(y_test),
+        **{name.removeprefix("pred_"): digits(p) for name, p in preds.items()},
+        "ap_at_r": [round(float(v), 4) for v in ap],
+    }
 
 
 def save_embeddings(run_dir: str | Path, arrays: dict) -> None:

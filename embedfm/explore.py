@@ -130,7 +130,9 @@ def _train_split_ids(data, cfg: dict) -> np.ndarray:
     from embedfm.data import make_splits
 
     ids = dataclasses.replace(data, train_images=torch.arange(len(data.train_labels)))
-    return make_splits(ids, cfg["val_size"], cfg["limit"]).train_x.numpy()
+    return make_splits(
+        ids, cfg["val_size"], cfg["limit"], holdout=tuple(cfg.get("holdout_classes") or ())
+    ).train_x.numpy()
 
 
 def _read_npz(run_dir: str | Path, classifier: str) -> dict:

@@ -40,8 +40,17 @@ def autocast(device: torch.device):
     return torch.autocast("cuda" if on else "cpu", dtype=torch.bfloat16, enabled=on)
 
 
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """A uint8 batch (B, H, W) moved dy pixels down and dx right, zeros (the background) coming in, as the training
+    crops pad."""
+    H, W = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    xp = F.pad(x, (p, p, p, p))  # (B, C, H + 2p, W + 2p)
+    return xp[..., p - dy : p - dy + H, p - dx : p - dx + W]
+
+
 class Embedded(NamedTuple):
-    logits: torch.Tensor  # (N, C); with tta_flip the mean of the image's and its mirror's
+    logits: torch.Tensor  # (N, C); with tta_flip / tta_shift the mean over the views
     emb: torch.Tensor  # (N, D) unit norm, of the image itself (what kNN references, UMAP, retrieval use)
     emb_flip: torch.Tensor | None  # (N, D) unit norm, normalize(emb + mirror's emb); only with tta_flip
 
@@ -55,14 +64,18 @@ def embed(
     tta_flip: bool = False,
     progress: bool = False,
     desc: str = "embed",
+    tta_shift: int = 0,
 ) -> Embedded:
     """uint8 images (N, 28, 28) → Embedded(logits, embeddings, flip-averaged embeddings) on the CPU, fp32.
 
     With `tta_flip` the model also sees each image's mirror: the logits average the two, and
     `emb_flip` holds the two embeddings' normalised mean (for kNN queries; `emb` stays the image's own,
     so UMAP and retrieval see exactly what the model maps the image to). The mirror pass is needed for
-    the logits anyway, so `emb_flip` costs nothing extra.
+    the logits anyway, so `emb_flip` costs nothing extra. With `tta_shift` = s > 0 the logits also average the
+    image (and with tta_flip its mirror) moved s pixels up, down, left and right: 5× the views (airbench's
+    multi-crop test-time augmentation); the embeddings stay those of the unshifted views.
     """
+    shifts = [(0, 0)] + ([(tta_shift, 0), (-tta_shift, 0), (0, tta_shift), (0, -tta_shift)] if tta_shift else [])
     # BN folded into the convs, channels-last: both ~1.3x faster inference on CPU (scripts/bench)
     model = fuse_for_inference(model).to(memory_format=torch.channels_last)
     logits, embs, flips = [], [], []
@@ -76,6 +89,13 @@ def embed(
                 # the CPU's fp32 figures; on the CPU the casts are no-ops
                 lg = (lg.float() + lg_m.float()) / 2
                 flips.append(F.normalize(em.float() + em_m.float(), dim=1).cpu())
+            if len(shifts) > 1:  # (B, C) sums over the shifted views, then the mean over all views
+                lg = lg.float() * (2 if tta_flip else 1)
+                for dy, dx in shifts[1:]:
+                    xs = to_float(shifted(images[i : i + batch_size], dy, dx)).to(device)
+                    xs = xs.contiguous(memory_format=torch.channels_last)  # (B, 1, 28, 28)
+                    lg = lg + model(xs)[0].float() + (model(xs.flip(3))[0].float() if tta_flip else 0)
+                lg = lg / (len(shifts) * (2 if tta_flip else 1))
         logits.append(lg.float().cpu())
         embs.append(em.float().cpu())
     return Embedded(torch.cat(logits), torch.cat(embs), torch.cat(flips) if tta_flip else None)

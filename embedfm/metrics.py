@@ -46,3 +46,37 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict:
         "r_precision": float(acc["r_precision"]),
         "map_at_r": float(acc["mean_average_precision_at_r"]),
     }
+
+
+def ap_at_r(embeddings: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Per-query AP@R, (N,) float64 (see `retrieval_per_query`)."""
+    return retrieval_per_query(embeddings, labels, chunk)[0]
+
+
+def retrieval_per_query(embeddings: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query (AP@R, R-precision) (Musgrave et al. 2020), each (N,) float64: each item queries all the others by
+    Euclidean distance (on unit-norm embeddings the cosine order), R = the number of other items of its class,
+    AP@R = (1/R) Σ_{i ≤ R} P@i · rel(i) and R-precision = P@R. Their means are `retrieval_metrics`' MAP@R and
+    R-precision; kept per image so that runs can be compared with a paired bootstrap over test images, and a
+    held-out class's queries can be scored alone. Queries go in chunks of `chunk` (memory: chunk × N floats)."""
+    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))  # (N, D)
+    y = torch.from_numpy(np.asarray(labels).astype(np.int64))  # (N,)
+    counts = torch.bincount(y)
+    r = counts[y] - 1  # (N,) relevant items per query
+    k = int(r.max())
+    out, rprec = np.zeros(len(y)), np.zeros(len(y))
+    sq = (x * x).sum(1)  # (N,)
+    for lo in range(0, len(y), chunk):
+        q = slice(lo, min(lo + chunk, len(y)))
+        d2 = sq[q, None] - 2 * x[q] @ x.T + sq[None, :]  # (c, N) squared distances
+        d2[torch.arange(d2.shape[0]), torch.arange(q.start, q.stop)] = float("inf")  # not itself
+        idx = d2.topk(k, dim=1, largest=False).indices  # (c, k), nearest first
+        rel = (y[idx] == y[q, None]).double()  # (c, k)
+        ranks = torch.arange(1, k + 1, dtype=torch.float64)
+        within = ranks[None, :] <= r[q, None]  # (c, k): only the first R ranks count
+        prec = rel.cumsum(1) / ranks  # (c, k) P@i
+        ap = (prec * rel * within).sum(1) / r[q].clamp(min=1)
+        rp = (rel * within).sum(1) / r[q].clamp(min=1)
+        out[q] = torch.where(r[q] > 0, ap, torch.zeros_like(ap)).numpy()
+        rprec[q] = torch.where(r[q] > 0, rp, torch.zeros_like(rp)).numpy()
+    return out, rprec

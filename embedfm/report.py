@@ -117,6 +117,40 @@ def per_class_table(report: dict) -> list[str]:
     return lines
 
 
+def unseen_table(report: dict) -> list[str]:
+    """The unseen-class test (runs trained with --holdout-classes): retrieval and few-shot kNN per held-out class."""
+    rows = []
+    for name, r in report["runs"].items():
+        unseen = r.get("unseen")
+        if not isinstance(unseen, dict):
+            continue
+        for c, u in unseen.items():
+            try:
+                shots = "; ".join(
+                    f"n={n}: {f['recall']:.3f} ± {f['recall_std']:.3f} (acc {_pct(f['accuracy'])})"
+                    for n, f in u["few_shot"].items()
+                )
+                rows.append(
+                    f"| {name} | {c} {CLASS_NAMES[int(c)]} | {u['map_at_r']:.4f} | {u['r_precision']:.4f} | {shots} |"
+                )
+            except (KeyError, TypeError, ValueError, IndexError):
+                raise EmbedfmError(f"run {name!r}: unseen-class figures damaged; {EVAL_AGAIN}") from None
+    if not rows:
+        return []
+    return [
+        "## Unseen classes",
+        "",
+        "Runs trained without these classes. MAP@R and R-precision of the class's test images among all test "
+        "images; few-shot kNN: recall of the class (and overall accuracy) when n of its train images join the kNN "
+        "references, mean ± std over draws.",
+        "",
+        "| run | held-out class | MAP@R | R-precision | few-shot kNN recall |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def render_markdown(report: dict, figures: list[str]) -> str:
     focus = ", ".join(f"{c} {CLASS_NAMES[c]}" for c in report["focus_classes"])
     md = [
@@ -136,6 +170,7 @@ def render_markdown(report: dict, figures: list[str]) -> str:
         "",
         *per_class_table(report),
         "",
+        *unseen_table(report),
     ]
     md += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     md += ["## Runs", ""]

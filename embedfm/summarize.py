@@ -7,6 +7,9 @@ of the final epoch (what a method may be chosen by), then test figures: accuracy
 the kNN with flip-averaged queries (accuracy, focus-group error, shirt recall; "–" for reports that predate it).
 One seed prints its value without "±". Writes summary.md and summary.csv.
 
+`--paired` (`summarize_paired`) also writes paired.md / paired.json: every method against every CE control on the
+same test images, from the per-image records `embedfm eval` keeps in report.json (`embedfm.paired`).
+
 `--pixels` measures the zero-training baseline, FAISS kNN (k=10, L2) on the raw 784-d pixels of the train split,
 and saves it as `pixels.json` beside the summary; a saved `pixels.json` is shown as the last row.
 """
@@ -212,3 +215,51 @@ def summarize(
     atomic_write_csv(out_dir / "summary.csv", rows, header=HEADER)
     log("\n".join(md))
     return rows
+
+
+def summarize_paired(paths: list[str], out: str | None = None, draws: int = 2000, log=print) -> dict:
+    """paired.md / paired.json in `out` (default: the first path): each method against each CE control."""
+    from embedfm.paired import FIGURES, compare, score
+
+    reports = find_reports(paths)
+    groups: dict[str, list[dict]] = {}
+    for r in reports:
+        groups.setdefault(method_key(r), []).append(r)
+    keys = list(groups)
+    controls = [k for k in keys if json.loads(k)["loss"] == "ce"]
+    if not controls:
+        raise EmbedfmError(f"no CE runs under {', '.join(paths)}: --paired compares every method with the CE controls")
+    focus = tuple(json.loads(keys[0])["focus_classes"])
+    scored = {k: [score(r, "softmax", focus, f"run {r['name']!r}") for r in groups[k]] for k in keys}
+    labels = {k: method_label(groups[k], keys) for k in keys}
+    results = []
+    for ctrl in controls:
+        for k in keys:
+            if k == ctrl:
+                continue
+            stats = compare(scored[k], scored[ctrl], draws=draws)
+            results.append({"method": labels[k], "control": labels[ctrl], **stats})
+    md = [
+        f"Paired over the same {len(scored[controls[0]][0].num)} test images, softmax head (MAP@R: the embedding); "
+        f"difference = method − control, in points; 95 % paired bootstrap interval over images ({draws} draws); "
+        "McNemar: exact two-sided p on the focus-class images, per seed pair (b: only the method right, "
+        "c: only the control right). ✓ = the interval excludes zero in the method's favour, ✗ = against it.",
+        "",
+        "| method | control | " + " | ".join(f"Δ {f.replace('_', ' ')}" for f in FIGURES) + " | McNemar (focus) |",
+        "|" + "---|" * (len(FIGURES) + 3),
+    ]
+    for res in results:
+        cells = []
+        for f in FIGURES:
+            d, (lo, hi) = res[f]["difference"], res[f]["interval"]
+            mark = " ✓" if res[f]["helps"] else " ✗" if res[f]["hurts"] else ""
+            scale = 1 if f == "map_at_r" else 100
+            digits = 3 if f == "map_at_r" else 2
+            cells.append(f"{scale * d:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]{mark}")
+        tests = "; ".join(f"s{t['seed']}: {t['b']}/{t['c']}, p={t['p']:.3g}" for t in res["mcnemar_focus"])
+        md.append(f"| {res['method']} | {res['control']} | " + " | ".join(cells) + f" | {tests or '–'} |")
+    out_dir = Path(out or paths[0])
+    atomic_write_json(out_dir / "paired.json", {"draws": draws, "figures": list(FIGURES), "comparisons": results})
+    atomic_write_text(out_dir / "paired.md", "\n".join(md) + "\n")
+    log("\n".join(md))
+    return {"comparisons": results}

@@ -180,7 +180,7 @@ def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
 def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> dict:
     """Validation figures: loss, accuracy and focus-group error of the softmax head, accuracy of a kNN
     over a fixed subset of the train split (cheap stand-in for the full-train kNN that eval runs)."""
-    logits, emb, _ = embed(model, splits.val_x, device, tta_flip=cfg.tta_flip)
+    logits, emb, _ = embed(model, splits.val_x, device, tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift)
     n_ref = min(VAL_KNN_REFS, len(splits.train_y))
     ref_emb = embed(model, splits.train_x[:n_ref], device).emb
     knn = KNNClassifier(k=min(cfg.knn_k, n_ref)).fit(ref_emb.numpy(), splits.train_y[:n_ref].numpy())
@@ -221,7 +221,7 @@ def train(
     set_deterministic(cfg.deterministic)  # before the first CUDA work
     device = select_device(cfg.device)
     data = data or load_fashion_mnist(cfg.data_dir)
-    splits = make_splits(data, cfg.val_size, cfg.limit)
+    splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     steps = steps_per_epoch(cfg, len(splits.train_y))
     # one writer per run dir: rank 0 holds the lock (the only rank that writes) until the run ends
     with rundir.lock(cfg.out, "train", log) if distributed.from_env().main else contextlib.nullcontext():
@@ -244,7 +244,7 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     gen = seed_everything(cfg.seed)
-    model_args = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "num_classes": 10}
+    model_args = cfg.model_args
     # channels_last: oneDNN's fastest conv layout on CPU
     net = build_model(**model_args).to(device, memory_format=torch.channels_last)
     objective = build_objective(cfg)  # a loss with parameters draws them here, after the weights

@@ -153,12 +153,12 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def resolve_base(config_file: str | None, overrides: dict) -> TrainConfig:
-    """A trial's base config: defaults < TRIAL_DEFAULTS (small budget) < --config FILE < flags."""
-    from embedfm.config import from_dict, load_config_file
+    """A trial's base config: defaults < TRIAL_DEFAULTS (small budget) < --recipe preset < --config FILE < flags."""
+    from embedfm.config import from_dict, load_config_file, with_recipe
 
-    d = {**TRIAL_DEFAULTS, **(load_config_file(config_file) if config_file else {})}
+    d = load_config_file(config_file) if config_file else {}
     d.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(d, source=config_file or "flags")
+    return from_dict({**TRIAL_DEFAULTS, **with_recipe(d)}, source=config_file or "flags")
 
 
 def searched(cfg: TrainConfig) -> tuple[str, ...]:

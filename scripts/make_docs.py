@@ -783,6 +783,81 @@ def t_tune_space(ctx: Ctx) -> str:
     return table(["setting", "drawn", "range", "searched for --loss"], rows)
 
 
+# ---------------------------------------------------------------------------------------------- speed run
+
+
+def mean_std(xs: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """'m ± s' over seeds (population std of 1 value is shown as '± 0'); '–' for none."""
+    xs = [scale * x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
+
+
+def reached(seeds: list[dict], target: str) -> str:
+    """Mean training seconds (and epochs) to a validation target over the seeds that reached it, 'k/n' if not all."""
+    hits = [s["time_to"].get(target) for s in seeds]
+    got = [h for h in hits if h]
+    if not got:
+        return "never"
+    text = f"{statistics.mean(h['train_s'] for h in got):.0f} s ({statistics.mean(h['epoch'] for h in got):.2f} ep)"
+    return text if len(got) == len(hits) else f"{text}, {len(got)}/{len(hits)} seeds"
+
+
+def cpu_line(m: dict) -> str:
+    """machine.describe()'s record as one line: model, cores, the speed-relevant flags."""
+    return f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, {' '.join(m.get('speed_flags', [])) or 'no AVX'}"
+
+
+def t_speedrun_ablation(ctx: Ctx) -> str:
+    path = ctx.ref / "speedrun" / "ablation.jsonl"
+    head, *lines = jsonl(path)
+    rows, order = {}, []
+    for r in lines:
+        if r["row"] not in rows:
+            order.append(r["row"])
+        rows.setdefault(r["row"], []).append(r)
+    header = ["row", "adds", "seeds", "epochs", "training s", "val acc % (final)", "to 93 % val", "to 94 % val"]
+    out = []
+    for name in order:
+        runs = rows[name]
+        epochs = runs[0]["points"][-1]["epoch"] if runs[0]["points"] else "–"
+        out.append([
+            f"`{name}`", runs[0]["change"], str(len(runs)), f"{epochs:g}",
+            mean_std([r["train_s"] for r in runs], digits=0), mean_std([r["val_acc"] for r in runs], 100),
+            reached(runs, "0.93"), reached(runs, "0.94"),
+        ])  # fmt: skip
+    note = (
+        f"Validation split only, mean ± std over seeds; each row adds its change to the row above. Machine: "
+        f"{cpu_line(head['machine'])}. Source: {ctx.link(path)}"
+    )
+    return table(header, out) + "\n\n" + note
+
+
+def t_speedrun_race(ctx: Ctx) -> str:
+    path = ctx.ref / "speedrun.json"
+    race = load(path)
+    header = ["recipe", "seeds", "training s", "val acc % (final)", "test acc %", "to 92 % val", "to 93 % val",
+              "to 94 % val"]  # fmt: skip
+    out = []
+    for e in race["entries"]:
+        seeds = list(e["seeds"].values())
+        stopped = all(s["stopped"] for s in seeds)
+        out.append([
+            f"`{e['name']}`: {e['what']}", str(len(seeds)), mean_std([s["train_s"] for s in seeds], digits=0),
+            mean_std([s["val_acc"] for s in seeds], 100),
+            "– (stopped)" if stopped else mean_std([s["test_acc"] for s in seeds], 100),
+            *(reached(seeds, t) for t in ("0.92", "0.93", "0.94")),
+        ])  # fmt: skip
+    note = (
+        f"Measured one after the other in one run on {race['date']}: {cpu_line(race['machine'])}. Test accuracy of "
+        f"the final epoch (softmax, the recipe's test-time augmentation), mean ± std over seeds. Source: "
+        f"{ctx.link(path)}, plot {ctx.link(ctx.ref / 'speedrun.png')}"
+    )
+    return table(header, out) + "\n\n" + note
+
+
 # ------------------------------------------------------------------------------------------------ tables
 
 TABLES: dict[str, Callable[[Ctx], str]] = {
@@ -812,6 +887,8 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "probe-adamw": t_probe_adamw,  # probe/ce_adamw_s0.jsonl
     "probe-knn-flip": t_probe_knn_flip,  # probe/knn_flip.jsonl
     "probe-compile": t_probe_compile,  # probe/compile_*.json
+    "speedrun-ablation": t_speedrun_ablation,  # speedrun/ablation.jsonl (scripts/speedrun.py)
+    "speedrun-race": t_speedrun_race,  # speedrun.json (scripts/bench.py --only speedrun)
     "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
     "tune-space": t_tune_space,  # embedfm.tune.SPACE (the schema, not a measurement)
 }

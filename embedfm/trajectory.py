@@ -1,0 +1,106 @@
+"""Validation trajectories: one training run, validated every fraction of an epoch, timed without the validations.
+
+`run(cfg)` drives `train.train` (the one training loop, so a measured recipe is the shipped recipe) with an
+`on_step` hook that, `checks` times an epoch, scores the current weights on the validation split the way
+`embedfm train` validates (softmax head, with the config's test-time augmentation). Each point records the
+training seconds so far: the loop's own clock, which leaves the hook's time out. At the end, and only when asked,
+the final weights are scored once on the test split: the final epoch, never a chosen one.
+
+`scripts/speedrun.py` (the speed recipe's ablation) and `scripts/bench.py --only speedrun` (time to accuracy of
+three recipes side by side) are built on it. `budget_s` stops a run after that many training seconds (a long
+recipe's first minutes, for the time-to-accuracy plot); such a run is marked `stopped` and has no test figure.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from embedfm.config import TrainConfig
+from embedfm.data import FashionMNIST, load_fashion_mnist, make_splits
+from embedfm.inference import embed
+from embedfm.train import Hooks, Step, train
+
+CPU = torch.device("cpu")
+
+
+class _Budget(Exception):
+    """Raised by the hook to end a run at its training-time budget."""
+
+
+@dataclass
+class Trajectory:
+    points: list[dict] = field(default_factory=list)  # {"epoch", "train_s", "val_acc"} every 1/checks epoch
+    train_seconds: float = 0.0  # the loop's training time (validation excluded)
+    val_acc: float | None = None  # at the last point
+    test_acc: float | None = None  # the final weights on the test split (only with test=True, unstopped)
+    stopped: bool = False  # ended by budget_s before its last epoch
+
+    def time_to(self, target: float) -> dict | None:
+        """The first point at or above `target` validation accuracy: {"epoch", "train_s"}, or None."""
+        for p in self.points:
+            if p["val_acc"] >= target:
+                return {"epoch": p["epoch"], "train_s": p["train_s"]}
+        return None
+
+    def to_dict(self, targets: tuple[float, ...] = ()) -> dict:
+        return {
+            "train_s": round(self.train_seconds, 1),
+            "val_acc": self.val_acc,
+            "test_acc": self.test_acc,
+            "stopped": self.stopped,
+            "time_to": {f"{t:.2f}": self.time_to(t) for t in targets},
+            "points": self.points,
+        }
+
+
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> float:
+    """Softmax accuracy with the config's test-time augmentation, as `embedfm train` validates and eval tests."""
+    logits = embed(model, images, CPU, tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift).logits  # (N, 10)
+    return round((logits.argmax(1) == labels).float().mean().item(), 5)
+
+
+def run(
+    cfg: TrainConfig,
+    data: FashionMNIST | None = None,
+    checks: int = 4,
+    budget_s: float | None = None,
+    test: bool = False,
+    log=lambda *a, **k: None,
+    keep: str | None = None,
+) -> Trajectory:
+    """Train `cfg` and return its trajectory. The run goes to a temporary dir, or with `keep` into that run dir
+    (replaced if there), where its final checkpoint stays for re-scoring."""
+    data = data or load_fashion_mnist(cfg.data_dir)
+    splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
+    traj = Trajectory()
+    last: dict = {}
+
+    def on_step(s: Step) -> None:
+        last["net"], last["epoch"], last["seconds"] = s.net, s.epoch, s.train_seconds
+        at = {round(s.steps * (i + 1) / checks) - 1 for i in range(checks)}
+        if s.step in at:
+            point = {
+                "epoch": round(s.epoch + (s.step + 1) / s.steps, 3),
+                "train_s": round(s.train_seconds, 2),
+                "val_acc": accuracy(s.net, splits.val_x, splits.val_y, cfg),
+            }
+            traj.points.append(point)
+            log(point)
+        if budget_s is not None and s.train_seconds >= budget_s and s.step in at:
+            raise _Budget
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            out = train(replace(cfg, out=keep or tmp), data=data, overwrite=keep is not None, progress=False,
+                        log=lambda *a, **k: None, hooks=Hooks(on_step=on_step))  # fmt: skip
+            traj.train_seconds = out["seconds"]
+        except _Budget:
+            traj.stopped = True
+            traj.train_seconds = last["seconds"]
+    traj.val_acc = traj.points[-1]["val_acc"] if traj.points else None
+    if test and not traj.stopped:
+        traj.test_acc = accuracy(last["net"], splits.test_x, splits.test_y, cfg)
+    return traj

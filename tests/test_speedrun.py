@@ -1,0 +1,114 @@
+"""The speed recipe's pieces: --recipe presets, --widths, multi-view test-time augmentation, trajectories."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from embedfm.checkpoint import load_model
+from embedfm.cli import main
+from embedfm.config import RECIPES, TrainConfig, from_dict, resolve, with_recipe
+from embedfm.data import to_float
+from embedfm.errors import ConfigError
+from embedfm.inference import embed, shifted
+from embedfm.models import build_model
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipe_sits_between_defaults_and_file_and_flags(tmp_path):
+    fast = RECIPES["fast"]
+    assert fast, "the fast recipe sets something"
+    cfg = resolve(None, {"recipe": "fast"})
+    assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in fast.items())
+    # a config file beats the preset, a flag beats the file
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"recipe": "fast", "epochs": 2}))
+    assert resolve(str(f), {}).epochs == 2
+    assert resolve(str(f), {"epochs": 5}).epochs == 5
+    assert resolve(None, {}).recipe == "default" and resolve(None, {}).epochs == TrainConfig().epochs
+
+
+def test_unknown_recipe_is_one_line():
+    with pytest.raises(ConfigError, match="--recipe 'turbo' is not one of default, fast"):
+        resolve(None, {"recipe": "turbo"})
+    assert with_recipe({"recipe": 3}) == {"recipe": 3}  # a bad type is left for from_dict to name
+
+
+def test_ablation_rows_add_up_to_the_recipe():
+    rows = _script("speedrun").row_configs()
+    assert rows[0][0] == "demo" and rows[0][2] == {}
+    last = from_dict(with_recipe(rows[-1][2]))
+    assert last == from_dict(with_recipe({"recipe": "fast"}))
+
+
+@pytest.mark.parametrize("bad", [(8, 16), (0, 8, 16), (8, 16, 2000)])
+def test_widths_are_checked(bad):
+    with pytest.raises(ConfigError, match="--widths"):
+        TrainConfig(widths=bad)
+    with pytest.raises(ConfigError, match="--widths applies to"):
+        TrainConfig(widths=(8, 16, 32), backbone="lenet")
+
+
+def test_widths_are_trained_saved_and_rebuilt(tmp_path, fake_data_dir):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--data-dir", str(fake_data_dir), "--epochs", "1",
+                 "--widths", "8,16,24", *TINY]) == 0  # fmt: skip
+    model, ckpt = load_model(out)
+    assert ckpt["config"]["widths"] == [8, 16, 24]
+    assert model.backbone.out_features == 2 * 24  # fastcnn: mean and max pooled
+    assert json.loads((out / "config.json").read_text())["widths"] == [8, 16, 24]
+
+
+def test_shifted_moves_pixels_and_brings_in_zeros():
+    x = torch.arange(1, 17, dtype=torch.uint8).view(1, 4, 4)
+    zeros = lambda *s: torch.zeros(*s, dtype=torch.uint8)
+    down = shifted(x, 1, 0)
+    assert torch.equal(down[0, 0], zeros(4)) and torch.equal(down[0, 1:], x[0, :3])
+    left = shifted(x, 0, -2)
+    assert torch.equal(left[0, :, :2], x[0, :, 2:]) and torch.equal(left[0, :, 2:], zeros(4, 2))
+    assert torch.equal(shifted(x, 0, 0), x)
+
+
+def test_embed_shift_tta_matches_a_per_view_loop():
+    torch.manual_seed(0)
+    model = build_model("fastcnn", 8, 10, {"widths": (4, 8, 8)}).eval()
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    views = [to_float(images)] + [to_float(shifted(images, dy, dx)) for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2))]
+    views += [v.flip(3) for v in views]
+    with torch.no_grad():
+        expected = torch.stack([model(v)[0] for v in views]).mean(0)
+    out = embed(model, images, torch.device("cpu"), tta_flip=True, tta_shift=2)
+    torch.testing.assert_close(out.logits, expected, atol=1e-4, rtol=1e-4)
+    plain = embed(model, images, torch.device("cpu"), tta_flip=True)
+    torch.testing.assert_close(out.emb, plain.emb)  # embeddings are the unshifted image's
+    with pytest.raises(ConfigError, match="--tta-shift"):
+        TrainConfig(tta_shift=9)
+
+
+def test_trajectory_points_budget_and_test(fake_data_dir):
+    from embedfm.data import load_fashion_mnist
+    from embedfm.trajectory import run
+
+    data = load_fashion_mnist(fake_data_dir)
+    cfg = TrainConfig(epochs=2, limit=200, val_size=50, batch_size=50, data_dir=str(fake_data_dir))
+    traj = run(cfg, data, checks=2, test=True)
+    epochs = [p["epoch"] for p in traj.points]
+    assert len(epochs) == 4 and epochs[1] == 1.0 and epochs[3] == 2.0 and epochs == sorted(epochs)
+    assert all(0 <= p["val_acc"] <= 1 for p in traj.points) and not traj.stopped
+    assert traj.test_acc is not None and traj.train_seconds >= traj.points[-1]["train_s"] * 0.99
+    assert traj.time_to(0.0) == {"epoch": epochs[0], "train_s": traj.points[0]["train_s"]}
+    assert traj.time_to(1.01) is None
+    stopped = run(cfg, data, checks=2, budget_s=0.0, test=True)
+    assert stopped.stopped and len(stopped.points) == 1 and stopped.test_acc is None
+    assert set(traj.to_dict((0.5,))["time_to"]) == {"0.50"}
