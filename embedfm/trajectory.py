@@ -1,10 +1,11 @@
 """Validation trajectories: one training run, validated every fraction of an epoch, timed without the validations.
 
 `run(cfg)` drives `train.train` (the one training loop, so a measured recipe is the shipped recipe) with an
-`on_step` hook that, `checks` times an epoch, scores the current weights on the validation split the way
-`embedfm train` validates (softmax head, with the config's test-time augmentation). Each point records the
-training seconds so far: the loop's own clock, which leaves the hook's time out. At the end, and only when asked,
-the final weights are scored once on the test split: the final epoch, never a chosen one.
+`on_step` hook that, `checks` times an epoch, scores the current weights on the validation split (softmax head,
+flip test-time augmentation where the config has it). Each point records the training seconds so far: the loop's
+own clock, which leaves the hook's time out. The final weights are then scored with the config's whole test-time
+augmentation (`--tta-shift` too, 5× the views: too slow to pay at every point) on the validation split and, only
+when asked, once on the test split: the final epoch, never a chosen one.
 
 `scripts/speedrun.py` (the speed recipe's ablation) and `scripts/bench.py --only speedrun` (time to accuracy of
 three recipes side by side) are built on it. `budget_s` stops a run after that many training seconds (a long
@@ -34,7 +35,7 @@ class _Budget(Exception):
 class Trajectory:
     points: list[dict] = field(default_factory=list)  # {"epoch", "train_s", "val_acc"} every 1/checks epoch
     train_seconds: float = 0.0  # the loop's training time (validation excluded)
-    val_acc: float | None = None  # at the last point
+    val_acc: float | None = None  # the final weights, with the config's whole test-time augmentation
     test_acc: float | None = None  # the final weights on the test split (only with test=True, unstopped)
     stopped: bool = False  # ended by budget_s before its last epoch
 
@@ -77,6 +78,7 @@ def run(
     splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     traj = Trajectory()
     last: dict = {}
+    point_cfg = replace(cfg, tta_shift=0)
 
     def on_step(s: Step) -> None:
         last["net"], last["epoch"], last["seconds"] = s.net, s.epoch, s.train_seconds
@@ -85,7 +87,7 @@ def run(
             point = {
                 "epoch": round(s.epoch + (s.step + 1) / s.steps, 3),
                 "train_s": round(s.train_seconds, 2),
-                "val_acc": accuracy(s.net, splits.val_x, splits.val_y, cfg),
+                "val_acc": accuracy(s.net, splits.val_x, splits.val_y, point_cfg),
             }
             traj.points.append(point)
             log(point)
@@ -100,7 +102,10 @@ def run(
         except _Budget:
             traj.stopped = True
             traj.train_seconds = last["seconds"]
-    traj.val_acc = traj.points[-1]["val_acc"] if traj.points else None
+    if cfg.tta_shift and "net" in last:
+        traj.val_acc = accuracy(last["net"], splits.val_x, splits.val_y, cfg)
+    else:
+        traj.val_acc = traj.points[-1]["val_acc"] if traj.points else None
     if test and not traj.stopped:
         traj.test_acc = accuracy(last["net"], splits.test_x, splits.test_y, cfg)
     return traj

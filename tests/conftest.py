@@ -64,3 +64,23 @@ def fake_run(tmp_path_factory):
     out = root / "run"
     assert main(["train", "--out", str(out), "--data-dir", str(data), "--epochs", "1", *TINY]) == 0
     return out, data
+
+
+# two small real runs: 2,000 training images, 1 epoch (20 steps)
+REAL_SMALL = ["--limit", "2000", "--val-size", "500", "--epochs", "1", "--batch-size", "100", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory, real_data_dir):
+    """(ce run, triplet run, report dir): small real runs evaluated together (about a minute), shared by the CLI
+    and explore tests. Tests must not modify them."""
+    from embedfm.cli import main
+
+    root = tmp_path_factory.mktemp("real")
+    ce, trip = root / "ce", root / "triplet"
+    for loss, run in (("ce", ce), ("triplet", trip)):
+        assert main(["train", "--loss", loss, "--out", str(run), "--data-dir", str(real_data_dir), *REAL_SMALL]) == 0
+    assert (
+        main(["eval", str(ce), str(trip), "--out", str(root), "--data-dir", str(real_data_dir), "--no-progress"]) == 0
+    )
+    return ce, trip, root

@@ -167,15 +167,15 @@ def _have_real_data() -> bool:
 
 
 @pytest.fixture(scope="module")
-def explore_runs(tmp_path_factory):
-    """(ce run, triplet run, data dir): small real runs (about a minute), or fake ones without the data set."""
-    root = tmp_path_factory.mktemp("explore")
+def explore_runs(tmp_path_factory, request):
+    """(ce run, triplet run, data dir): the shared small real runs (conftest.real_runs), or fake ones without the
+    data set."""
     if _have_real_data():
-        data = SYSTEM_DIR
-        budget = ["--limit", "2000", "--val-size", "500", "--epochs", "1", "--batch-size", "100", "--no-progress"]
-    else:
-        data = make_fake_dataset(root / "data", n_train=300, n_test=50)
-        budget = ["--epochs", "1", *TINY, "--batch-size", "100"]  # the triplet run's sampler needs 92+
+        ce, trip, _ = request.getfixturevalue("real_runs")
+        return ce, trip, SYSTEM_DIR
+    root = tmp_path_factory.mktemp("explore")
+    data = make_fake_dataset(root / "data", n_train=300, n_test=50)
+    budget = ["--epochs", "1", *TINY, "--batch-size", "100"]  # the triplet run's sampler needs 92+
     ce, trip = root / "ce", root / "triplet"
     for loss, run in (("ce", ce), ("triplet", trip)):
         assert main(["train", "--loss", loss, "--out", str(run), "--data-dir", str(data), *budget]) == 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from embedfm.checkpoint import load_model
 from embedfm.cli import main
@@ -14,7 +15,6 @@ from embedfm.data import to_float
 from embedfm.errors import ConfigError
 from embedfm.inference import embed, shifted
 from embedfm.models import build_model
-from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,11 +45,16 @@ def test_unknown_recipe_is_one_line():
     assert with_recipe({"recipe": 3}) == {"recipe": 3}  # a bad type is left for from_dict to name
 
 
-def test_ablation_rows_add_up_to_the_recipe():
-    rows = _script("speedrun").row_configs()
+def test_ablation_rows_add_up_to_the_recipe_and_the_race_runs_it():
+    speedrun, bench = _script("speedrun"), _script("bench")
+    rows = speedrun.row_configs()
     assert rows[0][0] == "demo" and rows[0][2] == {}
-    last = from_dict(with_recipe(rows[-1][2]))
-    assert last == from_dict(with_recipe({"recipe": "fast"}))
+    without_name = lambda d: {k: v for k, v in from_dict(with_recipe(d)).to_dict().items() if k != "recipe"}
+    recipe_row = next(settings for name, _, settings in rows if name == speedrun.RECIPE_ROW)
+    assert without_name(recipe_row) == without_name({"recipe": "fast", **speedrun.SHORT})
+    race = {name: settings for name, _, settings, _, _ in bench.RACE}
+    assert race["fast"] == {"recipe": "fast"} and race["fast_short"] == {"recipe": "fast", **speedrun.SHORT}
+    assert race["demo"] == {}
 
 
 @pytest.mark.parametrize("bad", [(8, 16), (0, 8, 16), (8, 16, 2000)])
@@ -112,3 +117,22 @@ def test_trajectory_points_budget_and_test(fake_data_dir):
     stopped = run(cfg, data, checks=2, budget_s=0.0, test=True)
     assert stopped.stopped and len(stopped.points) == 1 and stopped.test_acc is None
     assert set(traj.to_dict((0.5,))["time_to"]) == {"0.50"}
+
+
+def test_race_writes_its_json_and_plot_and_resumes(fake_data_dir, tmp_path):
+    bench = _script("bench")
+    tiny = {"epochs": 1, "limit": 200, "val_size": 50, "batch_size": 50}
+    plan = [("a", "tiny", {**tiny}, (0, 1), None), ("b", "tiny, stopped", {**tiny, "epochs": 2}, (0,), 0.0)]
+    results = {"date": "2026-01-01", "cpu": {"cpu_model": "test", "cores": 2, "speed_flags": []}}
+    out = tmp_path / "ref"
+    out.mkdir()
+    done = {"name": "a", "seed": 1, "trajectory": {"train_s": 1.0, "val_acc": 0.5, "test_acc": 0.4, "stopped": False,
+            "time_to": {"0.92": None, "0.93": None, "0.94": None}, "points": [{"epoch": 1.0, "train_s": 1.0,
+            "val_acc": 0.5}]}}  # fmt: skip
+    (out / "speedrun.partial.jsonl").write_text(json.dumps(done) + "\n")  # seed 1 of "a" finished before
+    bench.speedrun_section(results, out, quick=False, data_dir=str(fake_data_dir), race_plan=plan)
+    race = json.loads((out / "speedrun.json").read_text())
+    a, b = race["entries"]
+    assert set(a["seeds"]) == {"0", "1"} and a["seeds"]["1"] == done["trajectory"]
+    assert a["seeds"]["0"]["test_acc"] is not None and b["seeds"]["0"]["stopped"]
+    assert (out / "speedrun.png").stat().st_size > 0 and not (out / "speedrun.partial.jsonl").exists()

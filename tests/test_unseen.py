@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from embedfm.config import TrainConfig, class_counts
 from embedfm.data import balanced_batches, load_fashion_mnist, make_splits
@@ -12,7 +13,6 @@ from embedfm.errors import ConfigError
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import retrieval_metrics, retrieval_per_query
 from embedfm.unseen import few_shot, unseen_figures
-from tests.conftest import TINY
 
 
 def test_held_out_classes_get_no_share_of_a_batch():
