@@ -153,7 +153,7 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def resolve_base(config_file: str | None, overrides: dict) -> TrainConfig:
-    """A trial's base config: defaults < TRIAL_DEFAULTS (small budget) < --recipe preset < --config FILE < flags."""
+    """A trial's base config: defaults < TRIAL_DEFAULTS (small budget) < the recipe preset < --config FILE < flags."""
     from embedfm.config import from_dict, load_config_file, with_recipe
 
     d = load_config_file(config_file) if config_file else {}

@@ -111,7 +111,7 @@ def test_trajectory_points_budget_and_test(fake_data_dir):
     epochs = [p["epoch"] for p in traj.points]
     assert len(epochs) == 4 and epochs[1] == 1.0 and epochs[3] == 2.0 and epochs == sorted(epochs)
     assert all(0 <= p["val_acc"] <= 1 for p in traj.points) and not traj.stopped
-    assert traj.test_acc is not None and traj.train_seconds >= traj.points[-1]["train_s"] * 0.99
+    assert traj.test_acc is not None and traj.train_seconds >= traj.points[-1]["train_s"] - 0.01  # points: 2 decimals
     assert traj.time_to(0.0) == {"epoch": epochs[0], "train_s": traj.points[0]["train_s"]}
     assert traj.time_to(1.01) is None
     stopped = run(cfg, data, checks=2, budget_s=0.0, test=True)
