@@ -38,6 +38,30 @@ def train(
         ) from None
 
 
+def ensure_evaluated(run: str, config_file: str | None, flags: dict, log=print) -> str:
+    """Bring one run dir of a study to "evaluated" from whatever state it is in (`embedfm.rundir.state`): an
+    evaluated run is left alone, a finished one is evaluated, a started one resumes from its last checkpoint, a new
+    one is trained from `config_file` and `flags` (train's config keys). A killed study script rerun with the same
+    arguments therefore carries on where it stopped. Returns the state the run was found in."""
+    import time
+
+    from embedfm import rundir
+    from embedfm.evaluate import evaluate
+
+    found = rundir.state(run)
+    if found == "evaluated":
+        log(f"skip {run} (evaluated)")
+        return found
+    start = time.perf_counter()
+    if found == "started":
+        train(None, {"out": run}, resume=run, progress=False)
+    elif found == "new":
+        train(config_file, {**flags, "out": run}, overwrite=True, progress=False)
+    evaluate([run], progress=False, log=log)
+    log(f"{run}: {time.perf_counter() - start:.0f} s wall (train + eval)")
+    return found
+
+
 def tune(config_file: str | None, base_flags: dict, study_flags: dict) -> dict:
     from embedfm.tune import TuneConfig, resolve_base
     from embedfm.tune import tune as run_study

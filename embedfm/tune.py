@@ -63,6 +63,8 @@ MINER_PARAMS = {"distance": ("miner_cutoff", "miner_nonzero_loss_cutoff"), "mult
 # searched parameters by method: "ce", or the --metric-loss of --loss triplet with its --miner auto
 PARAMS = {
     "ce": _CE,
+    # CE over class-balanced batches also searches the sampler's own knobs, as the metric losses do
+    "ce-balanced": (*_CE, "m_per_class", "focus_oversample"),
     "triplet": tuple(SPACE),
     "margin": (*SPACE, "beta"),
     "contrastive": (*_METRIC, *MINER_PARAMS["distance"], "pos_margin", "neg_margin"),
@@ -83,6 +85,7 @@ TRIAL_DEFAULTS = {"loss": "triplet", "epochs": 3, "limit": 20_000}
 # The settings of the base config that `embedfm tune` exposes as flags (the searched ones are in SPACE).
 BASE_FLAGS = (
     "loss",
+    "sampler",
     "metric_loss",
     "miner",
     "ce_weight",
@@ -133,9 +136,12 @@ class TuneConfig:
 
     @property
     def method(self) -> str:
-        """ce, triplet (the default metric loss), or the other --metric-loss; "-alone" with --ce-weight 0."""
+        """ce (random batches), ce-balanced, triplet (the default metric loss), or the other --metric-loss; "-alone"
+        with --ce-weight 0."""
         b = self.base
-        name = b.loss if b.loss == "ce" or b.metric_loss == "triplet" else b.metric_loss
+        if b.loss == "ce":
+            return "ce-balanced" if b.resolved_sampler == "balanced" else "ce"
+        name = b.loss if b.metric_loss == "triplet" else b.metric_loss
         return name + ("-alone" if b.loss != "ce" and b.ce_weight == 0 else "")
 
     @property
@@ -165,7 +171,7 @@ def searched(cfg: TrainConfig) -> tuple[str, ...]:
     """The parameters a study of this base config searches: its method's (PARAMS), with the miner parameters of the
     miner it actually uses (a --miner other than auto swaps them)."""
     if cfg.loss == "ce":
-        return PARAMS["ce"]
+        return PARAMS["ce-balanced" if cfg.resolved_sampler == "balanced" else "ce"]
     mined = {n for names in MINER_PARAMS.values() for n in names}
     names = [n for n in PARAMS[cfg.metric_loss] if n not in mined or n in MINER_PARAMS.get(cfg.resolved_miner, ())]
     return tuple(dict.fromkeys([*names, *MINER_PARAMS.get(cfg.resolved_miner, ())]))

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from embedfm import commands, rundir
+from embedfm import commands
 from embedfm.cli import build_parser
 from embedfm.errors import EmbedfmError
-from embedfm.evaluate import evaluate
 from embedfm.summarize import summarize
 
 
@@ -37,19 +35,8 @@ def study(backbone: str, seeds: int, epochs: int, losses: list[str], out: str, e
     flags = train_flags(extra)
     for seed in range(seeds):
         for loss in losses:
-            run = root / f"{loss}_s{seed}"
-            state = rundir.state(run)
-            if state == "evaluated":
-                print(f"skip {run} (finished)", flush=True)
-                continue
-            start = time.perf_counter()
-            if state == "started":
-                commands.train(None, {**flags, "out": str(run)}, resume=str(run), progress=False)
-            elif state == "new":
-                given = {**flags, "loss": loss, "backbone": backbone, "epochs": epochs, "seed": seed, "out": str(run)}
-                commands.train(None, given, overwrite=True, progress=False)
-            evaluate([str(run)], progress=False)
-            print(f"{run}: {time.perf_counter() - start:.0f} s wall (train + eval)", flush=True)
+            given = {**flags, "loss": loss, "backbone": backbone, "epochs": epochs, "seed": seed}
+            commands.ensure_evaluated(str(root / f"{loss}_s{seed}"), None, given, log=lambda m: print(m, flush=True))
     summarize([str(root)], out=str(root))
     return root
 

@@ -1,0 +1,160 @@
+"""The fair loss comparison (docs/results/losses.md), in the protocol of "A Metric Learning Reality Check": every
+method on the same backbone, embedding head, augmentation and epochs, each tuned with the same `embedfm tune` budget
+on the validation split, then trained over 3 seeds and evaluated on the test set; then the unseen-class test.
+
+    .venv/bin/python scripts/loss_study.py [--stages tune,runs,holdout,publish] [--work artifacts/losses]
+                                           [--out artifacts/reference/study/losses]
+
+Stages, each resumable (a killed study rerun with the same arguments carries on where it stopped):
+
+- tune: one study per method in METHODS, TUNE_BUDGET each (same trials, pruner, objective and trial budget);
+- runs: each method's best_config.json trained for FINAL_EPOCHS on the whole train split, seeds 0..2, evaluated;
+- holdout: the unseen-class test (`--holdout-classes`): Shirt held out for CE and the two metric losses with the
+  best mean validation kNN accuracy over their 3 seeds (validation only), 3 seeds each; then T-shirt/top, Pullover
+  and Coat held out once each (seed 0) for CE and the best metric loss;
+- publish: copies every run's report.json, history.json and config.json, every study's best_config.json,
+  trials.csv/md and summary.json into --out, then writes summary.md and paired.md there (`embedfm summarize
+  --paired`). `make docs` renders the tables of docs/results/losses.md from --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from embedfm import commands
+from embedfm.errors import EmbedfmError
+from embedfm.fileio import atomic_write_json, read_json
+
+# method: the settings that make it (everything else is the shared default recipe, then the tuned parameters)
+METHODS: dict[str, dict] = {
+    "ce": {"loss": "ce", "sampler": "random"},
+    "ce-balanced": {"loss": "ce", "sampler": "balanced"},
+    "triplet": {"loss": "triplet", "metric_loss": "triplet"},
+    "margin": {"loss": "triplet", "metric_loss": "margin"},
+    "contrastive": {"loss": "triplet", "metric_loss": "contrastive"},
+    "multisimilarity": {"loss": "triplet", "metric_loss": "multisimilarity"},
+    "supcon": {"loss": "triplet", "metric_loss": "supcon"},
+    "proxyanchor": {"loss": "triplet", "metric_loss": "proxyanchor"},
+    "arcface": {"loss": "triplet", "metric_loss": "arcface"},
+}
+CONTROLS = ("ce", "ce-balanced")
+# the same search for every method: trial 0 = the defaults, then TPE; median pruning; validation accuracy
+TUNE_BUDGET = {"trials": 5, "objective": "val_acc", "pruner": "median", "sampler_seed": 0}
+TRIAL = {"backbone": "fastcnn", "epochs": 2, "limit": 10_000, "seed": 0}  # one trial: ~25 s on 2 CPU cores
+FINAL_EPOCHS = 2  # every final run: fastcnn, the whole train split (55,000 images), 2 epochs
+SEEDS = (0, 1, 2)
+SHIRT = 6
+OTHER_FOCUS = (0, 2, 4)
+STAGES = ("tune", "runs", "holdout", "publish")
+COPIED = ("report.json", "history.json", "config.json")
+STUDY_FILES = ("best_config.json", "trials.csv", "trials.md", "summary.json")
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def tune_all(work: Path) -> None:
+    from embedfm.data import load_fashion_mnist
+    from embedfm.tune import TuneConfig, resolve_base, tune
+
+    data = load_fashion_mnist(None)
+    for name, settings in METHODS.items():
+        base = resolve_base(None, {**TRIAL, **settings})
+        tune(TuneConfig(base=base, out=str(work / "tune" / name), **TUNE_BUDGET), data=data, log=say)
+
+
+def best_config(work: Path, name: str) -> str:
+    path = work / "tune" / name / "best_config.json"
+    if not path.is_file():
+        raise EmbedfmError(f"{path} is missing: run the tune stage first")
+    return str(path)
+
+
+def run_all(work: Path) -> None:
+    for seed in SEEDS:  # seed-major: a study stopped early still has every method at its first seeds
+        for name in METHODS:
+            run = work / "runs" / f"{name}_s{seed}"
+            commands.ensure_evaluated(str(run), best_config(work, name), {"epochs": FINAL_EPOCHS, "seed": seed}, say)
+
+
+def val_knn(work: Path, name: str) -> float:
+    """Mean final validation kNN accuracy of a method's 3 seeds: how the holdout stage ranks the metric losses."""
+    vals = []
+    for seed in SEEDS:
+        history = read_json(work / "runs" / f"{name}_s{seed}" / "history.json", "run the runs stage first")
+        vals.append(history[-1]["val_knn_acc"])
+    return sum(vals) / len(vals)
+
+
+def holdout_plan(work: Path) -> list[tuple[str, int, int]]:
+    """(method, held-out class, seed) of every holdout run, the best metric losses chosen on validation."""
+    metric = sorted((m for m in METHODS if m not in CONTROLS), key=lambda m: -val_knn(work, m))
+    say("metric losses by mean validation kNN accuracy: " + ", ".join(f"{m} {val_knn(work, m):.4f}" for m in metric))
+    plan = [(m, SHIRT, s) for s in SEEDS for m in ("ce", *metric[:2])]
+    plan += [(m, c, 0) for c in OTHER_FOCUS for m in ("ce", metric[0])]
+    atomic_write_json(work / "holdout_plan.json", {"ranking": {m: val_knn(work, m) for m in metric}, "plan": plan})
+    return plan
+
+
+def holdout_all(work: Path) -> None:
+    for name, cls, seed in holdout_plan(work):
+        run = work / "holdout" / f"{name}-h{cls}_s{seed}"
+        flags = {"epochs": FINAL_EPOCHS, "seed": seed, "holdout_classes": [cls]}
+        commands.ensure_evaluated(str(run), best_config(work, name), flags, say)
+
+
+def publish(work: Path, out: Path) -> None:
+    from embedfm.summarize import summarize, summarize_paired
+
+    for group in ("runs", "holdout"):
+        for run in sorted((work / group).glob("*_s*")):
+            if not (run / "report.json").is_file():
+                continue
+            dest = out / group / run.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in COPIED:
+                if (run / f).is_file():
+                    shutil.copy2(run / f, dest / f)
+    for name in METHODS:
+        for f in STUDY_FILES:
+            src = work / "tune" / name / f
+            if src.is_file():
+                (out / "tune" / name).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, out / "tune" / name / f)
+    if (work / "holdout_plan.json").is_file():
+        shutil.copy2(work / "holdout_plan.json", out / "holdout_plan.json")
+    atomic_write_json(
+        out / "protocol.json",
+        {"methods": METHODS, "tune": {**TUNE_BUDGET, **TRIAL}, "final_epochs": FINAL_EPOCHS, "seeds": list(SEEDS)},
+    )
+    summarize([str(out / "runs")], out=str(out), log=say)
+    summarize_paired([str(out / "runs")], out=str(out), log=say)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in order: {', '.join(STAGES)}")
+    p.add_argument("--work", default="artifacts/losses", help="where the studies and run dirs (checkpoints) go")
+    p.add_argument("--out", default="artifacts/reference/study/losses", help="where publish copies the results")
+    a = p.parse_args(argv)
+    stages = [s for s in a.stages.split(",") if s]
+    work, out = Path(a.work), Path(a.out)
+    try:
+        for s in stages:
+            if s not in STAGES:
+                raise EmbedfmError(f"--stages: unknown stage {s!r} (one of {', '.join(STAGES)})")
+        for s in stages:
+            say(f"== {s}")
+            {"tune": tune_all, "runs": run_all, "holdout": holdout_all}.get(s, lambda w: publish(w, out))(work)
+    except EmbedfmError as e:
+        print(f"loss_study: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
