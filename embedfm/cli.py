@@ -228,6 +228,12 @@ def add_summarize(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="DIR", help="study dirs (holding run dirs) or run dirs with report.json")
     p.add_argument("--out", help="where summary.md / summary.csv go (default: the first DIR)")
     p.add_argument(
+        "--names",
+        action="store_true",
+        help="label each method by its run dirs' name without the _s<seed> suffix (<method>_s<seed>), not by the "
+        "settings that differ between methods: for studies of tuned methods",
+    )
+    p.add_argument(
         "--pixels",
         action="store_true",
         help="measure the zero-training baseline (FAISS kNN on raw pixels) and save it as pixels.json in --out; "
@@ -436,11 +442,11 @@ def cmd_search(args) -> None:
 def cmd_summarize(args) -> None:
     from embedfm.summarize import summarize
 
-    summarize(args.paths, out=args.out, pixels=args.pixels, data_dir=args.data_dir)
+    summarize(args.paths, out=args.out, pixels=args.pixels, data_dir=args.data_dir, names=args.names)
     if args.paired:
         from embedfm.summarize import summarize_paired
 
-        summarize_paired(args.paths, out=args.out, draws=args.draws)
+        summarize_paired(args.paths, out=args.out, draws=args.draws, names=args.names)
 
 
 def cmd_convert(args) -> None:

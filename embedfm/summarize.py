@@ -17,6 +17,7 @@ and saves it as `pixels.json` beside the summary; a saved `pixels.json` is shown
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,28 @@ def method_label(runs: list[dict], all_keys: list[str]) -> str:
     return f"{cfg['loss']} / {cfg['backbone']} / {cfg['epochs']} ep" + (f" ({extra})" if extra else "")
 
 
+def name_label(runs: list[dict]) -> str:
+    """A method named by its run dirs: their common name without the `_s<seed>` suffix (ce-balanced_s0,
+    ce-balanced_s1 → ce-balanced). For studies whose methods differ in many tuned settings, where
+    `method_label` would list them all."""
+    stems = {re.sub(r"_s\d+$", "", r["name"]) for r in runs}
+    if len(stems) != 1:
+        raise EmbedfmError(
+            f"--names: runs of one method are named {', '.join(sorted(r['name'] for r in runs))}: "
+            "name run dirs <method>_s<seed>"
+        )
+    return stems.pop()
+
+
+def labels_of(groups: dict[str, list[dict]], names: bool) -> dict[str, str]:
+    """method key → its label: by run dir names (`names`) or by the config values that tell methods apart."""
+    keys = list(groups)
+    labels = {k: name_label(g) if names else method_label(g, keys) for k, g in groups.items()}
+    if len(set(labels.values())) < len(labels):
+        raise EmbedfmError("--names: two methods share a name; name each method's run dirs <method>_s<seed>")
+    return labels
+
+
 def figures(r: dict) -> dict:
     sm, kn = r["classifiers"]["softmax"], r["classifiers"]["knn"]
     out = {
@@ -165,14 +188,14 @@ def fmt(vals: list[float], pct: bool = True) -> str:
     return f"{mean:.2f} ± {std:.2f}" if pct else f"{mean:.3f} ± {std:.3f}"
 
 
-def method_row(runs: list[dict], all_keys: list[str]) -> list[str]:
+def method_row(runs: list[dict], label: str) -> list[str]:
     f = [figures(r) for r in runs]
 
     def col(name: str) -> list[float]:
         return [x[name] for x in f]
 
     return [
-        method_label(runs, all_keys), str(len(runs)), fmt(col("val_acc")), fmt(col("val_focus_err")),
+        label, str(len(runs)), fmt(col("val_acc")), fmt(col("val_focus_err")),
         fmt(col("acc_softmax")), fmt(col("acc_knn")), fmt(col("focus_err_softmax")), fmt(col("focus_err_knn")),
         *[fmt(col(f"recall_{c}"), pct=False) for c in FOCUS_CLASSES], fmt(col(f"recall_{SHIRT}_knn"), pct=False),
         fmt(col("p_at_1"), pct=False), fmt(col("map_at_r"), pct=False), f"{np.nanmean(col('train_seconds')):.0f}",
@@ -189,18 +212,27 @@ def pixel_row(b: dict) -> list[str]:
 
 
 def summarize(
-    paths: list[str], out: str | None = None, pixels: bool = False, data_dir: str | None = None, log=print
+    paths: list[str],
+    out: str | None = None,
+    pixels: bool = False,
+    data_dir: str | None = None,
+    names: bool = False,
+    log=print,
 ) -> list[list[str]]:
-    """Write summary.md / summary.csv into `out` (default: the first path). Returns the rows under HEADER."""
+    """Write summary.md / summary.csv into `out` (default: the first path). Returns the rows under HEADER.
+    `names`: label methods by their run dirs' names (`name_label`) instead of their distinguishing settings."""
     reports = find_reports(paths)
     if not reports:
         raise EmbedfmError(f"no report.json under {', '.join(paths)}; run `embedfm eval` on the runs first")
     groups: dict[str, list[dict]] = {}
     for r in reports:
         groups.setdefault(method_key(r), []).append(r)
-    keys = list(groups)
-    order = sorted(keys, key=lambda k: (json.loads(k)["backbone"], json.loads(k)["loss"]))
-    rows = [method_row(groups[k], keys) for k in order]
+    labels = labels_of(groups, names)
+    if names:  # the order the runs are found in (their names), CE controls first
+        order = sorted(groups, key=lambda k: (json.loads(k)["loss"] != "ce", labels[k]))
+    else:
+        order = sorted(groups, key=lambda k: (json.loads(k)["backbone"], json.loads(k)["loss"]))
+    rows = [method_row(groups[k], labels[k]) for k in order]
     out_dir = Path(out or paths[0])
     if pixels:
         atomic_write_json(out_dir / PIXELS, pixel_baseline(data_dir))
@@ -217,7 +249,9 @@ def summarize(
     return rows
 
 
-def summarize_paired(paths: list[str], out: str | None = None, draws: int = 2000, log=print) -> dict:
+def summarize_paired(
+    paths: list[str], out: str | None = None, draws: int = 2000, names: bool = False, log=print
+) -> dict:
     """paired.md / paired.json in `out` (default: the first path): each method against each CE control."""
     from embedfm.paired import FIGURES, compare, score
 
@@ -231,7 +265,7 @@ def summarize_paired(paths: list[str], out: str | None = None, draws: int = 2000
         raise EmbedfmError(f"no CE runs under {', '.join(paths)}: --paired compares every method with the CE controls")
     focus = tuple(json.loads(keys[0])["focus_classes"])
     scored = {k: [score(r, "softmax", focus, f"run {r['name']!r}") for r in groups[k]] for k in keys}
-    labels = {k: method_label(groups[k], keys) for k in keys}
+    labels = labels_of(groups, names)
     results = []
     for ctrl in controls:
         for k in keys:

@@ -12,9 +12,10 @@ Stages, each resumable (a killed study rerun with the same arguments carries on 
 - holdout: the unseen-class test (`--holdout-classes`): Shirt held out for CE and the two metric losses with the
   best mean validation kNN accuracy over their 3 seeds (validation only), 3 seeds each; then T-shirt/top, Pullover
   and Coat held out once each (seed 0) for CE and the best metric loss;
-- publish: copies every run's report.json, history.json and config.json, every study's best_config.json,
-  trials.csv/md and summary.json into --out, then writes summary.md and paired.md there (`embedfm summarize
-  --paired`). `make docs` renders the tables of docs/results/losses.md from --out.
+- publish: copies every run's report.json, history.json and config.json (and the hinge losses' diagnostics.png)
+  into --out (holdout runs into --unseen), every study's best_config.json, trials.csv/md and summary.json into
+  --out/tune, then writes summary.md and paired.md (`embedfm summarize --names --paired`). `make docs` renders the
+  tables of docs/results/losses.md from them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ SHIRT = 6
 OTHER_FOCUS = (0, 2, 4)
 STAGES = ("tune", "runs", "holdout", "publish")
 COPIED = ("report.json", "history.json", "config.json")
+HINGE = ("triplet", "margin", "contrastive")
 STUDY_FILES = ("best_config.json", "trials.csv", "trials.md", "summary.json")
 
 
@@ -107,18 +109,23 @@ def holdout_all(work: Path) -> None:
         commands.ensure_evaluated(str(run), best_config(work, name), flags, say)
 
 
-def publish(work: Path, out: Path) -> None:
+def copy_runs(src: Path, dest: Path) -> None:
+    """The evaluated runs under src as committed run dirs under dest: report, history and config (no checkpoint);
+    the diagnostics plot of the runs of the hinge losses (what docs/results/losses.md discusses)."""
+    for run in sorted(src.glob("*_s*")):
+        if not (run / "report.json").is_file():
+            continue
+        (dest / run.name).mkdir(parents=True, exist_ok=True)
+        for f in (*COPIED, *(("diagnostics.png",) if run.name.split("-h")[0].split("_s")[0] in HINGE else ())):
+            if (run / f).is_file():
+                shutil.copy2(run / f, dest / run.name / f)
+
+
+def publish(work: Path, out: Path, unseen: Path) -> None:
     from embedfm.summarize import summarize, summarize_paired
 
-    for group in ("runs", "holdout"):
-        for run in sorted((work / group).glob("*_s*")):
-            if not (run / "report.json").is_file():
-                continue
-            dest = out / group / run.name
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in COPIED:
-                if (run / f).is_file():
-                    shutil.copy2(run / f, dest / f)
+    copy_runs(work / "runs", out)
+    copy_runs(work / "holdout", unseen)
     for name in METHODS:
         for f in STUDY_FILES:
             src = work / "tune" / name / f
@@ -126,30 +133,33 @@ def publish(work: Path, out: Path) -> None:
                 (out / "tune" / name).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, out / "tune" / name / f)
     if (work / "holdout_plan.json").is_file():
-        shutil.copy2(work / "holdout_plan.json", out / "holdout_plan.json")
+        shutil.copy2(work / "holdout_plan.json", unseen / "holdout_plan.json")
     atomic_write_json(
         out / "protocol.json",
         {"methods": METHODS, "tune": {**TUNE_BUDGET, **TRIAL}, "final_epochs": FINAL_EPOCHS, "seeds": list(SEEDS)},
     )
-    summarize([str(out / "runs")], out=str(out), log=say)
-    summarize_paired([str(out / "runs")], out=str(out), log=say)
+    summarize([str(out)], names=True, log=say)
+    summarize_paired([str(out)], names=True, log=say)
+    if unseen.is_dir():
+        summarize([str(unseen)], names=True, log=say)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in order: {', '.join(STAGES)}")
     p.add_argument("--work", default="artifacts/losses", help="where the studies and run dirs (checkpoints) go")
-    p.add_argument("--out", default="artifacts/reference/study/losses", help="where publish copies the results")
+    p.add_argument("--out", default="artifacts/reference/study/losses", help="where publish copies the study's runs")
+    p.add_argument("--unseen", default="artifacts/reference/study/unseen", help="where publish copies holdout runs")
     a = p.parse_args(argv)
     stages = [s for s in a.stages.split(",") if s]
-    work, out = Path(a.work), Path(a.out)
+    work, out, unseen = Path(a.work), Path(a.out), Path(a.unseen)
     try:
         for s in stages:
             if s not in STAGES:
                 raise EmbedfmError(f"--stages: unknown stage {s!r} (one of {', '.join(STAGES)})")
         for s in stages:
             say(f"== {s}")
-            {"tune": tune_all, "runs": run_all, "holdout": holdout_all}.get(s, lambda w: publish(w, out))(work)
+            {"tune": tune_all, "runs": run_all, "holdout": holdout_all}.get(s, lambda w: publish(w, out, unseen))(work)
     except EmbedfmError as e:
         print(f"loss_study: error: {e}", file=sys.stderr)
         return 2

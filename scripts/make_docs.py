@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedfm.config import FIELDS, GROUPS
+from embedfm.data import CLASS_NAMES
 from embedfm.errors import EmbedfmError
 from embedfm.summarize import summarize
 
@@ -902,6 +903,155 @@ def t_speedrun_race(ctx: Ctx) -> str:
     return table(header, out) + "\n\n" + note
 
 
+# ---------------------------------------------------------------------------------------------- loss study
+
+# studies whose methods differ in many tuned settings: summarised with `embedfm summarize --names`
+NAMED_STUDIES = {"losses", "unseen"}
+LOSS_COLUMNS = [
+    ("method", "method"),
+    ("seeds", "seeds"),
+    ("val acc %", "val acc %"),
+    ("test acc softmax %", "test acc %"),
+    ("test acc kNN %", "test acc kNN %"),
+    ("focus-group err softmax %", "focus-group err %"),
+    ("focus-group err kNN %", "focus-group err kNN %"),
+    ("recall 6", "shirt recall"),
+    ("MAP@R", "MAP@R"),
+    ("train s/run", "train s/run"),
+]
+
+
+def loss_study(ctx: Ctx) -> tuple[Path, dict]:
+    """The loss study's dir and its protocol.json (what scripts/loss_study.py ran)."""
+    root = ctx.ref / "study" / "losses"
+    return root, load(root / "protocol.json")
+
+
+def t_losses_protocol(ctx: Ctx) -> str:
+    root, p = loss_study(ctx)
+    t = p["tune"]
+    rows = [
+        ["methods", ", ".join(f"`{m}`" for m in p["methods"])],
+        ["backbone", f"`{t['backbone']}` (default embedding head and augmentation), every method"],
+        ["search (`embedfm tune`), per method", f"{t['trials']} trials (trial 0 = the defaults, then TPE), "
+         f"{t['pruner']} pruning, objective `{t['objective']}`, each trial {t['epochs']} epochs on "
+         f"{t['limit']:,} train images, seed {t['seed']}"],
+        ["final runs", f"the best trial's settings, {p['final_epochs']} epochs on the whole train split, "
+         f"seeds {', '.join(map(str, p['seeds']))}, evaluated on the test split"],
+    ]  # fmt: skip
+    return table(["", "setting"], rows) + "\n\nSource: " + ctx.link(root / "protocol.json")
+
+
+def t_losses_tune(ctx: Ctx) -> str:
+    root, p = loss_study(ctx)
+    rows = []
+    for m in p["methods"]:
+        s = load(root / "tune" / m / "summary.json")
+        best, dflt = s["best"], s["defaults"]
+        params = ", ".join(f"{k} {default_text(round(v, 4) if isinstance(v, float) else v)}"
+                           for k, v in best["params"].items())  # fmt: skip
+        rows.append([f"`{m}`", str(s["finished"]), pct(dflt["val_acc"]), pct(best["val_acc"]),
+                     "defaults" if best["number"] == dflt["number"] else str(best["number"]), params])  # fmt: skip
+    note = "Validation accuracy of the tuning trials (a reduced budget, see the protocol). Source: " + ", ".join(
+        ctx.link(root / "tune" / m / "best_config.json", f"{m}") for m in p["methods"]
+    )
+    return table(["method", "trials", "defaults val acc %", "best val acc %", "best trial", "tuned settings"], rows) + (
+        "\n\n" + note
+    )
+
+
+def t_losses_summary(ctx: Ctx) -> str:
+    rows = select(ctx, "losses", LOSS_COLUMNS)
+    return table([h for _, h in LOSS_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, ["losses"])
+
+
+def t_losses_paired(ctx: Ctx) -> str:
+    """paired.json (`embedfm summarize --names --paired`): every method against the two CE controls."""
+    root, _ = loss_study(ctx)
+    path = root / "paired.json"
+    paired = load(path)
+    header = ["method", "control", "Δ accuracy", "Δ focus-group error", "Δ shirt recall", "Δ MAP@R",
+              "McNemar p (focus), per seed"]  # fmt: skip
+    rows = []
+    for c in paired["comparisons"]:
+        cells = []
+        for f in paired["figures"]:
+            d, (lo, hi) = c[f]["difference"], c[f]["interval"]
+            mark = " ✓" if c[f]["helps"] else " ✗" if c[f]["hurts"] else ""
+            scale, digits = (1, 3) if f == "map_at_r" else (100, 2)
+            cells.append(f"{scale * d:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]{mark}")
+        tests = ", ".join(f"{t['p']:.2g}" for t in c["mcnemar_focus"])
+        rows.append([f"`{c['method']}`", f"`{c['control']}`", *cells, tests or "–"])
+    note = (
+        f"Method − control over the same test images (softmax head; MAP@R: the embedding), in points; 95 % paired "
+        f"bootstrap interval over images ({paired['draws']} draws, seeds paired by number). ✓: the interval excludes "
+        f"zero in the method's favour (for the focus-group error: below zero); ✗: against it. McNemar: exact "
+        f"two-sided p on the 4,000 focus-class images, one per seed pair. Source: {ctx.link(path)} "
+        f"(`embedfm summarize --names --paired {root.relative_to(ctx.ref.parent.parent)}`)"
+    )
+    return table(header, rows) + "\n\n" + note
+
+
+DIAG_KEYS = [
+    ("diag_active_ff", "active, focus–focus", 100),
+    ("diag_ap_ff", "d(a, p) focus–focus", 1),
+    ("diag_an_ff", "d(a, n) focus–focus", 1),
+    ("diag_active_other", "active, other", 100),
+    ("diag_own_active_focus", "own loss active, focus", 100),
+]
+
+
+def t_losses_diagnostics(ctx: Ctx) -> str:
+    """The diagnostics probe at the last epoch of every run (the same probe for every loss)."""
+    root, p = loss_study(ctx)
+    rows = []
+    for m in p["methods"]:
+        lasts = [load(h)[-1] for h in sorted(root.glob(f"{m}_s*/history.json"))]
+        if not lasts:
+            continue
+        cells = []
+        for key, _, scale in DIAG_KEYS:
+            vals = [last[key] for last in lasts if last.get(key) is not None]
+            cells.append(mean_std(vals, scale, 1 if scale == 100 else 3) if vals else "–")
+        rows.append([f"`{m}`", str(len(lasts)), *cells])
+    note = (
+        "Last epoch, mean ± std over seeds. Active: share (%) of the distance-weighted probe's triplets with "
+        "d(a, n) − d(a, p) < the run's margin; distances between unit embeddings (0–2); own loss active: share of the "
+        "run's own hinge-loss tuples with non-zero loss (hinge losses only). Source: the runs' history.json under "
+        + ctx.link(root, "study/losses")
+    )
+    return table(["method", "seeds", *[h for _, h, _ in DIAG_KEYS]], rows) + "\n\n" + note
+
+
+def t_losses_unseen(ctx: Ctx) -> str:
+    """Held-out-class runs (study/unseen): retrieval of the unseen class and few-shot kNN, mean ± std over seeds."""
+    root = ctx.ref / "study" / "unseen"
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rep in sorted(root.glob("*_s*/report.json")):
+        method, cls = rep.parent.name.rsplit("_s", 1)[0].rsplit("-h", 1)
+        for r in load(rep)["runs"].values():
+            groups.setdefault((cls, method), []).append(r)
+    rows = []
+    for (cls, method), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "6", kv[0])):
+        u = [r["unseen"][cls] for r in runs]
+        seen = [r["classifiers"]["softmax"]["accuracy"] for r in runs]
+        rows.append([
+            f"{CLASS_NAMES[int(cls)]} ({cls})", f"`{method}`", str(len(runs)),
+            mean_std([x["map_at_r"] for x in u], digits=3), mean_std([x["r_precision"] for x in u], digits=3),
+            *(mean_std([x["few_shot"][n]["accuracy"] for x in u], 100, 1) for n in ("1", "5", "20")),
+            mean_std(seen, 100),
+        ])  # fmt: skip
+    note = (
+        "Each run never saw the held-out class in training or validation. MAP@R and R-precision of its test images "
+        "among all 10,000 test images (embedding, cosine); few-shot: kNN accuracy (%) on its 1,000 test images when "
+        "n of its train images join the reference set, mean over 20 draws, then mean ± std over seeds; test acc: the "
+        "softmax head on all classes (it cannot name the held-out class). Source: " + ctx.link(root, "study/unseen")
+    )
+    header = ["held out", "method", "seeds", "MAP@R", "R-precision", "1-shot %", "5-shot %", "20-shot %",
+              "test acc % (all classes)"]  # fmt: skip
+    return table(header, rows) + "\n\n" + note
+
+
 # ------------------------------------------------------------------------------------------------ tables
 
 TABLES: dict[str, Callable[[Ctx], str]] = {
@@ -935,6 +1085,12 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "speedrun-race": t_speedrun_race,  # speedrun.json (scripts/bench.py --only speedrun)
     "speedrun-targets": t_speedrun_targets,  # speedrun.json
     "speedrun-recipe": t_speedrun_recipe,  # embedfm.config.RECIPES (the schema, not a measurement)
+    "losses-protocol": t_losses_protocol,  # study/losses/protocol.json (scripts/loss_study.py)
+    "losses-tune": t_losses_tune,  # study/losses/tune/*/summary.json
+    "losses-summary": t_losses_summary,  # study/losses/summary.csv
+    "losses-paired": t_losses_paired,  # study/losses/paired.json
+    "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
+    "losses-unseen": t_losses_unseen,  # study/unseen/*/report.json
     "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
     "tune-space": t_tune_space,  # embedfm.tune.SPACE (the schema, not a measurement)
 }
@@ -968,7 +1124,7 @@ def regenerate_summaries(ref: Path, into: Path | None) -> dict[str, Path]:
             for saved in study.glob("*.json"):
                 shutil.copy2(saved, out / saved.name)
         try:
-            summarize([str(study)], out=str(out), log=lambda _text: None)
+            summarize([str(study)], out=str(out), names=study.name in NAMED_STUDIES, log=lambda _text: None)
         except EmbedfmError as e:
             raise DocsError(f"summarize {study}: {e}") from None
         dirs[study.name] = out
