@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedfm import CLASS_NAMES
 from embedfm.config import FIELDS, GROUPS
-from embedfm.data import CLASS_NAMES
 from embedfm.errors import EmbedfmError
 from embedfm.summarize import summarize
 
