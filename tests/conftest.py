@@ -1,6 +1,7 @@
 """Shared fixtures: tiny hand-made IDX files, and the real Fashion-MNIST (skipped where absent)."""
 
 import gzip
+import importlib.util
 import struct
 from pathlib import Path
 
@@ -8,6 +9,16 @@ import numpy as np
 import pytest
 
 from embedfm.data import FILES, SYSTEM_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:

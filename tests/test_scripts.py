@@ -2,22 +2,15 @@
 bench.py's partial-run merge of bench.json / bench.md; and that every script imports the installed package only."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_scripts_import_the_installed_package_only():
@@ -29,7 +22,7 @@ def test_scripts_import_the_installed_package_only():
 
 
 def test_bench_partial_run_updates_only_its_sections(tmp_path):
-    bench = _load_script("bench")
+    bench = load_script("bench")
     old = {"date": "2026-01-01", "train_peak_fraction": 0.6, "knn_speedup": 1.5, "eval_seconds": 20.0}
     (tmp_path / "bench.json").write_text(json.dumps(old))
     (tmp_path / "bench.md").write_text(
@@ -97,3 +90,46 @@ def test_reproduce_trains_evaluates_summarises_and_resumes(tmp_path, fake_data_d
     assert "(finished)" not in log
     assert f"resuming {d / 'ce_s0'} after epoch 1/1" in log
     assert (d / "ce_s0" / "DONE").is_file() and (d / "ce_s0" / "report.json").is_file()
+
+
+def _history(run: Path, val_knn: float) -> None:
+    run.mkdir(parents=True)
+    history = [{"epoch": 1, "val_knn_acc": 0.5}, {"epoch": 2, "val_knn_acc": val_knn}]
+    (run / "history.json").write_text(json.dumps(history))
+
+
+def test_loss_study_ranks_metric_losses_on_validation_and_plans_the_holdout_runs(tmp_path):
+    study = load_script("loss_study")
+    # mean validation kNN accuracy of 3 seeds decides; the CE controls are never ranked
+    score = {m: 0.80 + 0.01 * i for i, m in enumerate(study.METHODS)}
+    score["ce"] = 0.99
+    for m, v in score.items():
+        for seed in study.SEEDS:
+            _history(tmp_path / "runs" / f"{m}_s{seed}", v + 0.001 * seed)
+    plan = study.holdout_plan(tmp_path)
+    ranked = sorted((m for m in study.METHODS if m not in study.CONTROLS), key=lambda m: -score[m])
+    best, second = ranked[:2]
+    shirt = [(m, s) for m, c, s in plan if c == study.SHIRT]
+    assert sorted(shirt) == sorted((m, s) for s in study.SEEDS for m in ("ce", best, second))
+    others = [(m, c, s) for m, c, s in plan if c != study.SHIRT]
+    assert others == [(m, c, 0) for c in study.OTHER_FOCUS for m in ("ce", best)]
+    saved = json.loads((tmp_path / "holdout_plan.json").read_text())
+    assert saved["ranking"][best] == pytest.approx(score[best] + 0.001)
+
+
+def test_loss_study_copies_reports_not_checkpoints(tmp_path):
+    study = load_script("loss_study")
+    for name in ("triplet_s0", "supcon_s0", "triplet-h6_s1", "ce_s0"):
+        run = tmp_path / "work" / name
+        run.mkdir(parents=True)
+        for f in ("report.json", "history.json", "config.json", "checkpoint.safetensors", "diagnostics.png"):
+            (run / f).write_text("{}")
+    (tmp_path / "work" / "ce_s0" / "report.json").unlink()  # not evaluated: left out
+    study.copy_runs(tmp_path / "work", tmp_path / "out")
+    copied = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert copied == {
+        *(f"{run}/{f}" for run in ("triplet_s0", "supcon_s0", "triplet-h6_s1") for f in study.COPIED),
+        "triplet_s0/diagnostics.png",
+        "triplet-h6_s1/diagnostics.png",
+    }
+    assert study.main(["--stages", "tune,nope"]) == 2  # an unknown stage is refused before anything runs

@@ -1,12 +1,11 @@
 """The speed recipe's pieces: --recipe presets, --widths, multi-view test-time augmentation, trajectories."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, load_script
 
 from embedfm.checkpoint import load_model
 from embedfm.cli import main
@@ -17,13 +16,6 @@ from embedfm.inference import embed, shifted
 from embedfm.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_recipe_sits_between_defaults_and_file_and_flags(tmp_path):
@@ -46,7 +38,7 @@ def test_unknown_recipe_is_one_line():
 
 
 def test_ablation_rows_add_up_to_the_recipe_and_the_race_runs_it():
-    speedrun, bench = _script("speedrun"), _script("bench")
+    speedrun, bench = load_script("speedrun"), load_script("bench")
     rows = speedrun.row_configs()
     assert rows[0][0] == "demo" and rows[0][2] == {}
     without_name = lambda d: {k: v for k, v in from_dict(with_recipe(d)).to_dict().items() if k != "recipe"}
@@ -120,7 +112,7 @@ def test_trajectory_points_budget_and_test(fake_data_dir):
 
 
 def test_race_writes_its_json_and_plot_and_resumes(fake_data_dir, tmp_path):
-    bench = _script("bench")
+    bench = load_script("bench")
     tiny = {"epochs": 1, "limit": 200, "val_size": 50, "batch_size": 50}
     plan = [("a", "tiny", {**tiny}, (0, 1), None), ("b", "tiny, stopped", {**tiny, "epochs": 2}, (0,), 0.0)]
     results = {"date": "2026-01-01", "cpu": {"cpu_model": "test", "cores": 2, "speed_flags": []}}

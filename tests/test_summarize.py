@@ -78,3 +78,15 @@ def test_summarize_shows_a_saved_pixel_baseline_and_needs_reports(tmp_path, caps
     assert last["shirt recall kNN"] == "0.590" and last["seeds"] == "–"
     assert main(["summarize", str(tmp_path / "nothing")]) == 2
     assert "no report.json" in capsys.readouterr().err
+
+
+def test_summarize_names_labels_methods_by_their_run_dirs(tmp_path):
+    _fake_run(tmp_path / "ce-balanced_s0", 0, "ce", 0.90, 0.91)
+    _fake_run(tmp_path / "ce-balanced_s1", 1, "ce", 0.92, 0.93)
+    _fake_run(tmp_path / "supcon_s0", 0, "triplet", 0.95, 0.96)
+    assert main(["summarize", "--names", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "summary.csv")
+    assert [(r["method"], r["seeds"]) for r in rows] == [("ce-balanced", "2"), ("supcon", "1")]
+    # runs of one method under different names cannot be labelled by name: one line, exit 2
+    _fake_run(tmp_path / "other_s2", 2, "ce", 0.91, 0.92)
+    assert main(["summarize", "--names", str(tmp_path)]) == 2

@@ -10,7 +10,7 @@ from conftest import make_fake_dataset
 
 from embedfm.cli import main
 from embedfm.config import TrainConfig
-from embedfm.tune import PARAMS, SPACE, defaults_point
+from embedfm.tune import PARAMS, SPACE, TuneConfig, defaults_point, resolve_base, searched
 
 pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
 
@@ -23,6 +23,16 @@ def test_space_holds_the_defaults_and_the_triplet_space_extends_ce():
         kind, *args = SPACE[name]
         assert value in args[0] if kind == "choice" else args[0] <= value <= args[1], name
     TrainConfig(loss="triplet", **defaults_point("triplet"))  # a valid config
+
+
+def test_ce_over_balanced_batches_is_its_own_method_with_the_samplers_knobs():
+    ce = TuneConfig(base=resolve_base(None, {"loss": "ce"}))
+    balanced = TuneConfig(base=resolve_base(None, {"loss": "ce", "sampler": "balanced"}))
+    assert (ce.method, balanced.method) == ("ce", "ce-balanced")
+    assert searched(ce.base) == PARAMS["ce"]
+    assert searched(balanced.base) == (*PARAMS["ce"], "m_per_class", "focus_oversample")
+    assert balanced.out == "artifacts/tune/ce-balanced" and balanced.name == "ce-balanced-fastcnn-val_acc"
+    TrainConfig(loss="ce", sampler="balanced", **defaults_point("ce-balanced"))  # the defaults are a valid point
 
 
 def test_tune_resumes_the_same_study_and_best_config_trains(tmp_path, capsys):
