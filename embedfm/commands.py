@@ -38,27 +38,29 @@ def train(
         ) from None
 
 
-def ensure_evaluated(run: str, config_file: str | None, flags: dict, log=print) -> str:
+def ensure_evaluated(run: str, config_file: str | None, flags: dict, log=print, evaluate: bool = True) -> str:
     """Bring one run dir of a study to "evaluated" from whatever state it is in (`embedfm.rundir.state`): an
     evaluated run is left alone, a finished one is evaluated, a started one resumes from its last checkpoint, a new
     one is trained from `config_file` and `flags` (train's config keys). A killed study script rerun with the same
-    arguments therefore carries on where it stopped. Returns the state the run was found in."""
+    arguments therefore carries on where it stopped. With `evaluate=False` a finished run is where it stops (runs
+    that only record their training). Returns the state the run was found in."""
     import time
 
     from embedfm import rundir
-    from embedfm.evaluate import evaluate
+    from embedfm.evaluate import evaluate as evaluate_runs
 
     found = rundir.state(run)
-    if found == "evaluated":
-        log(f"skip {run} (evaluated)")
+    if found == "evaluated" or (found == "finished" and not evaluate):
+        log(f"skip {run} ({found})")
         return found
     start = time.perf_counter()
     if found == "started":
         train(None, {"out": run}, resume=run, progress=False)
     elif found == "new":
         train(config_file, {**flags, "out": run}, overwrite=True, progress=False)
-    evaluate([run], progress=False, log=log)
-    log(f"{run}: {time.perf_counter() - start:.0f} s wall (train + eval)")
+    if evaluate:
+        evaluate_runs([run], progress=False, log=log)
+    log(f"{run}: {time.perf_counter() - start:.0f} s wall" + (" (train + eval)" if evaluate else ""))
     return found
 
 

@@ -12,6 +12,8 @@ Stages, each resumable (a killed study rerun with the same arguments carries on 
 - holdout: the unseen-class test (`--holdout-classes`): Shirt held out for CE and the two metric losses with the
   best mean validation kNN accuracy over their 3 seeds (validation only), 3 seeds each; then T-shirt/top, Pullover
   and Coat held out once each (seed 0) for CE and the best metric loss;
+- diagnostics: the triplet + DWS method and the balanced CE control (tuned settings) for DIAG_RUN, a longer
+  schedule on a subset, so that the diagnostics probe (`embedfm.diagnostics`) has a point at each of 11 epochs;
 - publish: copies every run's report.json, history.json and config.json (and the hinge losses' diagnostics.png)
   into --out (holdout runs into --unseen), every study's best_config.json, trials.csv/md and summary.json into
   --out/tune, then writes summary.md and paired.md (`embedfm summarize --names --paired`). `make docs` renders the
@@ -49,7 +51,11 @@ FINAL_EPOCHS = 2  # every final run: fastcnn, the whole train split (55,000 imag
 SEEDS = (0, 1, 2)
 SHIRT = 6
 OTHER_FOCUS = (0, 2, 4)
-STAGES = ("tune", "runs", "holdout", "publish")
+# the diagnostics runs: the triplet + DWS method and the balanced CE control, each with its tuned settings, probed at
+# every epoch of a longer schedule on a subset (as many image passes as 2 epochs of the whole train split)
+DIAG_METHODS = ("triplet", "ce-balanced")
+DIAG_RUN = {"epochs": 11, "limit": 10_000, "seed": 0}
+STAGES = ("tune", "runs", "holdout", "diagnostics", "publish")
 COPIED = ("report.json", "history.json", "config.json")
 HINGE = ("triplet", "margin", "contrastive")
 STUDY_FILES = ("best_config.json", "trials.csv", "trials.md", "summary.json")
@@ -121,11 +127,23 @@ def copy_runs(src: Path, dest: Path) -> None:
                 shutil.copy2(run / f, dest / run.name / f)
 
 
+def diagnostics_all(work: Path) -> None:
+    for name in DIAG_METHODS:
+        run = str(work / "diagnostics" / f"{name}_s0")
+        commands.ensure_evaluated(run, best_config(work, name), DIAG_RUN, say, evaluate=False)
+
+
 def publish(work: Path, out: Path, unseen: Path) -> None:
     from embedfm.summarize import summarize, summarize_paired
 
     copy_runs(work / "runs", out)
     copy_runs(work / "holdout", unseen)
+    for name in DIAG_METHODS:  # the probe's history and plot only: these runs are not part of the comparison
+        run = work / "diagnostics" / f"{name}_s0"
+        for f in ("history.json", "config.json", "diagnostics.png"):
+            if (run / f).is_file():
+                (out / "diagnostics" / run.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run / f, out / "diagnostics" / run.name / f)
     for name in METHODS:
         for f in STUDY_FILES:
             src = work / "tune" / name / f
@@ -136,7 +154,13 @@ def publish(work: Path, out: Path, unseen: Path) -> None:
         shutil.copy2(work / "holdout_plan.json", unseen / "holdout_plan.json")
     atomic_write_json(
         out / "protocol.json",
-        {"methods": METHODS, "tune": {**TUNE_BUDGET, **TRIAL}, "final_epochs": FINAL_EPOCHS, "seeds": list(SEEDS)},
+        {
+            "methods": METHODS,
+            "tune": {**TUNE_BUDGET, **TRIAL},
+            "final_epochs": FINAL_EPOCHS,
+            "seeds": list(SEEDS),
+            "diagnostics": {"methods": list(DIAG_METHODS), **DIAG_RUN},
+        },
     )
     summarize([str(out)], names=True, log=say)
     summarize_paired([str(out)], names=True, log=say)
@@ -157,9 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         for s in stages:
             if s not in STAGES:
                 raise EmbedfmError(f"--stages: unknown stage {s!r} (one of {', '.join(STAGES)})")
+        run_stage = {
+            "tune": tune_all,
+            "runs": run_all,
+            "holdout": holdout_all,
+            "diagnostics": diagnostics_all,
+            "publish": lambda w: publish(w, out, unseen),
+        }
         for s in stages:
             say(f"== {s}")
-            {"tune": tune_all, "runs": run_all, "holdout": holdout_all}.get(s, lambda w: publish(w, out, unseen))(work)
+            run_stage[s](work)
     except EmbedfmError as e:
         print(f"loss_study: error: {e}", file=sys.stderr)
         return 2
