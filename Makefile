@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -q $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import embedfm, torch, torchvision, faiss, pytorch_metric_learning, umap, optuna" 
+	$(PY) -c "import embedfm, torch, torchvision, faiss, pytorch_metric_learning, umap, optuna, cleanlab" 
 	touch $@
 
 venv: $(VENV)/.installed

@@ -18,7 +18,7 @@ from embedfm import __version__
 from embedfm.errors import EmbedfmError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-COMMANDS = ("train", "eval", "viz", "tune", "index", "search", "summarize", "convert", "export", "explore")
+COMMANDS = ("train", "eval", "viz", "tune", "index", "search", "summarize", "convert", "export", "explore", "floor")
 
 
 def _classes(s: str) -> tuple[int, ...]:
@@ -298,6 +298,23 @@ def add_export(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_floor(sub) -> None:
+    p = sub.add_parser(
+        "floor",
+        help="where the four-class floor is: errors every run shares, suspected label issues (cleanlab), a gallery",
+        description="From several evaluated runs: the focus-class test images every run gets wrong (the same way), "
+        "suspected label issues among the test images (cleanlab's find_label_issues on the runs' averaged test "
+        "probabilities) and the train images (kNN leave-one-out votes of the first run's embedding), and the share "
+        "of the best run's (by validation accuracy) focus-group errors on suspected issues. Writes floor.json, "
+        "floor.md and label_issues.png (the 64 most confident suspected issues).",
+        formatter_class=_ShowDefaults,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run dirs (at least 2; the first gives the kNN)")
+    p.add_argument("--out", help="dir for floor.json / floor.md / label_issues.png (default: the runs' parent)")
+    p.add_argument("--k", type=int, default=10, help="neighbours of the leave-one-out vote on the train split")
+    p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (default: as at training)")
+
+
 def add_explore(sub) -> None:
     p = sub.add_parser(
         "explore",
@@ -352,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_convert,
         add_export,
         add_explore,
+        add_floor,
     ):
         add(sub)
     return p
@@ -469,6 +487,12 @@ def cmd_export(args) -> None:
         data_dir=args.data_dir,
         progress=not args.no_progress,
     )
+
+
+def cmd_floor(args) -> None:
+    from embedfm.floor import floor
+
+    floor(args.runs, out=args.out, k=args.k, data_dir=args.data_dir)
 
 
 def cmd_explore(args) -> None:

@@ -86,7 +86,8 @@ def evaluate_run(
     pred_softmax = test_logits.argmax(1).numpy()
     knn_metrics = lambda pred: {**classifier_metrics(y_test, pred, focus), "k": k, "metric": metric}
     classifiers = {"softmax": classifier_metrics(y_test, pred_softmax, focus), "knn": knn_metrics(pred_knn)}
-    arrays = {"pred_softmax": pred_softmax, "pred_knn": pred_knn}
+    # test_probs: out-of-sample class probabilities, what `embedfm floor` (confident learning) reads
+    arrays = {"pred_softmax": pred_softmax, "pred_knn": pred_knn, "test_probs": test_logits.float().softmax(1).numpy()}
     if test_emb_flip is not None:
         # the same index queried with each test image's embedding averaged with its mirror's (references
         # stay single images: averaging them too measured no better on validation and costs a second pass)
@@ -132,7 +133,7 @@ def per_image(y_test: np.ndarray, preds: dict, ap: np.ndarray) -> dict:
     prediction per test image (digit strings, image order), and each image's AP@R as a query (4 decimals)."""
     return {
         "labels": digits(y_test),
-        **{name.removeprefix("pred_"): digits(p) for name, p in preds.items()},
+        **{name.removeprefix("pred_"): digits(p) for name, p in preds.items() if name.startswith("pred_")},
         "ap_at_r": [round(float(v), 4) for v in ap],
     }
 

@@ -1,0 +1,74 @@
+"""embedfm floor: shared errors and kNN leave-one-out votes against hand-computed cases and brute-force loops,
+cleanlab finding planted label errors, and the command end to end on two small real runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from embedfm.cli import main
+from embedfm.floor import knn_loo_probs, label_issues, shared_errors
+
+
+def test_shared_errors_by_hand():
+    labels = np.array([0, 2, 4, 6, 1, 6])
+    preds = np.array(
+        [
+            [0, 4, 2, 0, 3, 0],  # wrong on images 1, 2, 3, 4 (4 is not a focus class), 5
+            [0, 4, 6, 0, 3, 2],  # wrong on 1, 2, 3, 4, 5
+            [2, 4, 2, 0, 1, 0],  # wrong on 0, 1, 2, 3, 5
+        ]
+    )
+    s = shared_errors(labels, preds, (0, 2, 4, 6))
+    assert s["focus_images"] == 5
+    assert s["all_wrong"] == 4  # images 1, 2, 3, 5
+    assert s["all_wrong_same_way_indices"] == [1, 3]  # 2 and 5 are wrong in different ways
+    # focus images wrong in exactly k runs: k=1: image 0; k=3: images 1, 2, 3, 5
+    assert s["wrong_in_k_runs"] == [0, 1, 0, 4]
+
+
+def test_knn_loo_votes_match_a_loop():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 60)
+    k = 5
+    probs = knn_loo_probs(emb, labels, k=k)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    for i in range(len(emb)):
+        sims = unit @ unit[i]
+        sims[i] = -np.inf  # leave the image itself out
+        nearest = np.argsort(-sims, kind="stable")[:k]
+        votes = np.bincount(labels[nearest], minlength=10)
+        np.testing.assert_allclose(probs[i], (votes + 0.1) / (k + 1.0), rtol=1e-6)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+
+
+def test_cleanlab_finds_planted_label_errors_in_the_focus_classes():
+    rng = np.random.default_rng(1)
+    true = np.repeat(np.arange(10), 50)
+    probs = np.full((500, 10), 0.02)
+    probs[np.arange(500), true] = 0.82
+    labels = true.copy()
+    planted = [3, 105, 210, 320]  # true classes 0, 2, 4, 6 given the wrong label
+    labels[planted] = [6, 4, 2, 0]
+    labels[60] = 9  # a planted error outside the focus classes: not listed
+    probs += rng.uniform(0, 0.01, probs.shape)
+    probs /= probs.sum(1, keepdims=True)
+    found = label_issues(labels, probs, (0, 2, 4, 6))
+    assert sorted(found.tolist()) == planted
+
+
+@pytest.mark.slow
+def test_floor_end_to_end_on_two_real_runs(real_runs, tmp_path, capsys):
+    ce, trip, _ = real_runs
+    assert main(["floor", str(ce), str(trip), "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "floor.json").read_text())
+    assert r["shared"]["focus_images"] == 4000 and sum(r["shared"]["wrong_in_k_runs"]) == 4000
+    assert r["shared"]["all_wrong_same_way"] <= r["shared"]["all_wrong"] <= 4000
+    assert r["best_run"]["name"] in ("ce", "triplet") and 0 <= r["best_run"]["share_on_suspected_issues"] <= 1
+    assert (tmp_path / "label_issues.png").stat().st_size > 10_000
+    assert "wrong in every run" in (tmp_path / "floor.md").read_text()
+    # one run, or a run whose embeddings.npz is gone: one line, exit 2
+    assert main(["floor", str(ce), "--out", str(tmp_path)]) == 2
+    assert main(["floor", str(ce), str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
