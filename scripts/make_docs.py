@@ -1023,6 +1023,32 @@ def t_losses_diagnostics(ctx: Ctx) -> str:
     return table(["method", "seeds", *[h for _, h, _ in DIAG_KEYS]], rows) + "\n\n" + note
 
 
+def t_losses_diag_epochs(ctx: Ctx) -> str:
+    """The diagnostics runs (study/losses/diagnostics/): the probe at every epoch, triplet + DWS beside balanced CE."""
+    root, p = loss_study(ctx)
+    runs = {m: load(root / "diagnostics" / f"{m}_s0" / "history.json") for m in p["diagnostics"]["methods"]}
+    header = ["epoch"] + [f"{m}: {h}" for m in runs for h in ("active ff %", "d(a,p) ff", "d(a,n) ff", "loss parts")]
+    rows = []
+    for i in range(max(len(h) for h in runs.values())):
+        row = [str(i + 1)]
+        for h in runs.values():
+            e = h[i] if i < len(h) else {}
+            parts = " / ".join(f"{k} {e[k]:.3f}" for k in ("ce", "triplet") if e.get(k) is not None)
+            row += [
+                pct(e.get("diag_active_ff"), 1), num(e["diag_ap_ff"]) if "diag_ap_ff" in e else "–",
+                num(e["diag_an_ff"]) if "diag_an_ff" in e else "–", parts or "–",
+            ]  # fmt: skip
+        rows.append(row)
+    d = p["diagnostics"]
+    note = (
+        f"One seed each, the method's tuned settings, {d['epochs']} epochs on {d['limit']:,} train images. ff: "
+        "probe triplets whose anchor and negative are both focus classes; loss parts: the epoch's mean CE and "
+        "metric-loss terms (unweighted). Source: "
+        + ", ".join(ctx.link(root / "diagnostics" / f"{m}_s0" / "history.json", m) for m in runs)
+    )
+    return table(header, rows) + "\n\n" + note
+
+
 def t_losses_unseen(ctx: Ctx) -> str:
     """Held-out-class runs (study/unseen): retrieval of the unseen class and few-shot kNN, mean ± std over seeds."""
     root = ctx.ref / "study" / "unseen"
@@ -1090,6 +1116,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-summary": t_losses_summary,  # study/losses/summary.csv
     "losses-paired": t_losses_paired,  # study/losses/paired.json
     "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
+    "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
     "losses-unseen": t_losses_unseen,  # study/unseen/*/report.json
     "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
     "tune-space": t_tune_space,  # embedfm.tune.SPACE (the schema, not a measurement)
