@@ -175,6 +175,9 @@ class TrainConfig:
     # 0 by default: at a 3-epoch budget random crops slow convergence more than they regularise
     crop_pad: int = setting(0, "random-crop padding in pixels (0 = no crop)", "data")
     flip: bool = setting(True, "random horizontal flips", "data")
+    random_erasing: float = setting(
+        0.0, "probability of Random Erasing one rectangle of each training image (Zhong et al. 2017; 0 = off)", "data"
+    )
     holdout_classes: tuple[int, ...] = setting(
         (),
         "classes kept out of training and validation: the unseen-class test (eval then measures retrieval and "
@@ -344,6 +347,7 @@ def validate(c: TrainConfig) -> None:
         f"--limit must be at least {10 * c.m_per_class} (--m-per-class × 10 classes), got {c.limit}",
     )
     _check(c.crop_pad >= 0, f"--crop-pad must be non-negative, got {c.crop_pad}")
+    _check(0 <= c.random_erasing <= 1, f"--random-erasing must be a probability in [0, 1], got {c.random_erasing}")
     _check(0 <= c.tta_shift <= 4, f"--tta-shift must be in 0-4 pixels, got {c.tta_shift}")
     _check(c.knn_k >= 1, f"--knn-k must be at least 1, got {c.knn_k}")
     _check(c.threads is None or c.threads >= 1, f"--threads must be at least 1, got {c.threads}")

@@ -376,7 +376,7 @@ def prepare_batch(
     is held there, and the copies to `device` are then no-ops."""
     dd = dd or distributed.Dist()
     # every rank augments the whole global batch (keeps the generators in step), then takes its shard
-    x = dd.shard(augment(images, cfg.crop_pad, cfg.flip, gen))  # (B / world, 28, 28)
+    x = dd.shard(augment(images, cfg.crop_pad, cfg.flip, gen, cfg.random_erasing))  # (B / world, 28, 28)
     x = to_float(x).to(device).contiguous(memory_format=torch.channels_last)  # (B / world, 1, 28, 28)
     return x, dd.shard(labels).to(device)
 

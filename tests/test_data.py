@@ -113,6 +113,28 @@ def test_augment_identity_and_flip():
         assert torch.equal(a, b) or torch.equal(a, b.flip(1))
 
 
+def test_random_erasing_sets_one_rectangle_per_chosen_image():
+    from embedfm.data import ERASE_AREA, ERASE_FILL, random_erase
+
+    x = torch.full((2000, 28, 28), 255, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert torch.equal(augment(x, pad=0, flip=False, generator=g, erase=0.0), x)
+    assert torch.equal(g.get_state(), state)  # erase 0 draws nothing: older runs keep their random stream
+    out = random_erase(x, 1.0, torch.Generator().manual_seed(1))
+    for img in out[:200]:  # brute force: the erased pixels are exactly one axis-aligned rectangle
+        ys, xs = torch.nonzero(img == ERASE_FILL, as_tuple=True)
+        h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert len(ys) == h * w and (img != ERASE_FILL).sum() == 784 - h * w
+    share = (out == ERASE_FILL).float().mean((1, 2))  # (B,) erased share of each image
+    assert share.min() > 0 and share.max() <= ERASE_AREA[1] + 0.05  # rounding and clipping keep it in range
+    assert 0.12 < share.mean() < 0.24  # uniform in 2-40 %: 21 % on average, a little less after clipping
+    half = random_erase(x, 0.5, torch.Generator().manual_seed(2))
+    assert 0.45 < (half == ERASE_FILL).any(2).any(1).float().mean() < 0.55
+    again = random_erase(x, 0.5, torch.Generator().manual_seed(2))
+    assert torch.equal(half, again)  # the generator alone decides
+
+
 def test_augment_crop_is_a_shifted_window():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(1, 256, (64, 28, 28), dtype=torch.uint8)
