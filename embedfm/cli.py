@@ -18,7 +18,9 @@ from embedfm import __version__
 from embedfm.errors import EmbedfmError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-COMMANDS = ("train", "eval", "viz", "tune", "index", "search", "summarize", "convert", "export", "explore", "floor")
+COMMANDS = (
+    "train", "eval", "viz", "tune", "index", "search", "summarize", "convert", "export", "explore", "floor", "ensemble",
+)  # fmt: skip
 
 
 def _classes(s: str) -> tuple[int, ...]:
@@ -315,6 +317,20 @@ def add_floor(sub) -> None:
     p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (default: as at training)")
 
 
+def add_ensemble(sub) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="an ensemble of evaluated runs: softmax probabilities averaged, kNN over concatenated embeddings",
+        description="Combine evaluated runs (e.g. the seeds of one recipe) from their embeddings.npz: the test "
+        "softmax probabilities averaged, and a cosine kNN over the runs' unit-norm embeddings side by side. Writes "
+        "ensemble.json / ensemble.md with the single runs' mean beside it.",
+        formatter_class=_ShowDefaults,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run dirs (at least 2)")
+    p.add_argument("--out", help="dir for ensemble.json / ensemble.md (default: the runs' common parent)")
+    p.add_argument("--k", type=int, default=10, help="neighbours of the kNN over the concatenated embeddings")
+
+
 def add_explore(sub) -> None:
     p = sub.add_parser(
         "explore",
@@ -370,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_export,
         add_explore,
         add_floor,
+        add_ensemble,
     ):
         add(sub)
     return p
@@ -493,6 +510,12 @@ def cmd_floor(args) -> None:
     from embedfm.floor import floor
 
     floor(args.runs, out=args.out, k=args.k, data_dir=args.data_dir)
+
+
+def cmd_ensemble(args) -> None:
+    from embedfm.ensemble import ensemble
+
+    ensemble(args.runs, out=args.out, k=args.k)
 
 
 def cmd_explore(args) -> None:

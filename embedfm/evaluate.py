@@ -142,6 +142,34 @@ def save_embeddings(run_dir: str | Path, arrays: dict) -> None:
     atomic_save_npz(Path(run_dir) / rundir.EMBEDDINGS, arrays)
 
 
+def read_embeddings(run_dir: str | Path, keys: tuple[str, ...]) -> dict:
+    """The named arrays of a run's embeddings.npz (`fileio.read_npz`: no pickles, sizes checked before
+    allocating), each checked against what `evaluate_run` writes: labels and predictions (N,) class ids,
+    embeddings (N, D) finite with one D for train and test, test_probs (N, 10) finite. One line if not."""
+    from embedfm.fileio import read_npz
+
+    path = Path(run_dir) / rundir.EMBEDDINGS
+    rerun = f"rerun `embedfm eval {run_dir}`"
+    a = read_npz(path, ("test_labels", "train_labels", *keys), rerun, what="embeddings file")
+    n = {"test": len(a["test_labels"]), "train": len(a["train_labels"])}
+    C = len(CLASS_NAMES)
+    ids = lambda v, rows: v.shape == (rows,) and v.dtype.kind in "iu" and ((v >= 0) & (v < C)).all()
+    ok = ids(a["test_labels"], n["test"]) and ids(a["train_labels"], n["train"])
+    dims = set()
+    for key, v in a.items():
+        split = "train" if key.startswith("train_") else "test"
+        if key.startswith("pred_"):
+            ok = ok and ids(v, n["test"])
+        elif key.endswith("_embeddings"):
+            ok = ok and v.ndim == 2 and len(v) == n[split] and v.dtype.kind == "f" and bool(np.isfinite(v).all())
+            dims.add(v.shape[-1])
+        elif key == "test_probs":
+            ok = ok and v.shape == (n["test"], C) and v.dtype.kind == "f" and bool(np.isfinite(v).all())
+    if not ok or len(dims) > 1:
+        raise EmbedfmError(f"{path}: arrays of the wrong shapes, types or values; {rerun}")
+    return a
+
+
 def evaluate(
     run_dirs: list[str],
     out: str | Path | None = None,

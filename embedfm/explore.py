@@ -32,7 +32,7 @@ import numpy as np
 
 from embedfm import CLASS_NAMES, checkpoint, rundir
 from embedfm.errors import EmbedfmError
-from embedfm.fileio import atomic_write_text, read_npz
+from embedfm.fileio import atomic_write_text
 
 SIDE = 28  # Fashion-MNIST images are SIDE × SIDE
 NEIGHBORS = 10  # training neighbours shown per run
@@ -136,27 +136,14 @@ def _train_split_ids(data, cfg: dict) -> np.ndarray:
 
 
 def _read_npz(run_dir: str | Path, classifier: str) -> dict:
-    path = Path(run_dir) / rundir.EMBEDDINGS
-    rerun = f"rerun `embedfm eval {run_dir}`"
-    keys = ("train_embeddings", "train_labels", "test_embeddings", "test_labels", f"pred_{classifier}")
+    from embedfm.evaluate import read_embeddings
+
     try:
-        arrays = read_npz(path, keys, rerun, what="embeddings file")
+        return read_embeddings(run_dir, ("train_embeddings", "test_embeddings", f"pred_{classifier}"))
     except EmbedfmError as e:
         if classifier == "knn_flip" and "lacks pred_knn_flip" in str(e):
             raise EmbedfmError(f"{run_dir}: no flip-averaged kNN predictions (the run has tta_flip off)") from None
         raise
-    n, n_train = len(arrays["test_labels"]), len(arrays["train_labels"])
-    ok = (
-        arrays["train_embeddings"].ndim == 2
-        and arrays["train_embeddings"].shape == (n_train, arrays["test_embeddings"].shape[1])
-        and arrays[f"pred_{classifier}"].shape == (n,)
-        and arrays[f"pred_{classifier}"].dtype.kind in "iu"
-        and np.isfinite(arrays["train_embeddings"]).all()
-        and ((arrays[f"pred_{classifier}"] >= 0) & (arrays[f"pred_{classifier}"] < len(CLASS_NAMES))).all()
-    )
-    if not ok:
-        raise EmbedfmError(f"{path}: arrays of the wrong shapes, types or values; {rerun}")
-    return arrays
 
 
 def prepare(

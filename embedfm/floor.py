@@ -27,29 +27,22 @@ import numpy as np
 
 from embedfm import CLASS_NAMES, rundir
 from embedfm.errors import EmbedfmError
-from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, read_json, read_npz
+from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
 
 GALLERY = 64
 KEYS = ("test_labels", "test_probs", "pred_softmax", "train_embeddings", "train_labels")
 
 
 def read_run(run_dir: str | Path) -> dict:
-    """A run's arrays (KEYS) and final validation accuracy, checked for shape and range (one line if not)."""
-    path = Path(run_dir) / rundir.EMBEDDINGS
-    rerun = f"rerun `embedfm eval {run_dir}` (the test probabilities are saved since 2026-11-27)"
-    a = read_npz(path, KEYS, rerun, what="embeddings file")
-    n, n_train = len(a["test_labels"]), len(a["train_labels"])
-    ok = (
-        a["test_probs"].shape == (n, len(CLASS_NAMES))
-        and np.isfinite(a["test_probs"]).all()
-        and a["pred_softmax"].shape == (n,)
-        and a["train_embeddings"].ndim == 2
-        and len(a["train_embeddings"]) == n_train
-        and np.isfinite(a["train_embeddings"]).all()
-        and all(a[k].dtype.kind in "iu" and ((a[k] >= 0) & (a[k] < len(CLASS_NAMES))).all() for k in KEYS[::2])
-    )
-    if not ok:
-        raise EmbedfmError(f"{path}: arrays of the wrong shapes, types or values; {rerun}")
+    """A run's arrays (KEYS, checked by `evaluate.read_embeddings`) and its final validation accuracy."""
+    from embedfm.evaluate import read_embeddings
+
+    try:
+        a = read_embeddings(run_dir, KEYS)
+    except EmbedfmError as e:
+        if "lacks test_probs" in str(e):
+            raise EmbedfmError(f"{e} (eval saves the test probabilities since 2026-11-27)") from None
+        raise
     history = read_json(Path(run_dir) / rundir.HISTORY, "retrain the run")
     if not (isinstance(history, list) and history and isinstance(history[-1], dict)):
         raise EmbedfmError(f"{run_dir}/{rundir.HISTORY}: not a list of epochs; retrain the run")

@@ -72,3 +72,43 @@ def test_floor_end_to_end_on_two_real_runs(real_runs, tmp_path, capsys):
     assert main(["floor", str(ce), "--out", str(tmp_path)]) == 2
     assert main(["floor", str(ce), str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def _arrays(run, probs, train_emb, test_emb, labels, train_labels):
+    from embedfm.evaluate import save_embeddings
+
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"focus_classes": [0, 2, 4, 6]}))
+    save_embeddings(
+        run,
+        {"test_probs": probs, "train_embeddings": train_emb, "test_embeddings": test_emb, "test_labels": labels,
+         "train_labels": train_labels, "pred_softmax": probs.argmax(1)},
+    )  # fmt: skip
+
+
+def test_ensemble_averages_probabilities_and_concatenates_unit_embeddings(tmp_path):
+    from embedfm.ensemble import ensemble
+
+    labels = np.array([0, 2, 4, 6, 1])
+    train_labels = np.array([0, 2, 4, 6, 1])
+    eye = np.eye(10)
+    # run a is right on images 0-2, run b on 2-4; averaged they are right wherever one is confident
+    pa = 0.6 * eye[[0, 2, 4, 0, 3]] + 0.04
+    pb = 0.9 * eye[[2, 4, 4, 6, 1]] + 0.01
+    rng = np.random.default_rng(0)
+    train_a, test_a = 7.0 * rng.normal(size=(5, 4)), rng.normal(size=(5, 4))  # scale must not matter
+    train_b, test_b = rng.normal(size=(5, 3)), 0.1 * rng.normal(size=(5, 3))
+    _arrays(tmp_path / "a", pa, train_a, test_a, labels, train_labels)
+    _arrays(tmp_path / "b", pb, train_b, test_b, labels, train_labels)
+    r = ensemble([str(tmp_path / "a"), str(tmp_path / "b")], out=tmp_path, k=1, log=lambda _: None)
+    # averaged: image 0 → (0.64 + 0.01) for 0 vs (0.04 + 0.91) for 2 → 2 (wrong); 1 → 4 (wrong); 2, 3, 4 right
+    assert r["softmax_average"]["accuracy"] == pytest.approx(3 / 5)
+    assert r["single_runs_mean"]["accuracy"] == pytest.approx(3 / 5)  # each run alone: 3 of 5
+    # brute force: cosine 1-NN over [unit(a), unit(b)] side by side
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    cat = lambda x, y: np.hstack([norm(x), norm(y)])
+    train, test = cat(train_a, train_b), cat(test_a, test_b)
+    expected = train_labels[np.argmax(test @ train.T, axis=1)]
+    assert r["knn_concatenated"]["accuracy"] == pytest.approx((expected == labels).mean())
+    assert "Ensemble of 2 runs" in (tmp_path / "ensemble.md").read_text()
+    assert main(["ensemble", str(tmp_path / "a")]) == 2  # one run: one line, exit 2

@@ -1,0 +1,97 @@
+"""Ensembles of evaluated runs, reported as ensembles: `embedfm ensemble RUN...`.
+
+Two ways to combine N runs (typically the seeds of one recipe), both from the arrays `embedfm eval` saved in each
+run's embeddings.npz, so nothing is embedded again:
+
+- **softmax**: the runs' test probabilities averaged, then argmax;
+- **kNN over concatenated embeddings**: each run's train and test embeddings normalised to unit length and put
+  side by side (N·D dimensions, every run weighted equally), then the usual cosine kNN (k = 10) against the
+  train split. Its MAP@R is the retrieval of the concatenated test embeddings.
+
+The figures are those of `embedfm eval` (accuracy, focus-group error, per-class recall), written to
+ensemble.json / ensemble.md beside the single runs' mean, so the ensemble row is never mistaken for a single
+model's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embedfm import rundir
+from embedfm.errors import EmbedfmError
+from embedfm.fileio import atomic_write_json, atomic_write_text, read_json
+
+KEYS = ("test_probs", "train_embeddings", "test_embeddings")
+SHIRT = 6
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def concatenated(runs: list[dict], split: str) -> np.ndarray:
+    """(N_images, sum of D): each run's unit-norm embeddings side by side, so each run weighs the same."""
+    return np.ascontiguousarray(np.concatenate([unit(r[f"{split}_embeddings"]) for r in runs], axis=1))
+
+
+def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, log=print) -> dict:
+    from embedfm.evaluate import read_embeddings
+    from embedfm.knn import KNNClassifier
+    from embedfm.metrics import classifier_metrics, retrieval_metrics
+
+    if len(run_dirs) < 2:
+        raise EmbedfmError("an ensemble needs at least 2 evaluated runs")
+    runs = [read_embeddings(r, KEYS) for r in run_dirs]
+    labels, train_labels = runs[0]["test_labels"], runs[0]["train_labels"]
+    for name, r in zip(run_dirs[1:], runs[1:]):
+        if not (np.array_equal(r["test_labels"], labels) and np.array_equal(r["train_labels"], train_labels)):
+            raise EmbedfmError(f"{name} was evaluated on other images than {run_dirs[0]}: rerun `embedfm eval`")
+    cfg = read_json(Path(run_dirs[0]) / rundir.CONFIG, "retrain the run")
+    focus = tuple(cfg.get("focus_classes", (0, 2, 4, 6))) if isinstance(cfg, dict) else (0, 2, 4, 6)
+
+    softmax = np.mean([r["test_probs"] for r in runs], axis=0).argmax(1)
+    train_cat, test_cat = concatenated(runs, "train"), concatenated(runs, "test")
+    knn = KNNClassifier(k=k, metric="cosine").fit(train_cat, train_labels).predict(test_cat)
+    singles = [classifier_metrics(labels, r["test_probs"].argmax(1), focus) for r in runs]
+    result = {
+        "runs": [str(r) for r in run_dirs],
+        "focus_classes": list(focus),
+        "softmax_average": classifier_metrics(labels, softmax, focus),
+        "knn_concatenated": {**classifier_metrics(labels, knn, focus), "k": k},
+        "retrieval_concatenated": retrieval_metrics(test_cat, labels),
+        "single_runs_mean": {
+            key: float(np.mean([s[key] for s in singles])) for key in ("accuracy", "focus_group_error")
+        },
+    }
+    out = Path(out) if out else rundir.default_out(run_dirs)
+    atomic_write_json(out / "ensemble.json", result)
+    text = markdown(result)
+    atomic_write_text(out / "ensemble.md", text)
+    log(text)
+    return result
+
+
+def markdown(r: dict) -> str:
+    def row(name: str, figures: dict) -> tuple:
+        shirt = figures["per_class"][str(SHIRT)]["recall"] if "per_class" in figures else None
+        return name, figures["accuracy"], figures["focus_group_error"], shirt
+
+    rows = [
+        row("mean of the single runs (softmax)", r["single_runs_mean"]),
+        row("ensemble: softmax probabilities averaged", r["softmax_average"]),
+        row("ensemble: kNN over concatenated embeddings", r["knn_concatenated"]),
+    ]
+    lines = [
+        f"# Ensemble of {len(r['runs'])} runs",
+        "",
+        "| classifier | test accuracy % | focus-group error % | shirt recall |",
+        "|---|---|---|---|",
+        *(f"| {n} | {100 * a:.2f} | {100 * f:.2f} | {'–' if s is None else f'{s:.3f}'} |" for n, a, f, s in rows),
+        "",
+        f"MAP@R of the concatenated embeddings: {r['retrieval_concatenated']['map_at_r']:.4f}. Runs: "
+        + ", ".join(f"`{x}`" for x in r["runs"]),
+        "",
+    ]
+    return "\n".join(lines)
