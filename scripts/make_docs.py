@@ -781,7 +781,7 @@ def t_tune_space(ctx: Ctx) -> str:
         shown = ", ".join(map(str, args[0])) if kind == "choice" else f"{args[0]:g} – {args[1]:g}"
         losses = ", ".join(loss for loss, params in PARAMS.items() if name in params)
         rows.append([f"`--{name.replace('_', '-')}`", kinds.get(kind, "one of"), shown, losses])
-    return table(["setting", "drawn", "range", "searched for --loss"], rows)
+    return table(["setting", "drawn", "range", "searched for the method"], rows)
 
 
 # ---------------------------------------------------------------------------------------------- speed run
@@ -1049,6 +1049,43 @@ def t_losses_diag_epochs(ctx: Ctx) -> str:
     return table(header, rows) + "\n\n" + note
 
 
+TRIPLET_HISTORIES = [  # (history files under artifacts/reference/, as a glob) of the runs before the diagnostics
+    "demo/triplet_history.json",
+    "study/fastcnn/triplet_s*/history.json",
+    "study/fastcnn/triplet-focusmine_s*/history.json",
+    "study/linear/triplet_s*/history.json",
+    "study/mlp/triplet_s*/history.json",
+    "study/lenet/triplet_s*/history.json",
+    "study/resnet20/triplet_s*/history.json",
+    "study/resnet20/triplet_e60_s0/history.json",
+]
+
+
+def t_losses_triplet_histories(ctx: Ctx) -> str:
+    """The triplet and CE columns of the recorded CE + triplet histories: first and last epoch, range over seeds."""
+
+    def span(xs: list[float]) -> str:
+        lo, hi = min(xs), max(xs)
+        return f"{lo:.5f}" if lo == hi else f"{lo:.5f} – {hi:.5f}"
+
+    rows = []
+    for pattern in TRIPLET_HISTORIES:
+        paths = sorted(ctx.ref.glob(pattern))
+        if not paths:
+            raise DocsError(f"no history matches {ctx.ref / pattern}")
+        hs = [load(p) for p in paths]
+        shown = pattern.replace("/history.json", "/")
+        if "_s*" in pattern:  # the seeds found, as the glob matched them
+            shown = shown.replace("_s*", "_s{" + ",".join(p.parent.name.rsplit("_s", 1)[1] for p in paths) + "}")
+        rows.append([
+            f"`{shown}`", str(len(hs[0])), span([h[0]["triplet"] for h in hs]), span([h[-1]["triplet"] for h in hs]),
+            f"{span([h[0]['ce'] for h in hs])} → {span([h[-1]['ce'] for h in hs])}",
+        ])  # fmt: skip
+    header = ["runs (`history.json` under `artifacts/reference/`)", "epochs", "`triplet` first epoch",
+              "`triplet` last epoch", "`ce` first → last epoch"]  # fmt: skip
+    return table(header, rows)
+
+
 def t_losses_unseen(ctx: Ctx) -> str:
     """Held-out-class runs (study/unseen): retrieval of the unseen class and few-shot kNN, mean ± std over seeds."""
     root = ctx.ref / "study" / "unseen"
@@ -1118,6 +1155,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
     "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
     "losses-unseen": t_losses_unseen,  # study/unseen/*/report.json
+    "losses-triplet-histories": t_losses_triplet_histories,  # demo/ and study/*/triplet*/history.json
     "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
     "tune-space": t_tune_space,  # embedfm.tune.SPACE (the schema, not a measurement)
 }
