@@ -21,7 +21,7 @@ import numpy as np
 
 from embedfm import rundir
 from embedfm.errors import EmbedfmError
-from embedfm.fileio import atomic_write_json, atomic_write_text, read_json
+from embedfm.fileio import atomic_write_json, atomic_write_text
 
 KEYS = ("test_probs", "train_embeddings", "test_embeddings")
 SHIRT = 6
@@ -38,6 +38,7 @@ def concatenated(runs: list[dict], split: str) -> np.ndarray:
 
 def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, log=print) -> dict:
     from embedfm.evaluate import read_embeddings
+    from embedfm.floor import focus_of
     from embedfm.knn import KNNClassifier
     from embedfm.metrics import classifier_metrics, retrieval_metrics
 
@@ -48,8 +49,7 @@ def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, lo
     for name, r in zip(run_dirs[1:], runs[1:]):
         if not (np.array_equal(r["test_labels"], labels) and np.array_equal(r["train_labels"], train_labels)):
             raise EmbedfmError(f"{name} was evaluated on other images than {run_dirs[0]}: rerun `embedfm eval`")
-    cfg = read_json(Path(run_dirs[0]) / rundir.CONFIG, "retrain the run")
-    focus = tuple(cfg.get("focus_classes", (0, 2, 4, 6))) if isinstance(cfg, dict) else (0, 2, 4, 6)
+    focus = focus_of(run_dirs[0])
 
     softmax = np.mean([r["test_probs"] for r in runs], axis=0).argmax(1)
     train_cat, test_cat = concatenated(runs, "train"), concatenated(runs, "test")

@@ -151,6 +151,8 @@ def read_embeddings(run_dir: str | Path, keys: tuple[str, ...]) -> dict:
     path = Path(run_dir) / rundir.EMBEDDINGS
     rerun = f"rerun `embedfm eval {run_dir}`"
     a = read_npz(path, ("test_labels", "train_labels", *keys), rerun, what="embeddings file")
+    if any(v.ndim == 0 for v in a.values()):
+        raise EmbedfmError(f"{path}: arrays of the wrong shapes, types or values; {rerun}")
     n = {"test": len(a["test_labels"]), "train": len(a["train_labels"])}
     C = len(CLASS_NAMES)
     ids = lambda v, rows: v.shape == (rows,) and v.dtype.kind in "iu" and ((v >= 0) & (v < C)).all()
@@ -162,7 +164,7 @@ def read_embeddings(run_dir: str | Path, keys: tuple[str, ...]) -> dict:
             ok = ok and ids(v, n["test"])
         elif key.endswith("_embeddings"):
             ok = ok and v.ndim == 2 and len(v) == n[split] and v.dtype.kind == "f" and bool(np.isfinite(v).all())
-            dims.add(v.shape[-1])
+            dims.add(v.shape[-1] if v.ndim == 2 else None)
         elif key == "test_probs":
             ok = ok and v.shape == (n["test"], C) and v.dtype.kind == "f" and bool(np.isfinite(v).all())
     if not ok or len(dims) > 1:

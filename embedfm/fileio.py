@@ -115,6 +115,8 @@ def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "", what: str =
     try:
         with zipfile.ZipFile(path) as zf:
             for key in keys:
+                if f"{key}.npy" not in zf.namelist():
+                    raise EmbedfmError(f"{path}: lacks {key}" + (f"; {fix}" if fix else ""))
                 info = zf.getinfo(f"{key}.npy")
                 with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
@@ -128,8 +130,8 @@ def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "", what: str =
                         raise ValueError(f"{key}'s header claims more data than the archive holds")
                 with zf.open(info) as f:
                     out[key] = np.lib.format.read_array(f, allow_pickle=False)
-    except KeyError as e:
-        raise EmbedfmError(f"{path}: lacks {e.args[0]}" + (f"; {fix}" if fix else "")) from None
+    except EmbedfmError:
+        raise
     except Exception as e:  # zipfile, zlib/lzma, npy format, OS and memory errors all mean the same: unusable
         unreadable = f"unreadable {what}" if what else "unreadable"
         raise EmbedfmError(f"{path}: {unreadable} ({_first_line(e)})" + (f"; {fix}" if fix else "")) from None

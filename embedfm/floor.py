@@ -10,7 +10,8 @@ the labels rather than in the models:
   (no run trained on a test image), ranked by self-confidence;
 - **suspected label issues in the train split**, from a run's kNN leave-one-out votes: each train image's k
   nearest other train images in its embedding vote, (votes + 0.1) / (k + 1) as its probabilities (cosine, the
-  embedding of the run named first);
+  embedding of the run named first). These votes are in-sample: the embedding was trained on those very labels,
+  which pulls a mislabelled image towards its given class, so the train count is a lower bound;
 - for the **best run** (the highest final validation accuracy: the test split chooses nothing), the share of its
   focus-group errors that fall on suspected test label issues, and its focus-group error on the other images.
 
@@ -21,6 +22,7 @@ embeddings.npz (`embedfm eval` writes it, with the test probabilities, since 202
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ import numpy as np
 from embedfm import CLASS_NAMES, rundir
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
+from embedfm.report import is_number
 
 GALLERY = 64
 KEYS = ("test_labels", "test_probs", "pred_softmax", "train_embeddings", "train_labels")
@@ -44,9 +47,21 @@ def read_run(run_dir: str | Path) -> dict:
             raise EmbedfmError(f"{e} (eval saves the test probabilities since 2026-11-27)") from None
         raise
     history = read_json(Path(run_dir) / rundir.HISTORY, "retrain the run")
-    if not (isinstance(history, list) and history and isinstance(history[-1], dict)):
-        raise EmbedfmError(f"{run_dir}/{rundir.HISTORY}: not a list of epochs; retrain the run")
-    return {**a, "val_acc": float(history[-1].get("val_acc", float("nan"))), "name": Path(run_dir).name}
+    val = (
+        history[-1].get("val_acc") if isinstance(history, list) and history and isinstance(history[-1], dict) else None
+    )
+    if not is_number(val) or not math.isfinite(val):
+        raise EmbedfmError(f"{run_dir}/{rundir.HISTORY}: no final validation accuracy; retrain the run")
+    return {**a, "val_acc": float(val), "name": Path(run_dir).name}
+
+
+def focus_of(run_dir: str | Path) -> tuple[int, ...]:
+    """The focus classes of a run (its config.json), checked: one line if they are not class ids."""
+    cfg = read_json(Path(run_dir) / rundir.CONFIG, "retrain the run")
+    focus = cfg.get("focus_classes") if isinstance(cfg, dict) else None
+    if not (isinstance(focus, list) and focus and all(type(c) is int and 0 <= c < len(CLASS_NAMES) for c in focus)):
+        raise EmbedfmError(f"{run_dir}/{rundir.CONFIG}: focus_classes is not a list of class ids; retrain the run")
+    return tuple(focus)
 
 
 def shared_errors(labels: np.ndarray, preds: np.ndarray, focus: tuple[int, ...]) -> dict:
@@ -89,11 +104,12 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, focus: tuple[int, ...]) 
     find_label_issues, ranked by self-confidence)."""
     from cleanlab.filter import find_label_issues
 
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: ten classes are no work for a process pool, and forking one beside torch and faiss is not free
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     return ranked[np.isin(labels[ranked], focus)]
 
 
-def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -> Path:
+def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -> None:
     """An 8 × 8 grid of the first GALLERY suspected issues: image, given → predicted label, share of runs."""
     import matplotlib
 
@@ -115,7 +131,8 @@ def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -
         )
     fig.suptitle("Suspected label issues in the focus classes (given → predicted, share of runs predicting it)")
     fig.tight_layout()
-    return atomic_save_figure(fig, path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)
 
 
 def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_dir: str | None = None, log=print):
@@ -124,14 +141,13 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
 
     if len(run_dirs) < 2:
         raise EmbedfmError("embedfm floor needs at least 2 evaluated runs (errors shared by every run)")
+    if k < 1:
+        raise EmbedfmError(f"--k must be at least 1, got {k}")
     runs = [read_run(r) for r in run_dirs]
     labels = runs[0]["test_labels"]
     if any(not np.array_equal(r["test_labels"], labels) for r in runs):
         raise EmbedfmError("these runs were evaluated on different test images and cannot be compared")
-    cfg = read_json(Path(run_dirs[0]) / rundir.CONFIG, "retrain the run")
-    focus = tuple(cfg.get("focus_classes", (0, 2, 4, 6))) if isinstance(cfg, dict) else ()
-    if not (focus and all(isinstance(c, int) and 0 <= c < len(CLASS_NAMES) for c in focus)):
-        raise EmbedfmError(f"{run_dirs[0]}/{rundir.CONFIG}: focus_classes is not a list of class ids; retrain the run")
+    focus = focus_of(run_dirs[0])
     preds = np.stack([r["pred_softmax"] for r in runs])
     probs = np.mean([r["test_probs"] for r in runs], axis=0)
     agreement = (preds == probs.argmax(1)).mean(0)
@@ -174,7 +190,9 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
         },
     }
     out = Path(out) if out else rundir.default_out(run_dirs)
-    data = load_fashion_mnist(data_dir or cfg.get("data_dir"))
+    data = load_fashion_mnist(data_dir or read_json(Path(run_dirs[0]) / rundir.CONFIG).get("data_dir"))
+    if not np.array_equal(data.test_labels.numpy(), labels):
+        raise EmbedfmError(f"{data.source}: its test labels differ from the runs' embeddings.npz; pass --data-dir")
     gallery(data.test_images.numpy(), labels, probs, agreement, test_issues, out / "label_issues.png")
     atomic_write_json(out / "floor.json", result)
     atomic_write_text(out / "floor.md", markdown(result))

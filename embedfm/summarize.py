@@ -124,7 +124,7 @@ def labels_of(groups: dict[str, list[dict]], names: bool) -> dict[str, str]:
     """method key → its label: by run dir names (`names`) or by the config values that tell methods apart."""
     keys = list(groups)
     labels = {k: name_label(g) if names else method_label(g, keys) for k, g in groups.items()}
-    if len(set(labels.values())) < len(labels):
+    if names and len(set(labels.values())) < len(labels):
         raise EmbedfmError("--names: two methods share a name; name each method's run dirs <method>_s<seed>")
     return labels
 

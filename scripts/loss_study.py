@@ -93,8 +93,12 @@ def val_knn(work: Path, name: str) -> float:
     """Mean final validation kNN accuracy of a method's 3 seeds: how the holdout stage ranks the metric losses."""
     vals = []
     for seed in SEEDS:
-        history = read_json(work / "runs" / f"{name}_s{seed}" / "history.json", "run the runs stage first")
-        vals.append(history[-1]["val_knn_acc"])
+        path = work / "runs" / f"{name}_s{seed}" / "history.json"
+        history = read_json(path, "run the runs stage first")
+        last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
+        if not isinstance(last.get("val_knn_acc"), float):
+            raise EmbedfmError(f"{path}: no final val_knn_acc; rerun that run")
+        vals.append(last["val_knn_acc"])
     return sum(vals) / len(vals)
 
 

@@ -203,6 +203,7 @@ def t_headline(ctx: Ctx) -> str:
                 ctx.link(summary_md, "resnet20 study"),
             ]
         )
+    rows += loss_study_headline(ctx)
     px = find_row(ctx, "fastcnn", PIXEL_ROW)
     rows.append(
         [
@@ -216,6 +217,25 @@ def t_headline(ctx: Ctx) -> str:
         ]
     )
     return table(header, rows)
+
+
+def best_metric_loss(ctx: Ctx) -> dict[str, str]:
+    """The loss study's metric loss with the highest mean validation accuracy (validation chooses, not test)."""
+    rows = [r for r in ctx.summary("losses") if not r["method"].startswith("ce")]
+    return max(rows, key=lambda r: float(r["val acc %"].split(" ")[0]))
+
+
+def loss_study_headline(ctx: Ctx) -> list[list[str]]:
+    """The class-balanced CE control and the best metric loss of the loss comparison (same tuning, same budget)."""
+    link = ctx.link(ctx.ref / "study" / "losses" / "summary.md", "loss comparison")
+    epochs = load(ctx.ref / "study" / "losses" / "protocol.json")["final_epochs"]
+    best = best_metric_loss(ctx)
+    out = []
+    for r, what in ((find_row(ctx, "losses", "ce-balanced"), "CE, class-balanced batches"),
+                    (best, f"CE + {best['method']}, best metric loss on validation")):  # fmt: skip
+        out.append([f"`fastcnn`, {what}, tuned, {epochs} epochs", r["seeds"], r["test acc softmax %"],
+                    r["focus-group err softmax %"], r["recall 6"], r["MAP@R"], link])  # fmt: skip
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- demo
@@ -948,6 +968,8 @@ def t_losses_tune(ctx: Ctx) -> str:
     for m in p["methods"]:
         s = load(root / "tune" / m / "summary.json")
         best, dflt = s["best"], s["defaults"]
+        if not (best and dflt):
+            raise DocsError(f"{root / 'tune' / m / 'summary.json'}: no completed best or defaults trial")
         params = ", ".join(f"{k} {default_text(round(v, 4) if isinstance(v, float) else v)}"
                            for k, v in best["params"].items())  # fmt: skip
         rows.append([f"`{m}`", str(s["finished"]), pct(dflt["val_acc"]), pct(best["val_acc"]),

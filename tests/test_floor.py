@@ -41,6 +41,13 @@ def test_knn_loo_votes_match_a_loop():
         votes = np.bincount(labels[nearest], minlength=10)
         np.testing.assert_allclose(probs[i], (votes + 0.1) / (k + 1.0), rtol=1e-6)
     np.testing.assert_allclose(probs.sum(1), 1.0)
+    # exact duplicates tie with the image itself: it is still the one left out, and k others vote
+    dup = np.repeat(emb[:4], 3, axis=0)  # 12 rows, 4 distinct
+    dup_labels = np.array([0, 0, 1, 2, 2, 2, 3, 3, 3, 4, 4, 5])
+    p = knn_loo_probs(dup, dup_labels, k=2)
+    for i in range(12):  # its 2 copies are its 2 nearest others
+        copies = [j for j in range(3 * (i // 3), 3 * (i // 3) + 3) if j != i]
+        np.testing.assert_allclose(p[i], (np.bincount(dup_labels[copies], minlength=10) + 0.1) / 3.0)
 
 
 def test_cleanlab_finds_planted_label_errors_in_the_focus_classes():
@@ -54,8 +61,9 @@ def test_cleanlab_finds_planted_label_errors_in_the_focus_classes():
     labels[60] = 9  # a planted error outside the focus classes: not listed
     probs += rng.uniform(0, 0.01, probs.shape)
     probs /= probs.sum(1, keepdims=True)
+    probs[320] = np.full(10, 0.005) + 0.945 * np.eye(10)[6]  # the most confident of the four: listed first
     found = label_issues(labels, probs, (0, 2, 4, 6))
-    assert sorted(found.tolist()) == planted
+    assert sorted(found.tolist()) == planted and found[0] == 320
 
 
 @pytest.mark.slow
@@ -92,18 +100,21 @@ def test_ensemble_averages_probabilities_and_concatenates_unit_embeddings(tmp_pa
     labels = np.array([0, 2, 4, 6, 1])
     train_labels = np.array([0, 2, 4, 6, 1])
     eye = np.eye(10)
-    # run a is right on images 0-2, run b on 2-4; averaged they are right wherever one is confident
-    pa = 0.6 * eye[[0, 2, 4, 0, 3]] + 0.04
-    pb = 0.9 * eye[[2, 4, 4, 6, 1]] + 0.01
+    # run a predicts [0, 2, 4, 0, 3] (3 of 5 right), run b [2, 4, 4, 6, 2] (2 of 5). Averaged, a's confident 0 beats
+    # b's hesitant 2 on image 0, b's confident 6 beats a's hesitant 0 on image 3, and image 4 stays wrong (3 or 2)
+    pa = 0.04 + np.array([0.9, 0.1, 0.3, 0.1, 0.6])[:, None] * eye[[0, 2, 4, 0, 3]]
+    pb = 0.04 + np.array([0.2, 0.6, 0.3, 0.9, 0.5])[:, None] * eye[[2, 4, 4, 6, 2]]
     rng = np.random.default_rng(0)
     train_a, test_a = 7.0 * rng.normal(size=(5, 4)), rng.normal(size=(5, 4))  # scale must not matter
     train_b, test_b = rng.normal(size=(5, 3)), 0.1 * rng.normal(size=(5, 3))
     _arrays(tmp_path / "a", pa, train_a, test_a, labels, train_labels)
     _arrays(tmp_path / "b", pb, train_b, test_b, labels, train_labels)
     r = ensemble([str(tmp_path / "a"), str(tmp_path / "b")], out=tmp_path, k=1, log=lambda _: None)
-    # averaged: image 0 → (0.64 + 0.01) for 0 vs (0.04 + 0.91) for 2 → 2 (wrong); 1 → 4 (wrong); 2, 3, 4 right
-    assert r["softmax_average"]["accuracy"] == pytest.approx(3 / 5)
-    assert r["single_runs_mean"]["accuracy"] == pytest.approx(3 / 5)  # each run alone: 3 of 5
+    # averaged: [0, 4, 4, 6, 3]: right on images 0, 2, 3; a different set than either run's
+    assert (pa + pb).argmax(1).tolist() == [0, 4, 4, 6, 3]
+    conf = np.array(r["softmax_average"]["confusion"])
+    assert conf[0, 0] == 1 and conf[2, 4] == 1 and conf[4, 4] == 1 and conf[6, 6] == 1 and conf[1, 3] == 1
+    assert r["single_runs_mean"]["accuracy"] == pytest.approx((3 / 5 + 2 / 5) / 2)
     # brute force: cosine 1-NN over [unit(a), unit(b)] side by side
     norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     cat = lambda x, y: np.hstack([norm(x), norm(y)])
@@ -112,3 +123,15 @@ def test_ensemble_averages_probabilities_and_concatenates_unit_embeddings(tmp_pa
     assert r["knn_concatenated"]["accuracy"] == pytest.approx((expected == labels).mean())
     assert "Ensemble of 2 runs" in (tmp_path / "ensemble.md").read_text()
     assert main(["ensemble", str(tmp_path / "a")]) == 2  # one run: one line, exit 2
+
+
+def test_a_run_evaluated_before_the_probabilities_were_saved_is_one_line_naming_them(tmp_path):
+    from embedfm.errors import EmbedfmError
+    from embedfm.evaluate import save_embeddings
+    from embedfm.floor import read_run
+
+    labels = np.arange(10)
+    save_embeddings(tmp_path, {"test_labels": labels, "train_labels": labels, "pred_softmax": labels,
+                               "train_embeddings": np.eye(10), "test_embeddings": np.eye(10)})  # fmt: skip
+    with pytest.raises(EmbedfmError, match=r"lacks test_probs; rerun `embedfm eval .*` \(eval saves the test prob"):
+        read_run(tmp_path)
