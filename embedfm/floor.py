@@ -13,7 +13,8 @@ the labels rather than in the models:
   embedding of the run named first). These votes are in-sample: the embedding was trained on those very labels,
   which pulls a mislabelled image towards its given class, so the train count is a lower bound;
 - for the **best run** (the highest final validation accuracy: the test split chooses nothing), the share of its
-  focus-group errors that fall on suspected test label issues, and its focus-group error on the other images.
+  focus-group errors (a focus-class image called another focus class) that fall on suspected test label issues,
+  and its focus-group error on the other images.
 
 Writes floor.json, floor.md and label_issues.png (the 64 most confident suspected issues among the focus classes:
 image, given label, the runs' averaged prediction and the share of runs that predict it). Reads each run's
@@ -109,6 +110,11 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, focus: tuple[int, ...]) 
     return ranked[np.isin(labels[ranked], focus)]
 
 
+def short(c: int) -> str:
+    """A class name short enough for a gallery title: 'T-shirt/top' → 'T-shirt'."""
+    return CLASS_NAMES[int(c)].split("/")[0]
+
+
 def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -> None:
     """An 8 × 8 grid of the first GALLERY suspected issues: image, given → predicted label, share of runs."""
     import matplotlib
@@ -126,11 +132,11 @@ def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -
         pred = int(probs[i].argmax())
         ax.imshow(images[i], cmap="gray_r")
         ax.set_title(
-            f"#{i}\n{CLASS_NAMES[labels[i]][:9]} → {CLASS_NAMES[pred][:9]}\n{100 * agreement[i]:.0f} % of runs",
+            f"#{i}\n{short(labels[i])} → {short(pred)}\n{100 * agreement[i]:.0f} % of runs",
             fontsize=6.5,
         )
     fig.suptitle("Suspected label issues in the focus classes (given → predicted, share of runs predicting it)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
@@ -159,7 +165,8 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
 
     best = max(runs, key=lambda r: r["val_acc"])
     in_focus = np.isin(labels, focus)
-    errors = in_focus & (best["pred_softmax"] != labels)
+    # the focus-group error's own definition (metrics.focus_group_error): a focus image called another focus class
+    errors = in_focus & np.isin(best["pred_softmax"], focus) & (best["pred_softmax"] != labels)
     suspect = np.zeros_like(in_focus)
     suspect[test_issues] = True
     rest = in_focus & ~suspect

@@ -74,6 +74,8 @@ def test_floor_end_to_end_on_two_real_runs(real_runs, tmp_path, capsys):
     assert r["shared"]["focus_images"] == 4000 and sum(r["shared"]["wrong_in_k_runs"]) == 4000
     assert r["shared"]["all_wrong_same_way"] <= r["shared"]["all_wrong"] <= 4000
     assert r["best_run"]["name"] in ("ce", "triplet") and 0 <= r["best_run"]["share_on_suspected_issues"] <= 1
+    report = json.loads((real_runs[2] / "report.json").read_text())["runs"][r["best_run"]["name"]]
+    assert r["best_run"]["focus_error"] == pytest.approx(report["classifiers"]["softmax"]["focus_group_error"])
     assert (tmp_path / "label_issues.png").stat().st_size > 10_000
     assert "wrong in every run" in (tmp_path / "floor.md").read_text()
     # one run, or a run whose embeddings.npz is gone: one line, exit 2
