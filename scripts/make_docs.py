@@ -220,9 +220,10 @@ def t_headline(ctx: Ctx) -> str:
 
 
 def best_metric_loss(ctx: Ctx) -> dict[str, str]:
-    """The loss study's metric loss with the highest mean validation accuracy (validation chooses, not test)."""
-    rows = [r for r in ctx.summary("losses") if not r["method"].startswith("ce")]
-    return max(rows, key=lambda r: float(r["val acc %"].split(" ")[0]))
+    """The summary row of the loss study's best metric loss: first of protocol.json's ranking (mean final
+    validation kNN accuracy over its seeds; validation chooses, not test)."""
+    _, p = loss_study(ctx)
+    return find_row(ctx, "losses", next(iter(p["ranking"])))
 
 
 def loss_study_headline(ctx: Ctx) -> list[list[str]]:
@@ -232,7 +233,7 @@ def loss_study_headline(ctx: Ctx) -> list[list[str]]:
     best = best_metric_loss(ctx)
     out = []
     for r, what in ((find_row(ctx, "losses", "ce-balanced"), "CE, class-balanced batches"),
-                    (best, f"CE + {best['method']}, best metric loss on validation")):  # fmt: skip
+                    (best, f"CE + {best['method']}, best metric loss (validation kNN)")):  # fmt: skip
         out.append([f"`fastcnn`, {what}, tuned, {epochs} epochs", r["seeds"], r["test acc softmax %"],
                     r["focus-group err softmax %"], r["recall 6"], r["MAP@R"], link])  # fmt: skip
     return out
@@ -1071,6 +1072,52 @@ def t_losses_diag_epochs(ctx: Ctx) -> str:
     return table(header, rows) + "\n\n" + note
 
 
+def t_losses_ensemble(ctx: Ctx) -> str:
+    """study/losses/ensemble_<method>/ensemble.json (`embedfm ensemble` over a method's three seeds)."""
+    root = ctx.ref / "study" / "losses"
+    rows = []
+    for path in sorted(root.glob("ensemble_*/ensemble.json")):
+        e, method = load(path), path.parent.name.removeprefix("ensemble_")
+        for what, f in (("single runs, mean", e["single_runs_mean"]), ("softmax averaged", e["softmax_average"]),
+                        ("kNN, embeddings concatenated", e["knn_concatenated"])):  # fmt: skip
+            shirt = num(f["per_class"]["6"]["recall"]) if "per_class" in f else "–"
+            name = f"`{method}` × {len(e['runs'])}"
+            rows.append([name, what, pct(f["accuracy"]), pct(f["focus_group_error"]), shirt])
+        rows[-1][-1] += f" (MAP@R {num(e['retrieval_concatenated']['map_at_r'])})"
+    if not rows:
+        raise DocsError(f"no ensemble_*/ensemble.json under {root}")
+    src = ", ".join(ctx.link(p) for p in sorted(root.glob("ensemble_*/ensemble.md")))
+    return table(["ensemble", "classifier", "test acc %", "focus-group err %", "shirt recall"], rows) + (
+        "\n\nEnsembles, not single models: each row combines a method's three seeds (`embedfm ensemble`). Source: "
+        + src
+    )
+
+
+def t_losses_floor(ctx: Ctx) -> str:
+    """study/losses/floor/floor.json (`embedfm floor` over every run of the comparison)."""
+    path = ctx.ref / "study" / "losses" / "floor" / "floor.json"
+    r = load(path)
+    s, t, tr, b = r["shared"], r["test_label_issues"], r["train_label_issues"], r["best_run"]
+    by = lambda d: ", ".join(f"{c} {v}" for c, v in d.items())
+    rows = [
+        ["runs", f"{len(r['runs'])} (every method and seed of the comparison)"],
+        ["focus-class test images", f"{s['focus_images']:,}"],
+        ["wrong in every run (softmax)", f"{s['all_wrong']:,}"],
+        ["… with the same predicted class in every run", f"{s['all_wrong_same_way']:,}"],
+        ["suspected test label issues in the focus classes", f"{t['count']:,} ({by(t['by_class'])})"],
+        ["… of them wrong the same way in every run", f"{t['all_wrong_same_way_among_them']:,}"],
+        [f"suspected train label issues (kNN leave-one-out, k = {tr['k']}, `{tr['from_run']}`; in-sample)",
+         f"{tr['count']:,} ({by(tr['by_class'])})"],
+        [f"best run by validation accuracy: `{b['name']}`, its focus-group error",
+         f"{pct(b['focus_error'])} % ({b['focus_errors']:,} images)"],
+        ["… of its focus-group errors on suspected issues",
+         f"{b['errors_on_suspected_issues']:,} ({100 * b['share_on_suspected_issues']:.1f} %)"],
+        ["… its focus-group error on the other focus images", f"{pct(b['focus_error_on_the_rest'])} %"],
+    ]  # fmt: skip
+    gallery = ctx.link(path.parent / "label_issues.png")
+    return table(["", "count"], rows) + f"\n\nSource: {ctx.link(path)}; gallery of the 64 most confident: {gallery}"
+
+
 TRIPLET_HISTORIES = [  # (history files under artifacts/reference/, as a glob) of the runs before the diagnostics
     "demo/triplet_history.json",
     "study/fastcnn/triplet_s*/history.json",
@@ -1177,6 +1224,8 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
     "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
     "losses-unseen": t_losses_unseen,  # study/unseen/*/report.json
+    "losses-ensemble": t_losses_ensemble,  # study/losses/ensemble_*/ensemble.json (embedfm ensemble)
+    "losses-floor": t_losses_floor,  # study/losses/floor/floor.json (embedfm floor)
     "losses-triplet-histories": t_losses_triplet_histories,  # demo/ and study/*/triplet*/history.json
     "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
     "tune-space": t_tune_space,  # embedfm.tune.SPACE (the schema, not a measurement)
