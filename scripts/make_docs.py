@@ -203,19 +203,7 @@ def t_headline(ctx: Ctx) -> str:
                 ctx.link(summary_md, "resnet20 study"),
             ]
         )
-    rows += loss_study_headline(ctx)
-    px = find_row(ctx, "fastcnn", PIXEL_ROW)
-    rows.append(
-        [
-            "kNN (k = 10) on raw pixels, no training",
-            "–",
-            px["test acc kNN %"],
-            px["focus-group err kNN %"],
-            px["shirt recall kNN"],
-            "–",
-            ctx.link(ref / "study" / "fastcnn" / "summary.md", "fastcnn study"),
-        ]
-    )
+    rows += loss_study_headline(ctx)  # the raw-pixel baseline lives in the study page
     return table(header, rows)
 
 
