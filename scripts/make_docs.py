@@ -1060,6 +1060,78 @@ def t_losses_diag_epochs(ctx: Ctx) -> str:
     return table(header, rows) + "\n\n" + note
 
 
+RELATIVE_TARGET = 0.15  # the loss-comparison question: ≥ 15 % relative fewer focus-group errors than balanced CE
+CONTROL = "ce-balanced"
+
+
+def first_number(cell: str) -> float:
+    """'12.34 ± 0.56' (or '12.34') → 12.34."""
+    return float(cell.split(" ")[0])
+
+
+def unseen_groups(ctx: Ctx) -> dict[tuple[str, str], list[dict]]:
+    """(held-out class, method) → the report entries of study/unseen's runs (dirs <method>-h<class>_s<seed>)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rep in sorted((ctx.ref / "study" / "unseen").glob("*_s*/report.json")):
+        method, cls = rep.parent.name.rsplit("_s", 1)[0].rsplit("-h", 1)
+        groups.setdefault((cls, method), []).extend(load(rep)["runs"].values())
+    return groups
+
+
+def t_losses_verdict(ctx: Ctx) -> str:
+    """The loss comparison's questions answered from paired.json, summary.csv and study/unseen (generated)."""
+    root, _ = loss_study(ctx)
+    paired = load(root / "paired.json")["comparisons"]
+    summary = {r["method"]: r for r in ctx.summary("losses")}
+    metric = [m for m in summary if not m.startswith("ce")]
+    vs = {c["method"]: c for c in paired if c["control"] == CONTROL}
+    base = first_number(summary[CONTROL]["focus-group err softmax %"])
+
+    def delta(m: str, fig: str, scale: float = 100, digits: int = 2) -> str:
+        d, (lo, hi) = vs[m][fig]["difference"], vs[m][fig]["interval"]
+        mark = " ✓" if vs[m][fig]["helps"] else " ✗" if vs[m][fig]["hurts"] else ""
+        return f"{scale * d:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]{mark}"
+
+    # relative change in %: the difference (a fraction) in points, over the control's error (in %)
+    rel = {m: 100 * (100 * vs[m]["focus_group_error"]["difference"]) / base for m in metric}
+    meets = [m for m in metric if rel[m] <= -100 * RELATIVE_TARGET and vs[m]["focus_group_error"]["helps"]]
+    best_rel = min(metric, key=lambda m: rel[m])
+    helps_fe = [m for m in metric if vs[m]["focus_group_error"]["helps"]]
+    helps_acc = [m for m in metric if vs[m]["accuracy"]["helps"]]
+    best_map = max(metric, key=lambda m: first_number(summary[m]["MAP@R"]))
+    names = lambda ms: ", ".join(f"`{m}`" for m in ms) or "**none**"
+    rows = [
+        [f"Does a metric loss cut the focus-group error by ≥ {100 * RELATIVE_TARGET:.0f} % relative against `{CONTROL}`"
+         " (interval excluding zero)?",
+         ("**yes**: " + names(meets)) if meets else
+         f"**no**. The largest cut is `{best_rel}`'s, {rel[best_rel]:+.1f} % relative: "
+         f"Δ {delta(best_rel, 'focus_group_error')} points against `{CONTROL}`'s {base:.2f} %"],
+        [f"Which lower it at all against `{CONTROL}` (interval excluding zero)?", names(helps_fe)],
+        [f"Which raise test accuracy against `{CONTROL}` (interval excluding zero)?", names(helps_acc)],
+        ["Best retrieval (test MAP@R, mean of seeds)",
+         f"`{best_map}`: {summary[best_map]['MAP@R']} against `{CONTROL}`'s {summary[CONTROL]['MAP@R']}; "
+         f"Δ {delta(best_map, 'map_at_r', 1, 3)}"],
+        [f"What do the balanced batches alone do (`{CONTROL}` against `ce`)?",
+         "focus-group error Δ " + next(
+             f"{100 * c['focus_group_error']['difference']:+.2f} [{100 * c['focus_group_error']['interval'][0]:+.2f}, "
+             f"{100 * c['focus_group_error']['interval'][1]:+.2f}] points"
+             for c in paired if c["method"] == CONTROL and c["control"] == "ce")],
+    ]  # fmt: skip
+    shirt = {m: runs for (cls, m), runs in unseen_groups(ctx).items() if cls == "6"}
+    if shirt:
+        score = lambda m: statistics.mean(r["unseen"]["6"]["map_at_r"] for r in shirt[m])
+        shot = lambda m: statistics.mean(r["unseen"]["6"]["few_shot"]["5"]["accuracy"] for r in shirt[m])
+        best = max(shirt, key=score)
+        rows.append(["Best on Shirt when it was never trained on (held-out MAP@R; 5-shot kNN accuracy)",
+                     "; ".join(f"`{m}` {score(m):.3f}, {100 * shot(m):.1f} %" for m in sorted(shirt, key=score,
+                               reverse=True)) + f" (best: `{best}`)"])  # fmt: skip
+    note = (
+        "Generated from the paired intervals (softmax head; MAP@R: the embedding), the summary and the unseen-class "
+        "runs; Δ = method − control in points, 95 % paired bootstrap interval, ✓ / ✗ where it excludes zero."
+    )
+    return table(["question", "answer"], rows) + "\n\n" + note
+
+
 def t_losses_ensemble(ctx: Ctx) -> str:
     """study/losses/ensemble_<method>/ensemble.json (`embedfm ensemble` over a method's three seeds)."""
     root = ctx.ref / "study" / "losses"
@@ -1146,11 +1218,7 @@ def t_losses_triplet_histories(ctx: Ctx) -> str:
 def t_losses_unseen(ctx: Ctx) -> str:
     """Held-out-class runs (study/unseen): retrieval of the unseen class and few-shot kNN, mean ± std over seeds."""
     root = ctx.ref / "study" / "unseen"
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for rep in sorted(root.glob("*_s*/report.json")):
-        method, cls = rep.parent.name.rsplit("_s", 1)[0].rsplit("-h", 1)
-        for r in load(rep)["runs"].values():
-            groups.setdefault((cls, method), []).append(r)
+    groups = unseen_groups(ctx)
     rows = []
     for (cls, method), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "6", kv[0])):
         u = [r["unseen"][cls] for r in runs]
@@ -1205,6 +1273,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "speedrun-race": t_speedrun_race,  # speedrun.json (scripts/bench.py --only speedrun)
     "speedrun-targets": t_speedrun_targets,  # speedrun.json
     "speedrun-recipe": t_speedrun_recipe,  # embedfm.config.RECIPES (the schema, not a measurement)
+    "losses-verdict": t_losses_verdict,  # study/losses/paired.json, summary.csv; study/unseen/*/report.json
     "losses-protocol": t_losses_protocol,  # study/losses/protocol.json (scripts/loss_study.py)
     "losses-tune": t_losses_tune,  # study/losses/tune/*/summary.json
     "losses-summary": t_losses_summary,  # study/losses/summary.csv
