@@ -177,8 +177,7 @@ def publish(work: Path, out: Path, unseen: Path) -> None:
             if src.is_file():
                 (out / "tune" / name).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, out / "tune" / name / f)
-    if (work / "holdout_plan.json").is_file():
-        shutil.copy2(work / "holdout_plan.json", unseen / "holdout_plan.json")
+
     atomic_write_json(
         out / "protocol.json",
         {
@@ -192,7 +191,8 @@ def publish(work: Path, out: Path, unseen: Path) -> None:
     )
     summarize([str(out)], names=True, log=say)
     summarize_paired([str(out)], names=True, log=say)
-    if unseen.is_dir():
+    if list(unseen.glob("*_s*/report.json")):  # the holdout stage has evaluated runs
+        shutil.copy2(work / "holdout_plan.json", unseen / "holdout_plan.json")
         summarize([str(unseen)], names=True, log=say)
 
 

@@ -1038,7 +1038,8 @@ def t_losses_diag_epochs(ctx: Ctx) -> str:
     """The diagnostics runs (study/losses/diagnostics/): the probe at every epoch, triplet + DWS beside balanced CE."""
     root, p = loss_study(ctx)
     runs = {m: load(root / "diagnostics" / f"{m}_s0" / "history.json") for m in p["diagnostics"]["methods"]}
-    header = ["epoch"] + [f"{m}: {h}" for m in runs for h in ("active ff %", "d(a,p) ff", "d(a,n) ff", "loss parts")]
+    shown = ("active ff %", "d(a,p) ff", "d(a,n) ff", "loss parts", "train acc %", "val focus err %")
+    header = ["epoch"] + [f"{m}: {h}" for m in runs for h in shown]
     rows = []
     for i in range(max(len(h) for h in runs.values())):
         row = [str(i + 1)]
@@ -1047,7 +1048,8 @@ def t_losses_diag_epochs(ctx: Ctx) -> str:
             parts = " / ".join(f"{k} {e[k]:.3f}" for k in ("ce", "triplet") if e.get(k) is not None)
             row += [
                 pct(e.get("diag_active_ff"), 1), num(e["diag_ap_ff"]) if "diag_ap_ff" in e else "–",
-                num(e["diag_an_ff"]) if "diag_an_ff" in e else "–", parts or "–",
+                num(e["diag_an_ff"]) if "diag_an_ff" in e else "–", parts or "–", pct(e.get("train_acc"), 1),
+                pct(e.get("val_focus_err")),
             ]  # fmt: skip
         rows.append(row)
     d = p["diagnostics"]
