@@ -51,7 +51,7 @@ def ensure_evaluated(run: str, config_file: str | None, flags: dict, log=print, 
 
     found = rundir.state(run)
     if found == "evaluated" or (found == "finished" and not evaluate):
-        log(f"skip {run} ({found})")
+        log(f"skip {run} (finished)")
         return found
     start = time.perf_counter()
     if found == "started":

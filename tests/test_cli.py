@@ -52,7 +52,10 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_runs):
             "pred_softmax",
             "pred_knn",
             "pred_knn_flip",
+            "test_probs",  # out-of-sample class probabilities, for embedfm floor / ensemble
         }
+        np.testing.assert_allclose(z["test_probs"].sum(1), 1.0, rtol=1e-5)
+        assert (z["test_probs"].argmax(1) == z["pred_softmax"]).all()
         for clf in ("knn", "knn_flip"):
             acc = (z[f"pred_{clf}"] == z["test_labels"]).mean()
             assert acc == pytest.approx(r["classifiers"][clf]["accuracy"])

@@ -154,8 +154,10 @@ def test_npz_holds_what_eval_writes(fake_run, tmp_path):
         "pred_softmax",
         "pred_knn",
         "pred_knn_flip",  # the run uses flip TTA (the default)
+        "test_probs",  # the softmax head's class probabilities
     }
     assert arrays["train_embeddings"].shape == (200, 64) and arrays["test_embeddings"].shape == (50, 64)
+    assert arrays["test_probs"].shape == (50, 10)
     assert arrays["train_labels"].shape == (200,)
     assert all(arrays[k].shape == (50,) for k in ("test_labels", "pred_softmax", "pred_knn", "pred_knn_flip"))
     assert not (run / "embeddings.npz").exists()  # the run dir is left alone
