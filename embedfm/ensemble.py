@@ -62,7 +62,8 @@ def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, lo
         "knn_concatenated": {**classifier_metrics(labels, knn, focus), "k": k},
         "retrieval_concatenated": retrieval_metrics(test_cat, labels),
         "single_runs_mean": {
-            key: float(np.mean([s[key] for s in singles])) for key in ("accuracy", "focus_group_error")
+            **{key: float(np.mean([s[key] for s in singles])) for key in ("accuracy", "focus_group_error")},
+            "shirt_recall": float(np.mean([s["per_class"][str(SHIRT)]["recall"] for s in singles])),
         },
     }
     out = Path(out) if out else rundir.default_out(run_dirs)
@@ -75,7 +76,7 @@ def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, lo
 
 def markdown(r: dict) -> str:
     def row(name: str, figures: dict) -> tuple:
-        shirt = figures["per_class"][str(SHIRT)]["recall"] if "per_class" in figures else None
+        shirt = figures["per_class"][str(SHIRT)]["recall"] if "per_class" in figures else figures.get("shirt_recall")
         return name, figures["accuracy"], figures["focus_group_error"], shirt
 
     rows = [

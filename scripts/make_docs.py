@@ -203,8 +203,28 @@ def t_headline(ctx: Ctx) -> str:
                 ctx.link(summary_md, "resnet20 study"),
             ]
         )
+    rows += best_headline(ctx)
     rows += loss_study_headline(ctx)  # the raw-pixel baseline lives in the study page
     return table(header, rows)
+
+
+def best_headline(ctx: Ctx) -> list[list[str]]:
+    """The best recipe's class-balanced CE control and the ensemble of its CE + triplet seeds (study/best), each
+    once it has been measured; the ensemble is declared as one."""
+    root = ctx.ref / "study" / "best"
+    rows = []
+    if (root / "summary.csv").is_file():
+        link = ctx.link(root / "summary.md", "best-model study")
+        r = find_row(ctx, "best", "ce-balanced")
+        rows.append(["`resnet20`, CE, class-balanced batches, 30 epochs", r["seeds"], r["test acc softmax %"],
+                     r["focus-group err softmax %"], r["recall 6"], r["MAP@R"], link])  # fmt: skip
+    if (path := root / "ensemble_triplet" / "ensemble.json").is_file():
+        e, link = load(path), ctx.link(path.with_suffix(".md"), "ensemble")
+        sm = e["softmax_average"]
+        rows.append([f"`resnet20`, CE + triplet, 30 epochs: **ensemble** of {len(e['runs'])} seeds (softmax averaged)",
+                     "–", pct(sm["accuracy"]), pct(sm["focus_group_error"]), num(sm["per_class"]["6"]["recall"]),
+                     num(e["retrieval_concatenated"]["map_at_r"]), link])  # fmt: skip
+    return rows
 
 
 def best_metric_loss(ctx: Ctx) -> dict[str, str]:
@@ -915,7 +935,7 @@ def t_speedrun_race(ctx: Ctx) -> str:
 # ---------------------------------------------------------------------------------------------- loss study
 
 # studies whose methods differ in many tuned settings: summarised with `embedfm summarize --names`
-NAMED_STUDIES = {"losses", "unseen"}
+NAMED_STUDIES = {"losses", "unseen", "best"}
 LOSS_COLUMNS = [
     ("method", "method"),
     ("seeds", "seeds"),
@@ -978,7 +998,12 @@ def t_losses_summary(ctx: Ctx) -> str:
 
 def t_losses_paired(ctx: Ctx) -> str:
     """paired.json (`embedfm summarize --names --paired`): every method against the two CE controls."""
-    root, _ = loss_study(ctx)
+    return paired_table(ctx, "losses")
+
+
+def paired_table(ctx: Ctx, study: str) -> str:
+    """A named study's paired.json: every method against each CE control, over the same test images."""
+    root = ctx.ref / "study" / study
     path = root / "paired.json"
     paired = load(path)
     header = ["method", "control", "Δ accuracy", "Δ focus-group error", "Δ shirt recall", "Δ MAP@R",
@@ -1136,13 +1161,19 @@ def t_losses_verdict(ctx: Ctx) -> str:
 
 def t_losses_ensemble(ctx: Ctx) -> str:
     """study/losses/ensemble_<method>/ensemble.json (`embedfm ensemble` over a method's three seeds)."""
-    root = ctx.ref / "study" / "losses"
+    return ensemble_table(ctx, "losses")
+
+
+def ensemble_table(ctx: Ctx, study: str) -> str:
+    """study/<study>/ensemble_<method>/ensemble.json: the single runs' mean, then each way of combining them."""
+    root = ctx.ref / "study" / study
     rows = []
     for path in sorted(root.glob("ensemble_*/ensemble.json")):
         e, method = load(path), path.parent.name.removeprefix("ensemble_")
         for what, f in (("single runs, mean", e["single_runs_mean"]), ("softmax averaged", e["softmax_average"]),
                         ("kNN, embeddings concatenated", e["knn_concatenated"])):  # fmt: skip
-            shirt = num(f["per_class"]["6"]["recall"]) if "per_class" in f else "–"
+            shirt = f["per_class"]["6"]["recall"] if "per_class" in f else f.get("shirt_recall")
+            shirt = "–" if shirt is None else num(shirt)
             name = f"`{method}` × {len(e['runs'])}"
             rows.append([name, what, pct(f["accuracy"]), pct(f["focus_group_error"]), shirt])
         rows[-1][-1] += f" (MAP@R {num(e['retrieval_concatenated']['map_at_r'])})"
@@ -1150,19 +1181,23 @@ def t_losses_ensemble(ctx: Ctx) -> str:
         raise DocsError(f"no ensemble_*/ensemble.json under {root}")
     src = ", ".join(ctx.link(p) for p in sorted(root.glob("ensemble_*/ensemble.md")))
     return table(["ensemble", "classifier", "test acc %", "focus-group err %", "shirt recall"], rows) + (
-        "\n\nEnsembles, not single models: each row combines a method's three seeds (`embedfm ensemble`). Source: "
-        + src
+        "\n\nEnsembles, not single models: each row combines a method's seeds (`embedfm ensemble`). Source: " + src
     )
 
 
 def t_losses_floor(ctx: Ctx) -> str:
     """study/losses/floor/floor.json (`embedfm floor` over every run of the comparison)."""
-    path = ctx.ref / "study" / "losses" / "floor" / "floor.json"
+    return floor_table(ctx, "losses", "every method and seed of the comparison")
+
+
+def floor_table(ctx: Ctx, study: str, runs_note: str) -> str:
+    """study/<study>/floor/floor.json (`embedfm floor`): shared errors, suspected label issues, the best run."""
+    path = ctx.ref / "study" / study / "floor" / "floor.json"
     r = load(path)
     s, t, tr, b = r["shared"], r["test_label_issues"], r["train_label_issues"], r["best_run"]
     by = lambda d: ", ".join(f"{c} {v}" for c, v in d.items())
     rows = [
-        ["runs", f"{len(r['runs'])} (every method and seed of the comparison)"],
+        ["runs", f"{len(r['runs'])} ({runs_note})"],
         ["focus-class test images", f"{s['focus_images']:,}"],
         ["wrong in every run (softmax)", f"{s['all_wrong']:,}"],
         ["… with the same predicted class in every run", f"{s['all_wrong_same_way']:,}"],
@@ -1243,6 +1278,113 @@ def t_losses_unseen(ctx: Ctx) -> str:
     return table(header, rows) + "\n\n" + note
 
 
+# ----------------------------------------------------------------------------------------------- best model
+
+BEST_METHODS = {  # method (run-dir prefix in study/best) → what it is, in words
+    "triplet": "CE + triplet (distance-weighted sampling), class-balanced batches",
+    "ce-balanced": "CE only, the same class-balanced batches",
+    "ce": "CE only, random batches",
+}
+
+
+def best_study(ctx: Ctx) -> tuple[Path, dict]:
+    """The best-model study's dir and its protocol.json (what scripts/best_study.py ran)."""
+    root = ctx.ref / "study" / "best"
+    return root, load(root / "protocol.json")
+
+
+def t_best_protocol(ctx: Ctx) -> str:
+    root, p = best_study(ctx)
+    r = p["recipe"]
+    seeds = ", ".join(map(str, p["seeds"]))
+    rows = [
+        ["recipe", f"`{r['backbone']}`, {r['epochs']} epochs, {r['crop_pad']}-pixel random crops and flips; every "
+         "other setting embedfm's default (AdamW, one-cycle schedule, label smoothing 0.1, flip test-time "
+         "augmentation): the resnet20 study's recipe, chosen there on the validation split"],
+        *([f"`{m}`", f"{BEST_METHODS[m]}: seeds {seeds}"] for m in p["methods"]),
+        ["the study's CE control", f"the same recipe, random batches, seeds {seeds}, evaluated before reports kept "
+         f"per-image predictions (means only): {ctx.link(ref_summary(ctx, 'resnet20'), 'study/resnet20')}"],
+    ]  # fmt: skip
+    return table(["", "what"], rows) + "\n\nSource: " + ctx.link(root / "protocol.json")
+
+
+def ref_summary(ctx: Ctx, study: str) -> Path:
+    return ctx.ref / "study" / study / "summary.md"
+
+
+def t_best_summary(ctx: Ctx) -> str:
+    """study/best's runs beside the resnet20 study's runs of the same network (the same recipe at 30 epochs)."""
+    cols = LOSS_COLUMNS[1:]
+    rows = [[f"`{r['method']}` (best/)", *(column(r, c, "study/best/summary.csv") for c, _ in cols)]
+            for r in ctx.summary("best")]  # fmt: skip
+    for prefix, what in (("triplet / resnet20 / 30 ep", "`triplet` (study)"), ("ce / resnet20 / 30 ep", "`ce` (study)"),
+                         ("triplet / resnet20 / 60 ep", "`triplet`, 60 epochs (study)")):  # fmt: skip
+        r = find_row(ctx, "resnet20", prefix)
+        rows.append([what, *(column(r, c, "study/resnet20/summary.csv") for c, _ in cols)])
+    note = (
+        "Final epoch, mean ± std over seeds; best/: this study (1 thread a run, two runs side by side, so its train "
+        "seconds are not comparable with the study's 2-thread runs); study: the resnet20 study's runs of the same "
+        "recipe. Source: " + summary_links(ctx, ["best", "resnet20"])
+    )
+    return table(["method", *(h for _, h in cols)], rows) + "\n\n" + note
+
+
+def t_best_paired(ctx: Ctx) -> str:
+    return paired_table(ctx, "best")
+
+
+def t_best_ensemble(ctx: Ctx) -> str:
+    return ensemble_table(ctx, "best")
+
+
+def t_best_floor(ctx: Ctx) -> str:
+    return floor_table(ctx, "best", "every seed of every method of this study")
+
+
+def t_best_curve(ctx: Ctx) -> str:
+    """study/best/curve.json: final test accuracy per schedule length, its cost, and the fitted slope carried on."""
+    root, _ = best_study(ctx)
+    c = load(root / "curve.json")
+    per_epoch = c["seconds_per_epoch"]
+    rows = []
+    for e, v in c["lengths"].items():
+        accs = [s["test_acc"] for s in c["series"] if s["epochs"] == int(e)]
+        rows.append([e, str(v["runs"]), mean_std(accs, 100), f"{int(e) * per_epoch / 3600:.1f} h"])
+    if "projection" in c:
+        pr = c["projection"]
+        rows.append([f"{pr['epochs_for_target']:.0f} (fitted)", "–", f"{100 * c['target']:.2f} (target)",
+                     f"{pr['hours_per_seed']:.1f} h"])  # fmt: skip
+    slope = f"{100 * c['per_doubling']:+.2f} points per doubling of the schedule" if "per_doubling" in c else "–"
+    note = (
+        f"CE + triplet at the recipe, final test accuracy (softmax, flip TTA) of each measured schedule length, mean ± "
+        f"std over its runs; cost: epochs × {per_epoch:.0f} s, the median training seconds per epoch of the resnet20 "
+        f"study's 30-epoch runs (alone on two cores). Least-squares slope of the mean on log2(epochs): {slope}; the "
+        "last row carries it on to the target. Two schedule lengths give a slope, not a law. Source: "
+        + ctx.link(root / "curve.json")
+        + ", plot "
+        + ctx.link(root / "curve.png")
+    )
+    return table(["epochs", "runs", "test acc %", "training per seed"], rows) + "\n\n" + note
+
+
+def t_best_targets(ctx: Ctx) -> str:
+    """The best single-model recipe against the targets: every 30-epoch CE + triplet seed (study/best and study)."""
+    ours, study = runs_of(ctx.ref, "best", "triplet_s*"), runs_of(ctx.ref, "resnet20", "triplet_s*")
+    sm = [e["classifiers"]["softmax"] for _, e in ours + study]
+    figures = (
+        ("≥ 95.50 % test accuracy", [f["accuracy"] for f in sm], 100, 2, " %", lambda m: m >= 0.955),
+        ("≤ 7.50 % focus-group error", [f["focus_group_error"] for f in sm], 100, 2, " %", lambda m: m <= 0.075),
+        ("≥ 0.860 shirt recall", [f["per_class"]["6"]["recall"] for f in sm], 1, 3, "", lambda m: m >= 0.86),
+    )
+    rows = [[target, mean_std(xs, scale, digits) + unit, "met" if ok(statistics.fmean(xs)) else "not met"]
+            for target, xs, scale, digits, unit, ok in figures]  # fmt: skip
+    note = (
+        f"ResNet-20, CE + triplet, 30 epochs, final epoch, single models (softmax, flip TTA): mean ± std over all "
+        f"{len(sm)} seeds of the recipe ({len(ours)} in study/best, {len(study)} in the resnet20 study)."
+    )
+    return table(["target", "measured", ""], rows) + "\n\n" + note
+
+
 # ------------------------------------------------------------------------------------------------ tables
 
 TABLES: dict[str, Callable[[Ctx], str]] = {
@@ -1287,6 +1429,13 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-ensemble": t_losses_ensemble,  # study/losses/ensemble_*/ensemble.json (embedfm ensemble)
     "losses-floor": t_losses_floor,  # study/losses/floor/floor.json (embedfm floor)
     "losses-triplet-histories": t_losses_triplet_histories,  # demo/ and study/*/triplet*/history.json
+    "best-protocol": t_best_protocol,  # study/best/protocol.json (scripts/best_study.py)
+    "best-summary": t_best_summary,  # study/best/summary.csv, study/resnet20/summary.csv
+    "best-paired": t_best_paired,  # study/best/paired.json
+    "best-ensemble": t_best_ensemble,  # study/best/ensemble_*/ensemble.json
+    "best-floor": t_best_floor,  # study/best/floor/floor.json
+    "best-curve": t_best_curve,  # study/best/curve.json
+    "best-targets": t_best_targets,  # study/best/triplet_s*, study/resnet20/triplet_s*/report.json
     "train-flags": t_train_flags,  # embedfm.config (the schema, not a measurement)
     "tune-space": t_tune_space,  # embedfm.tune.SPACE (the schema, not a measurement)
 }

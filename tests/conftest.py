@@ -58,6 +58,25 @@ def real_data_dir() -> Path:
     return SYSTEM_DIR
 
 
+# the real subset: enough for 2,000-image runs with a 500-image validation split, and a test split small enough
+# that evaluating a run takes a second or two rather than the full 10,000 images' dozen
+SUBSET = {"train": 6000, "test": 2000}
+
+
+@pytest.fixture(scope="session")
+def real_subset_dir(tmp_path_factory, real_data_dir) -> Path:
+    """The first SUBSET images of each real split, as IDX files (the first images of Fashion-MNIST's files are
+    close to class-balanced)."""
+    from embedfm.data import load_fashion_mnist
+
+    data = load_fashion_mnist(real_data_dir)
+    root = tmp_path_factory.mktemp("fmnist-subset")
+    for split, n in SUBSET.items():
+        write_idx(root / FILES[f"{split}_images"], getattr(data, f"{split}_images")[:n].numpy())
+        write_idx(root / FILES[f"{split}_labels"], getattr(data, f"{split}_labels")[:n].numpy())
+    return root
+
+
 @pytest.fixture(scope="session")
 def real_data(real_data_dir):
     from embedfm.data import load_fashion_mnist
@@ -82,9 +101,10 @@ REAL_SMALL = ["--limit", "2000", "--val-size", "500", "--epochs", "1", "--batch-
 
 
 @pytest.fixture(scope="session")
-def real_runs(tmp_path_factory, real_data_dir):
-    """(ce run, triplet run, report dir): small real runs evaluated together (about a minute), shared by the CLI
-    and explore tests. Tests must not modify them."""
+def real_runs(tmp_path_factory, real_subset_dir):
+    """(ce run, triplet run, report dir): small real runs evaluated together on the real subset's 2,000 test
+    images (seconds), shared by the CLI, explore and floor tests. Tests must not modify them."""
+    real_data_dir = real_subset_dir
     from embedfm.cli import main
 
     root = tmp_path_factory.mktemp("real")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_fake_dataset, write_idx
+from conftest import SUBSET, make_fake_dataset, write_idx
 
 from embedfm.cli import main
 from embedfm.data import FILES
@@ -37,13 +37,13 @@ def test_train_eval_viz_on_real_subset(tmp_path, real_runs):
         for clf in ("softmax", "knn", "knn_flip"):  # knn_flip: tta_flip is on by default
             c = r["classifiers"][clf]
             assert 0.3 < c["accuracy"] <= 1  # 20 steps on 2000 images: far above chance (0.1)
-            assert np.array(c["confusion"]).sum() == 10000
+            assert np.array(c["confusion"]).sum() == SUBSET["test"]
             assert set(c["per_class"]) == {str(i) for i in range(10)}
             assert 0 <= c["focus_group_error"] <= 1
         assert r["classifiers"]["knn"]["k"] == 10
         assert set(r["retrieval"]) >= {"precision_at_1", "r_precision", "map_at_r"}
         z = np.load(reported / name / "embeddings.npz")
-        assert z["test_embeddings"].shape == (10000, 64) and z["train_embeddings"].shape == (2000, 64)
+        assert z["test_embeddings"].shape == (SUBSET["test"], 64) and z["train_embeddings"].shape == (2000, 64)
         assert set(z.files) == {
             "train_embeddings",
             "train_labels",

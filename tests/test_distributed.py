@@ -28,7 +28,8 @@ def test_batch_must_divide_among_processes(monkeypatch):
         init(torch.device("cpu"), 101)
 
 
-def test_two_gloo_processes_train_a_run_that_eval_loads(tmp_path, real_data_dir):
+def test_two_gloo_processes_train_a_run_that_eval_loads(tmp_path, real_subset_dir):
+    real_data_dir = real_subset_dir  # its 2,000 test images keep the evaluation short
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(

@@ -172,7 +172,7 @@ def explore_runs(tmp_path_factory, request):
     data set."""
     if _have_real_data():
         ce, trip, _ = request.getfixturevalue("real_runs")
-        return ce, trip, SYSTEM_DIR
+        return ce, trip, request.getfixturevalue("real_subset_dir")
     root = tmp_path_factory.mktemp("explore")
     data = make_fake_dataset(root / "data", n_train=300, n_test=50)
     budget = ["--epochs", "1", *TINY, "--batch-size", "100"]  # the triplet run's sampler needs 92+

@@ -133,3 +133,48 @@ def test_loss_study_copies_reports_not_checkpoints(tmp_path):
         "triplet-h6_s1/diagnostics.png",
     }
     assert study.main(["--stages", "tune,nope"]) == 2  # an unknown stage is refused before anything runs
+
+
+def _recipe_run(run, epochs: int, test: float, seconds_per_epoch: float = 120.0) -> None:
+    """A committed run dir as best_study's curve reads it: history (val accuracy per epoch), report, config."""
+    run.mkdir(parents=True)
+    history = [{"val_acc": 0.9 + 0.001 * e, "train_seconds": seconds_per_epoch * (e + 1)} for e in range(epochs)]
+    (run / "history.json").write_text(json.dumps(history))
+    report = {"runs": {run.name: {"classifiers": {"softmax": {"accuracy": test}}}}}
+    (run / "report.json").write_text(json.dumps(report))
+    (run / "config.json").write_text(json.dumps({"threads": None}))
+
+
+def test_best_study_curve_fits_the_slope_over_schedule_lengths_and_prices_the_target(tmp_path, monkeypatch):
+    study = load_script("best_study")
+    monkeypatch.setattr(study, "STUDY", tmp_path / "study")
+    _recipe_run(tmp_path / "out" / "triplet_s0", 30, 0.946, seconds_per_epoch=60.0)  # 1 thread, side by side
+    _recipe_run(tmp_path / "study" / "triplet_s0", 30, 0.945, seconds_per_epoch=120.0)
+    _recipe_run(tmp_path / "study" / "triplet_s1", 30, 0.947, seconds_per_epoch=130.0)
+    _recipe_run(tmp_path / "study" / "triplet_e60_s0", 60, 0.9485, seconds_per_epoch=125.0)
+    r = study.curve(tmp_path / "out")
+    assert r["lengths"][30]["runs"] == 3 and r["lengths"][30]["test_acc_mean"] == pytest.approx(0.946)
+    assert r["lengths"][60]["test_acc_mean"] == pytest.approx(0.9485)
+    assert r["per_doubling"] == pytest.approx(0.0025)  # two lengths: the line through their means
+    # 94.85 % at 60 epochs, +0.25 points per doubling: 95.5 % after 2.6 more doublings
+    assert r["projection"]["epochs_for_target"] == pytest.approx(60 * 2**2.6)
+    # priced at the median seconds per epoch of the study's 30-epoch runs (alone on the cores): 125 s
+    assert r["seconds_per_epoch"] == pytest.approx(125.0)
+    assert r["projection"]["hours_per_seed"] == pytest.approx(60 * 2**2.6 * 125 / 3600)
+    assert json.loads((tmp_path / "out" / "curve.json").read_text())["target"] == study.TARGET
+    assert (tmp_path / "out" / "curve.png").stat().st_size > 10_000
+
+
+def test_best_study_copies_evaluated_runs_without_checkpoints_and_refuses_unknown_names(tmp_path):
+    study = load_script("best_study")
+    for name in ("triplet_s0", "ce-balanced_s0", "ce-balanced_s1"):
+        run = tmp_path / "work" / "runs" / name
+        run.mkdir(parents=True)
+        for f in ("report.json", "history.json", "config.json", "checkpoint.safetensors", "embeddings.npz"):
+            (run / f).write_text("{}")
+    (tmp_path / "work" / "runs" / "ce-balanced_s1" / "report.json").unlink()  # still training: left out
+    study.copy_runs(tmp_path / "work", tmp_path / "out")
+    copied = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert copied == {f"{run}/{f}" for run in ("triplet_s0", "ce-balanced_s0") for f in study.COPIED}
+    assert study.main(["--stages", "runs,nope"]) == 2  # refused before anything runs
+    assert study.main(["--stages", "runs", "--methods", "arcface"]) == 2
