@@ -230,7 +230,7 @@ def best_headline(ctx: Ctx) -> list[list[str]]:
 def best_metric_loss(ctx: Ctx) -> dict[str, str]:
     """The summary row of the loss study's best metric loss: first of protocol.json's ranking (mean final
     validation kNN accuracy over its seeds; validation chooses, not test)."""
-    _, p = loss_study(ctx)
+    _, p = study_protocol(ctx, "losses")
     return find_row(ctx, "losses", next(iter(p["ranking"])))
 
 
@@ -950,14 +950,14 @@ LOSS_COLUMNS = [
 ]
 
 
-def loss_study(ctx: Ctx) -> tuple[Path, dict]:
-    """The loss study's dir and its protocol.json (what scripts/loss_study.py ran)."""
-    root = ctx.ref / "study" / "losses"
+def study_protocol(ctx: Ctx, study: str) -> tuple[Path, dict]:
+    """A scripted study's dir and its protocol.json (what scripts/loss_study.py or best_study.py ran)."""
+    root = ctx.ref / "study" / study
     return root, load(root / "protocol.json")
 
 
 def t_losses_protocol(ctx: Ctx) -> str:
-    root, p = loss_study(ctx)
+    root, p = study_protocol(ctx, "losses")
     t = p["tune"]
     rows = [
         ["methods", ", ".join(f"`{m}`" for m in p["methods"])],
@@ -972,7 +972,7 @@ def t_losses_protocol(ctx: Ctx) -> str:
 
 
 def t_losses_tune(ctx: Ctx) -> str:
-    root, p = loss_study(ctx)
+    root, p = study_protocol(ctx, "losses")
     rows = []
     for m in p["methods"]:
         s = load(root / "tune" / m / "summary.json")
@@ -1039,7 +1039,7 @@ DIAG_KEYS = [
 
 def t_losses_diagnostics(ctx: Ctx) -> str:
     """The diagnostics probe at the last epoch of every run (the same probe for every loss)."""
-    root, p = loss_study(ctx)
+    root, p = study_protocol(ctx, "losses")
     rows = []
     for m in p["methods"]:
         lasts = [load(h)[-1] for h in sorted(root.glob(f"{m}_s*/history.json"))]
@@ -1061,7 +1061,7 @@ def t_losses_diagnostics(ctx: Ctx) -> str:
 
 def t_losses_diag_epochs(ctx: Ctx) -> str:
     """The diagnostics runs (study/losses/diagnostics/): the probe at every epoch, triplet + DWS beside balanced CE."""
-    root, p = loss_study(ctx)
+    root, p = study_protocol(ctx, "losses")
     runs = {m: load(root / "diagnostics" / f"{m}_s0" / "history.json") for m in p["diagnostics"]["methods"]}
     shown = ("active ff %", "d(a,p) ff", "d(a,n) ff", "loss parts", "train acc %", "val focus err %")
     header = ["epoch"] + [f"{m}: {h}" for m in runs for h in shown]
@@ -1107,7 +1107,7 @@ def unseen_groups(ctx: Ctx) -> dict[tuple[str, str], list[dict]]:
 
 def t_losses_verdict(ctx: Ctx) -> str:
     """The loss comparison's questions answered from paired.json, summary.csv and study/unseen (generated)."""
-    root, _ = loss_study(ctx)
+    root, _ = study_protocol(ctx, "losses")
     paired = load(root / "paired.json")["comparisons"]
     summary = {r["method"]: r for r in ctx.summary("losses")}
     metric = [m for m in summary if not m.startswith("ce")]
@@ -1300,14 +1300,8 @@ BEST_METHODS = {  # method (run-dir prefix in study/best) → what it is, in wor
 }
 
 
-def best_study(ctx: Ctx) -> tuple[Path, dict]:
-    """The best-model study's dir and its protocol.json (what scripts/best_study.py ran)."""
-    root = ctx.ref / "study" / "best"
-    return root, load(root / "protocol.json")
-
-
 def t_best_protocol(ctx: Ctx) -> str:
-    root, p = best_study(ctx)
+    root, p = study_protocol(ctx, "best")
     r = p["recipe"]
     seeds = ", ".join(map(str, p["seeds"]))
     rows = [
@@ -1356,7 +1350,7 @@ def t_best_floor(ctx: Ctx) -> str:
 
 def t_best_curve(ctx: Ctx) -> str:
     """study/best/curve.json: final test accuracy per schedule length, its cost, and the fitted slope carried on."""
-    root, _ = best_study(ctx)
+    root, _ = study_protocol(ctx, "best")
     c = load(root / "curve.json")
     per_epoch = c["seconds_per_epoch"]
     rows = []
