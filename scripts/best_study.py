@@ -11,8 +11,7 @@ resumable (a killed study rerun with the same arguments carries on from the last
 - runs: each method in METHODS at RECIPE (CE + triplet; CE on the same class-balanced batches; CE on random
   batches), seeds 0..2, interleaved by seed so that a study stopped half way has every method at the same number
   of seeds. `--methods` picks some of them, so that two processes with
-  `--threads 1` each can train two methods side by side (on two cores that trains about 1.2x the images per
-  second of one process with two threads);
+  `--threads 1` each can train two methods side by side (small convolutions use a second thread poorly);
 - extras: `embedfm ensemble` of each method's seeds, and `embedfm floor` over every run (the label-issue gallery);
 - publish: copies every run's report.json, history.json and config.json into --out, writes summary.md and
   paired.md (`embedfm summarize --names --paired`) and curve.json / curve.png: validation accuracy against epochs
