@@ -2,7 +2,8 @@
 floor is (docs/results/best.md).
 
     .venv/bin/python scripts/best_study.py [--stages runs,extras,publish] [--methods triplet,ce-balanced]
-                                           [--threads N] [--work artifacts/best] [--out artifacts/reference/study/best]
+                                           [--seeds 0,1,2] [--threads N] [--work artifacts/best]
+                                           [--out artifacts/reference/study/best]
 
 The recipe is the study's best (docs/results/study.md, chosen on the validation split): ResNet-20, 30 epochs,
 2-pixel random crops and flips, AdamW with the one-cycle schedule, flip test-time augmentation. Stages, each
@@ -59,8 +60,8 @@ def run_dir(work: Path, method: str, seed: int) -> Path:
     return work / "runs" / f"{method}_s{seed}"
 
 
-def run_all(work: Path, methods: list[str], threads: int | None) -> None:
-    for seed in SEEDS:
+def run_all(work: Path, methods: list[str], seeds: list[int], threads: int | None) -> None:
+    for seed in seeds:
         for m in methods:
             flags = {**RECIPE, **METHODS[m], "seed": seed, "threads": threads}
             commands.ensure_evaluated(str(run_dir(work, m, seed)), None, flags, say)
@@ -211,12 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in order: {', '.join(STAGES)}")
     p.add_argument("--methods", default=",".join(METHODS), help=f"the runs stage's methods: {', '.join(METHODS)}")
+    p.add_argument(
+        "--seeds", default=",".join(map(str, SEEDS)), help="the runs stage's seeds, so that a chain stops where told"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads of every run (default: torch's own)")
     p.add_argument("--work", default="artifacts/best", help="where the run dirs (checkpoints) go")
     p.add_argument("--out", default="artifacts/reference/study/best", help="where extras and publish write")
     a = p.parse_args(argv)
     stages = [s for s in a.stages.split(",") if s]
     methods = [m for m in a.methods.split(",") if m]
+    seeds = [s for s in a.seeds.split(",") if s]
     work, out = Path(a.work), Path(a.out)
     try:
         for s in stages:
@@ -225,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             if m not in METHODS:
                 raise EmbedfmError(f"--methods: unknown method {m!r} (one of {', '.join(METHODS)})")
+        for seed in seeds:
+            if seed not in map(str, SEEDS):
+                raise EmbedfmError(f"--seeds: unknown seed {seed!r} (one of {', '.join(map(str, SEEDS))})")
         run_stage = {
-            "runs": lambda: run_all(work, methods, a.threads),
+            "runs": lambda: run_all(work, methods, [int(x) for x in seeds], a.threads),
             "extras": lambda: extras(work, out),
             "publish": lambda: publish(work, out),
         }

@@ -178,3 +178,4 @@ def test_best_study_copies_evaluated_runs_without_checkpoints_and_refuses_unknow
     assert copied == {f"{run}/{f}" for run in ("triplet_s0", "ce-balanced_s0") for f in study.COPIED}
     assert study.main(["--stages", "runs,nope"]) == 2  # refused before anything runs
     assert study.main(["--stages", "runs", "--methods", "arcface"]) == 2
+    assert study.main(["--stages", "runs", "--seeds", "0,7"]) == 2
