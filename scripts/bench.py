@@ -20,6 +20,10 @@ Sections (each prints absolute figures and the ratio, all measured in this one p
                         seed the seconds to 92 / 93 / 94 % validation, the final test accuracy and the training
                         seconds. Writes speedrun.json and speedrun.png (not bench.json / bench.md) into the
                         output dir
+  7. threads            (only with `--only threads`: about 3 minutes) one epoch of the ResNet-20 CE + triplet
+                        recipe on 8,000 images (2,000 with --quick): one process with 2 torch threads against two processes with 1
+                        thread each, side by side (how scripts/best_study.py trains two methods at once): training
+                        images/s of each and in all
 Writes bench.json (and bench.md) into --out, or artifacts/reference/ with `--reference`. `--only knn` (etc.)
 re-measures some sections and updates their rows and fields in the existing files, noting the date of each
 section in "section_dates".
@@ -497,8 +501,44 @@ def plot_speedrun(race: dict, png: Path) -> None:
     plt.close(fig)
 
 
-SECTIONS = ("time", "step", "pipeline", "knn", "evalviz", "speedrun")  # --only names, in the numbered rows' order
-DEFAULT_SECTIONS = SECTIONS[:5]  # the speed run (about an hour) only when asked for
+# ------------------------------------------------------------------------------------------------ 7
+
+# The study's recipe (scripts/best_study.py), one epoch: small convolutions that a second thread speeds up poorly.
+THREADS_RECIPE = ["--backbone", "resnet20", "--crop-pad", "2", "--loss", "triplet", "--epochs", "1"]
+
+
+def _train(out: Path, threads: int, seed: int, limit: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "embedfm", "train", *THREADS_RECIPE, "--limit", str(limit), "--threads", str(threads)]
+    cmd += ["--seed", str(seed), "--out", str(out), "--no-progress"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def _images_per_s(proc: subprocess.Popen, out: Path) -> float:
+    if proc.wait() != 0:
+        raise RuntimeError(f"embedfm train into {out} failed")
+    return float(json.loads((out / "history.json").read_text())[-1]["images_per_s"])
+
+
+def threads_section(results: dict, quick: bool) -> None:
+    """Training images/s (training steps only: history.json's images_per_s) of one 2-thread process, then of two
+    1-thread processes started together on the same work."""
+    limit = 2_000 if quick else 8_000
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = _images_per_s(_train(Path(tmp) / "alone", 2, 0, limit), Path(tmp) / "alone")
+        pair = [(_train(Path(tmp) / f"pair{s}", 1, s, limit), Path(tmp) / f"pair{s}") for s in (0, 1)]
+        each = [_images_per_s(proc, out) for proc, out in pair]
+    what = f"ResNet-20 CE + triplet, 1 epoch of {limit:,} images"
+    row("7 threads", f"{what}: one process, 2 threads", f"{alone:.0f} img/s")
+    row(
+        "7 threads",
+        f"{what}: two processes side by side, 1 thread each",
+        f"{each[0]:.0f} + {each[1]:.0f} = {sum(each):.0f} img/s (×{sum(each) / alone:.2f} of one 2-thread process)",
+    )
+    results.update(threads_alone_ips=alone, threads_pair_ips=each, threads_limit=limit)
+
+
+SECTIONS = ("time", "step", "pipeline", "knn", "evalviz", "speedrun", "threads")  # --only names, in row order
+DEFAULT_SECTIONS = SECTIONS[:5]  # the speed run (about an hour) and the threads section only when asked for
 
 
 def run_sections(
@@ -533,6 +573,8 @@ def run_sections(
         eval_viz_section(results, runs_dir)
     if "speedrun" in only:
         speedrun_section(results, out, quick)
+    if "threads" in only:
+        threads_section(results, quick)
 
 
 def write_outputs(out: Path, results: dict, only: set[str]) -> list[str]:

@@ -1,5 +1,5 @@
 """The scripts under scripts/: reproduce.py end to end on tiny fake data (train, eval, summary, skip and resume),
-bench.py's partial-run merge of bench.json / bench.md; and that every script imports the installed package only."""
+bench.py's partial-run merge of bench.json / bench.md and its threads section; and that every script imports the installed package only."""
 
 import csv
 import json
@@ -37,6 +37,31 @@ def test_bench_partial_run_updates_only_its_sections(tmp_path):
     assert new["section_dates"]["knn"] == "2026-02-02" and new["section_dates"]["step"] == "2026-01-01"
     lines = (tmp_path / "bench.md").read_text().splitlines()
     assert [ln.split("|")[2].strip() for ln in lines[2:]] == ["old step", "new knn", "new knn 2", "old eval"]
+
+
+def test_bench_threads_section_compares_one_two_thread_run_with_two_one_thread_runs(monkeypatch):
+    """The section's arithmetic and rows, with embedfm train replaced by a stub that writes its history."""
+    bench = load_script("bench")
+    started = []
+
+    class Done:
+        def wait(self):
+            return 0
+
+    def fake_train(out, threads, seed, limit):
+        started.append((threads, seed, limit))
+        out.mkdir(parents=True)
+        (out / "history.json").write_text(json.dumps([{"images_per_s": 400.0 if threads == 2 else 230.0}]))
+        return Done()
+
+    monkeypatch.setattr(bench, "_train", fake_train)
+    bench.ROWS[:] = []
+    results = {}
+    bench.threads_section(results, quick=True)
+    assert started == [(2, 0, 2000), (1, 0, 2000), (1, 1, 2000)]
+    assert results["threads_alone_ips"] == 400.0 and results["threads_pair_ips"] == [230.0, 230.0]
+    assert [r[0] for r in bench.ROWS] == ["7 threads", "7 threads"]
+    assert bench.ROWS[1][2] == "230 + 230 = 460 img/s (×1.15 of one 2-thread process)"
 
 
 def _reproduce(out: Path, data: Path) -> str:
