@@ -21,9 +21,9 @@ Sections (each prints absolute figures and the ratio, all measured in this one p
                         seconds. Writes speedrun.json and speedrun.png (not bench.json / bench.md) into the
                         output dir
   7. threads            (only with `--only threads`: about 3 minutes) one epoch of the ResNet-20 CE + triplet
-                        recipe on 8,000 images (2,000 with --quick): one process with 2 torch threads against two processes with 1
-                        thread each, side by side (how scripts/best_study.py trains two methods at once): training
-                        images/s of each and in all
+                        recipe on 8,000 images (2,000 with --quick): one process with 2 torch threads against
+                        two processes with 1 thread each, side by side (how scripts/best_study.py trains two
+                        methods at once): training images/s of each and in all
 Writes bench.json (and bench.md) into --out, or artifacts/reference/ with `--reference`. `--only knn` (etc.)
 re-measures some sections and updates their rows and fields in the existing files, noting the date of each
 section in "section_dates".

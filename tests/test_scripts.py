@@ -1,5 +1,6 @@
 """The scripts under scripts/: reproduce.py end to end on tiny fake data (train, eval, summary, skip and resume),
-bench.py's partial-run merge of bench.json / bench.md and its threads section; and that every script imports the installed package only."""
+bench.py's partial-run merge of bench.json / bench.md and its threads section; and that every script imports the
+installed package only."""
 
 import csv
 import json
