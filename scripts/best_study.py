@@ -12,12 +12,15 @@ resumable (a killed study rerun with the same arguments carries on from the last
 - runs: each method in METHODS at RECIPE (CE + triplet; CE on the same class-balanced batches; CE on random
   batches), seeds 0..2, interleaved by seed so that a study stopped half way has every method at the same number
   of seeds. `--methods` picks some of them, so that two processes with
-  `--threads 1` each can train two methods side by side (small convolutions use a second thread poorly);
+  `--threads 1` each can train two methods side by side (small convolutions use a second thread poorly:
+  `scripts/bench.py --only threads`), and `--seeds` says where a chain stops. `--methods triplet_e15` trains the
+  CURVE runs: CE + triplet at another schedule length, a further point on the curve, never a method of the tables;
 - extras: `embedfm ensemble` of each method's seeds, and `embedfm floor` over every run (the label-issue gallery);
 - publish: copies every run's report.json, history.json and config.json into --out, writes summary.md and
   paired.md (`embedfm summarize --names --paired`) and curve.json / curve.png: validation accuracy against epochs
-  of every run of the recipe, the final test accuracy of each measured schedule length (30 epochs here and in the
-  study, 60 epochs in the study) and what the measured slope says a longer schedule would buy and cost.
+  of every CE + triplet run, the final test accuracy of each measured schedule length (30 epochs here and in the
+  study, 60 epochs in the study, the CURVE runs here under curve/, out of the summary's reach) and what the fitted
+  slope says a longer schedule would buy and cost.
 
 The study's random-batch CE control (artifacts/reference/study/resnet20/ce_s*) has the same settings but was
 evaluated before reports kept per-image predictions, so it gives means, not paired intervals; `ce` retrains it
@@ -43,6 +46,8 @@ METHODS: dict[str, dict] = {
     "ce-balanced": {"loss": "ce", "sampler": "balanced"},  # the same batches, CE only
     "ce": {"loss": "ce"},  # random batches: the study's control again, now with per-image records for paired intervals
 }
+# CE + triplet at other schedule lengths (opt-in with --methods): points of the accuracy-against-epochs curve
+CURVE: dict[str, dict] = {"triplet_e15": {"loss": "triplet", "epochs": 15}}
 SEEDS = (0, 1, 2)
 STAGES = ("runs", "extras", "publish")
 COPIED = ("report.json", "history.json", "config.json")
@@ -57,13 +62,13 @@ def say(msg: str) -> None:
 
 
 def run_dir(work: Path, method: str, seed: int) -> Path:
-    return work / "runs" / f"{method}_s{seed}"
+    return work / ("curve" if method in CURVE else "runs") / f"{method}_s{seed}"
 
 
 def run_all(work: Path, methods: list[str], seeds: list[int], threads: int | None) -> None:
     for seed in seeds:
         for m in methods:
-            flags = {**RECIPE, **METHODS[m], "seed": seed, "threads": threads}
+            flags = {**RECIPE, **(METHODS | CURVE)[m], "seed": seed, "threads": threads}
             commands.ensure_evaluated(str(run_dir(work, m, seed)), None, flags, say)
 
 
@@ -90,10 +95,11 @@ def final_test(run: Path) -> float:
 
 
 def curve(out: Path) -> dict:
-    """Validation accuracy per epoch of every CE + triplet run of the recipe (this study's and the study's), the
-    final test accuracy per schedule length, and the log-linear extrapolation of the test error over schedule
-    length that the two measured lengths allow (two points: a slope, not a law)."""
-    runs = sorted(out.glob("triplet_s*")) + sorted(STUDY.glob("triplet_s*")) + sorted(STUDY.glob("triplet_e60_s*"))
+    """Validation accuracy per epoch of every CE + triplet run of the recipe and of CURVE (this study's and the
+    study's), the final test accuracy per schedule length, and the least-squares line of the mean test accuracy on
+    log2(epochs), carried on to the target (with two lengths: a slope, not a law)."""
+    runs = [*sorted(out.glob("triplet_s*")), *sorted(out.glob("curve/triplet_e*_s*"))]
+    runs += [*sorted(STUDY.glob("triplet_s*")), *sorted(STUDY.glob("triplet_e*_s*"))]
     series, by_length = [], {}
     for run in runs:
         history = read_json(run / "history.json", "publish the run")
@@ -128,6 +134,8 @@ def curve(out: Path) -> dict:
 
         slope, intercept = np.polyfit(np.log2(list(lengths)), [v["test_acc_mean"] for v in lengths.values()], 1)
         result["per_doubling"] = float(slope)
+        for e, v in lengths.items():  # the line at each measured length: how far the means stray from it
+            v["fitted"] = float(intercept + slope * math.log2(e))
         if slope > 0:
             needed = float(2 ** ((TARGET - intercept) / slope))
             result["projection"] = {
@@ -150,15 +158,17 @@ def plot_curve(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    lengths = {int(e): v["test_acc_mean"] for e, v in r["lengths"].items()}
+    palette = {15: "tab:green", 60: "tab:red", 90: "tab:orange", 120: "tab:purple"}  # the same length, the same colour
+    others = {e: palette.get(e, "tab:brown") for e in sorted(lengths) if e != 30}
     for s in r["series"]:
-        colour = "tab:red" if s["epochs"] == 60 else ("tab:blue" if "study/best" in s["run"] else "tab:grey")
+        mine = "study/best" in s["run"]
+        colour = others.get(s["epochs"], "tab:blue" if mine else "tab:grey")
         ax.plot(range(1, s["epochs"] + 1), [100 * v for v in s["val_acc"]], color=colour, lw=1, alpha=0.8)
         bx.plot([s["epochs"]], [100 * s["test_acc"]], "o", color=colour, ms=5, alpha=0.7)
     ax.set(xlabel="epoch", ylabel="validation accuracy %", ylim=(88, 96.5))
-    ax.set_title(
-        "validation accuracy per epoch\nblue: 30 epochs (best/); grey: 30 epochs (study); red: 60 epochs", fontsize=9
-    )
-    lengths = {int(e): v["test_acc_mean"] for e, v in r["lengths"].items()}
+    key = ", ".join(f"{c.removeprefix('tab:')}: {e}" for e, c in others.items())
+    ax.set_title(f"validation accuracy per epoch\n30 epochs: blue (best/), grey (study); {key}", fontsize=9)
     bx.plot(list(lengths), [100 * v for v in lengths.values()], "k_", ms=18, mew=2, label="mean")
     if "projection" in r:
         needed = r["projection"]["epochs_for_target"]
@@ -173,8 +183,9 @@ def plot_curve(r: dict, path: Path) -> None:
             fontsize=8,
         )
     bx.set_xscale("log", base=2)
-    bx.set_xticks([30, 60, 120, 240], ["30", "60", "120", "240"])
-    bx.set(xlabel="epochs in the schedule (log scale)", ylabel="final test accuracy %", xlim=(20, 400))
+    ticks = [15, 30, 60, 120, 240]
+    bx.set_xticks(ticks, list(map(str, ticks)))
+    bx.set(xlabel="epochs in the schedule (log scale)", ylabel="final test accuracy %", xlim=(10, 400))
     bx.set_title("final test accuracy against schedule length", fontsize=9)
     for a in (ax, bx):
         a.axhline(100 * r["target"], color="k", ls=":", lw=1)
@@ -187,12 +198,14 @@ def plot_curve(r: dict, path: Path) -> None:
 
 
 def copy_runs(work: Path, out: Path) -> None:
-    """Every evaluated run as a committed run dir under out: report, history and config (no checkpoint)."""
-    for m in METHODS:
+    """Every evaluated run as a committed run dir under out (CURVE runs under out/curve, where summaries, which
+    read out/*/report.json, do not count them): report, history and config (no checkpoint)."""
+    for m in (*METHODS, *CURVE):
         for run in map(Path, evaluated(work, m)):
-            (out / run.name).mkdir(parents=True, exist_ok=True)
+            dest = out / ("curve" if m in CURVE else "") / run.name
+            dest.mkdir(parents=True, exist_ok=True)
             for f in COPIED:
-                shutil.copy2(run / f, out / run.name / f)
+                shutil.copy2(run / f, dest / f)
 
 
 def publish(work: Path, out: Path) -> None:
@@ -201,7 +214,13 @@ def publish(work: Path, out: Path) -> None:
     copy_runs(work, out)
     atomic_write_json(
         out / "protocol.json",
-        {"recipe": RECIPE, "methods": METHODS, "seeds": list(SEEDS), "random_batch_control": str(STUDY)},
+        {
+            "recipe": RECIPE,
+            "methods": METHODS,
+            "curve": CURVE,
+            "seeds": list(SEEDS),
+            "random_batch_control": str(STUDY),
+        },
     )
     summarize([str(out)], names=True, log=say)
     summarize_paired([str(out)], names=True, log=say)
@@ -211,7 +230,11 @@ def publish(work: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in order: {', '.join(STAGES)}")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"the runs stage's methods: {', '.join(METHODS)}")
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"the runs stage's methods: {', '.join(METHODS)}; or the curve's {', '.join(CURVE)}",
+    )
     p.add_argument(
         "--seeds", default=",".join(map(str, SEEDS)), help="the runs stage's seeds, so that a chain stops where told"
     )
@@ -228,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             if s not in STAGES:
                 raise EmbedfmError(f"--stages: unknown stage {s!r} (one of {', '.join(STAGES)})")
         for m in methods:
-            if m not in METHODS:
-                raise EmbedfmError(f"--methods: unknown method {m!r} (one of {', '.join(METHODS)})")
+            if m not in METHODS and m not in CURVE:
+                raise EmbedfmError(f"--methods: unknown method {m!r} (one of {', '.join([*METHODS, *CURVE])})")
         for seed in seeds:
             if seed not in map(str, SEEDS):
                 raise EmbedfmError(f"--seeds: unknown seed {seed!r} (one of {', '.join(map(str, SEEDS))})")

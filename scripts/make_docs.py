@@ -1309,6 +1309,8 @@ def t_best_protocol(ctx: Ctx) -> str:
          "other setting embedfm's default (AdamW, one-cycle schedule, label smoothing 0.1, flip test-time "
          "augmentation): the resnet20 study's recipe, chosen there on the validation split"],
         *([f"`{m}`", f"{BEST_METHODS[m]}: seeds {seeds}"] for m in p["methods"]),
+        *([f"`{m}`", f"CE + triplet at {c['epochs']} epochs, otherwise the recipe: a point of the curve below, not a "
+           "method of the tables (run when `--methods` names it)"] for m, c in p.get("curve", {}).items()),
         ["the study's CE control", f"the same recipe, random batches, seeds {seeds}, evaluated before reports kept "
          f"per-image predictions (means only): {ctx.link(ref_summary(ctx, 'resnet20'), 'study/resnet20')}"],
     ]  # fmt: skip
@@ -1374,22 +1376,29 @@ def t_best_curve(ctx: Ctx) -> str:
     rows = []
     for e, v in c["lengths"].items():
         accs = [s["test_acc"] for s in c["series"] if s["epochs"] == int(e)]
-        rows.append([e, str(v["runs"]), mean_std(accs, 100), f"{int(e) * per_epoch / 3600:.1f} h"])
+        fitted = f"{100 * v['fitted']:.2f}" if "fitted" in v else "–"
+        rows.append([e, str(v["runs"]), mean_std(accs, 100), fitted, f"{int(e) * per_epoch / 3600:.1f} h"])
     if "projection" in c:
         pr = c["projection"]
-        rows.append([f"{pr['epochs_for_target']:.0f} (fitted)", "–", f"{100 * c['target']:.2f} (target)",
+        rows.append([f"{pr['epochs_for_target']:.0f} (fitted)", "–", "–", f"{100 * c['target']:.2f} (target)",
                      f"{pr['hours_per_seed']:.1f} h"])  # fmt: skip
+    n = len(c["lengths"])
+    law = (
+        "Two schedule lengths give a slope, not a law."
+        if n == 2
+        else (f"Over {n} schedule lengths the fitted column shows how far the means stray from one line.")
+    )
     slope = f"{100 * c['per_doubling']:+.2f} points per doubling of the schedule" if "per_doubling" in c else "–"
     note = (
         f"CE + triplet at the recipe, final test accuracy (softmax, flip TTA) of each measured schedule length, mean ± "
         f"std over its runs; cost: epochs × {per_epoch:.0f} s, the median training seconds per epoch of the resnet20 "
         f"study's 30-epoch runs (alone on two cores). Least-squares slope of the mean on log2(epochs): {slope}; the "
-        "last row carries it on to the target. Two schedule lengths give a slope, not a law. Source: "
+        f"last row carries it on to the target. {law} Source: "
         + ctx.link(root / "curve.json")
         + ", plot "
         + ctx.link(root / "curve.png")
     )
-    return table(["epochs", "runs", "test acc %", "training per seed"], rows) + "\n\n" + note
+    return table(["epochs", "runs", "test acc %", "fitted line %", "training per seed"], rows) + "\n\n" + note
 
 
 def t_best_targets(ctx: Ctx) -> str:

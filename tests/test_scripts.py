@@ -182,6 +182,7 @@ def test_best_study_curve_fits_the_slope_over_schedule_lengths_and_prices_the_ta
     assert r["lengths"][30]["runs"] == 3 and r["lengths"][30]["test_acc_mean"] == pytest.approx(0.946)
     assert r["lengths"][60]["test_acc_mean"] == pytest.approx(0.9485)
     assert r["per_doubling"] == pytest.approx(0.0025)  # two lengths: the line through their means
+    assert r["lengths"][60]["fitted"] == pytest.approx(0.9485)
     # 94.85 % at 60 epochs, +0.25 points per doubling: 95.5 % after 2.6 more doublings
     assert r["projection"]["epochs_for_target"] == pytest.approx(60 * 2**2.6)
     # priced at the median seconds per epoch of the study's 30-epoch runs (alone on the cores): 125 s
@@ -189,6 +190,12 @@ def test_best_study_curve_fits_the_slope_over_schedule_lengths_and_prices_the_ta
     assert r["projection"]["hours_per_seed"] == pytest.approx(60 * 2**2.6 * 125 / 3600)
     assert json.loads((tmp_path / "out" / "curve.json").read_text())["target"] == study.TARGET
     assert (tmp_path / "out" / "curve.png").stat().st_size > 10_000
+    # a CURVE run (out/curve/) is a third length: 15 epochs at 94.35 % puts the three means on one line
+    _recipe_run(tmp_path / "out" / "curve" / "triplet_e15_s0", 15, 0.9435)
+    r = study.curve(tmp_path / "out")
+    assert list(r["lengths"]) == [15, 30, 60] and r["per_doubling"] == pytest.approx(0.0025)
+    assert r["lengths"][15]["fitted"] == pytest.approx(0.9435) and r["lengths"][60]["fitted"] == pytest.approx(0.9485)
+    assert r["seconds_per_epoch"] == pytest.approx(125.0)  # still the study's 30-epoch runs only
 
 
 def test_best_study_copies_evaluated_runs_without_checkpoints_and_refuses_unknown_names(tmp_path):
@@ -199,9 +206,15 @@ def test_best_study_copies_evaluated_runs_without_checkpoints_and_refuses_unknow
         for f in ("report.json", "history.json", "config.json", "checkpoint.safetensors", "embeddings.npz"):
             (run / f).write_text("{}")
     (tmp_path / "work" / "runs" / "ce-balanced_s1" / "report.json").unlink()  # still training: left out
+    curve_run = tmp_path / "work" / "curve" / "triplet_e15_s0"
+    curve_run.mkdir(parents=True)
+    for f in study.COPIED:
+        (curve_run / f).write_text("{}")
     study.copy_runs(tmp_path / "work", tmp_path / "out")
     copied = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()}
-    assert copied == {f"{run}/{f}" for run in ("triplet_s0", "ce-balanced_s0") for f in study.COPIED}
+    runs = ("triplet_s0", "ce-balanced_s0", "curve/triplet_e15_s0")  # the curve's runs out of the summaries' reach
+    assert copied == {f"{run}/{f}" for run in runs for f in study.COPIED}
+    assert study.run_dir(tmp_path, "triplet_e15", 1) == tmp_path / "curve" / "triplet_e15_s1"
     assert study.main(["--stages", "runs,nope"]) == 2  # refused before anything runs
     assert study.main(["--stages", "runs", "--methods", "arcface"]) == 2
     assert study.main(["--stages", "runs", "--seeds", "0,7"]) == 2
