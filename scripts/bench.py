@@ -587,9 +587,21 @@ def write_outputs(out: Path, results: dict, only: set[str]) -> list[str]:
         **old.get("section_dates", {sec: old.get("date") for sec in DEFAULT_SECTIONS if old.get("date")}),
         **{sec: results["date"] for sec in only},
     }
-    merged = {**old, **results, "section_dates": dates}
+    # each section keeps the machine it was measured on: a partial run may land on another CPU model
+    machines = {
+        **{sec: old["machine"] for sec in dates if "machine" in old},
+        **old.get("section_machines", {}),
+        **{sec: results["machine"] for sec in only},
+    }
+    merged = {**old, **results, "section_dates": dates, "section_machines": machines}
     if partial:
         merged["date"] = old.get("date", results["date"])
+        merged["section_cpu"] = {**old.get("section_cpu", {}), **{sec: results["cpu"] for sec in only}}
+        merged["machine"] = old.get("machine", results["machine"])
+        if "cpu" in old:
+            merged["cpu"] = old["cpu"]
+        else:  # lscpu's figures of the full run were not recorded: section_cpu has the partial runs'
+            merged.pop("cpu", None)
     (out / "bench.json").write_text(json.dumps(merged, indent=2) + "\n")
     redone = {str(SECTIONS.index(sec) + 1) for sec in only}
     kept = []

@@ -507,7 +507,8 @@ def t_bench_meta(ctx: Ctx) -> str:
     b = load(ctx.ref / "bench.json")
     dates = b.get("section_dates", {})
     rows = [["machine", b["machine"]], ["date of the run", b["date"]]]
-    rows += [[f"section `{s}` last measured", d] for s, d in dates.items()]
+    machines = b.get("section_machines", {})
+    rows += [[f"section `{s}` last measured", f"{d} on {machines.get(s, b['machine'])}"] for s, d in dates.items()]
     return table(["item", "value"], rows) + "\n\nSource: " + ctx.link(ctx.ref / "bench.json")
 
 

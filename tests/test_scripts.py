@@ -24,7 +24,7 @@ def test_scripts_import_the_installed_package_only():
 
 def test_bench_partial_run_updates_only_its_sections(tmp_path):
     bench = load_script("bench")
-    old = {"date": "2026-01-01", "train_peak_fraction": 0.6, "knn_speedup": 1.5, "eval_seconds": 20.0}
+    old = {"date": "2026-01-01", "machine": "old cpu", "train_peak_fraction": 0.6, "knn_speedup": 1.5}
     (tmp_path / "bench.json").write_text(json.dumps(old))
     (tmp_path / "bench.md").write_text(
         "| section | measurement | figures |\n|---|---|---|\n"
@@ -32,10 +32,14 @@ def test_bench_partial_run_updates_only_its_sections(tmp_path):
         "| 5 eval and viz | old eval | c |\n"
     )
     bench.ROWS[:] = [("4 kNN", "new knn", "x"), ("4 kNN", "new knn 2", "y")]
-    bench.write_outputs(tmp_path, {"date": "2026-02-02", "knn_speedup": 2.0}, {"knn"})
+    results = {"date": "2026-02-02", "machine": "new cpu", "cpu": {"cpu_model": "new"}, "knn_speedup": 2.0}
+    bench.write_outputs(tmp_path, results, {"knn"})
     new = json.loads((tmp_path / "bench.json").read_text())
     assert new["knn_speedup"] == 2.0 and new["train_peak_fraction"] == 0.6 and new["date"] == "2026-01-01"
     assert new["section_dates"]["knn"] == "2026-02-02" and new["section_dates"]["step"] == "2026-01-01"
+    # each section names the machine it ran on; the top-level machine stays the full run's
+    assert new["machine"] == "old cpu" and new["section_cpu"] == {"knn": {"cpu_model": "new"}}
+    assert new["section_machines"]["knn"] == "new cpu" and new["section_machines"]["step"] == "old cpu"
     lines = (tmp_path / "bench.md").read_text().splitlines()
     assert [ln.split("|")[2].strip() for ln in lines[2:]] == ["old step", "new knn", "new knn 2", "old eval"]
 
