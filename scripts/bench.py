@@ -20,7 +20,7 @@ Sections (each prints absolute figures and the ratio, all measured in this one p
                         seed the seconds to 92 / 93 / 94 % validation, the final test accuracy and the training
                         seconds. Writes speedrun.json and speedrun.png (not bench.json / bench.md) into the
                         output dir
-  7. threads            (only with `--only threads`: about 3 minutes) one epoch of the ResNet-20 CE + triplet
+  7. threads            (only with `--only threads`: about 2 minutes) one epoch of the ResNet-20 CE + triplet
                         recipe on 8,000 images (2,000 with --quick): one process with 2 torch threads against
                         two processes with 1 thread each, side by side (how scripts/best_study.py trains two
                         methods at once): training images/s of each and in all
