@@ -8,7 +8,8 @@ the kNN with flip-averaged queries (accuracy, focus-group error, shirt recall; "
 One seed prints its value without "±". Writes summary.md and summary.csv.
 
 `--paired` (`summarize_paired`) also writes paired.md / paired.json: every method against every CE control on the
-same test images, from the per-image records `embedfm eval` keeps in report.json (`embedfm.paired`).
+same test images, from the per-image records `embedfm eval` keeps in report.json (`embedfm.paired`). Two CE
+controls are compared once, the random-batch one as the control (what the other's sampler adds), not both ways.
 
 `--pixels` measures the zero-training baseline, FAISS kNN (k=10, L2) on the raw 784-d pixels of the train split,
 and saves it as `pixels.json` beside the summary; a saved `pixels.json` is shown as the last row.
@@ -260,16 +261,20 @@ def summarize_paired(
     for r in reports:
         groups.setdefault(method_key(r), []).append(r)
     keys = list(groups)
-    controls = [k for k in keys if json.loads(k)["loss"] == "ce"]
+    # random-batch controls first: a later control is compared against them, never the other way round as well
+    controls = sorted(
+        (k for k in keys if json.loads(k)["loss"] == "ce"),
+        key=lambda k: resolved_sampler("ce", json.loads(k).get("sampler", "auto")) != "random",
+    )
     if not controls:
         raise EmbedfmError(f"no CE runs under {', '.join(paths)}: --paired compares every method with the CE controls")
     focus = tuple(json.loads(keys[0])["focus_classes"])
     scored = {k: [score(r, "softmax", focus, f"run {r['name']!r}") for r in groups[k]] for k in keys}
     labels = labels_of(groups, names)
     results = []
-    for ctrl in controls:
+    for i, ctrl in enumerate(controls):
         for k in keys:
-            if k == ctrl:
+            if k == ctrl or k in controls[:i]:  # itself, or a control it was already the method against
                 continue
             stats = compare(scored[k], scored[ctrl], draws=draws)
             results.append({"method": labels[k], "control": labels[ctrl], **stats})

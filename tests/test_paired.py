@@ -107,3 +107,26 @@ def test_summarize_paired_writes_a_table(fake_run, tmp_path):
     assert cmp["accuracy"]["difference"] == 0 and cmp["accuracy"]["interval"] == [0, 0]
     assert "McNemar" in (out / "paired.md").read_text()
     assert json.loads((out / "paired.json").read_text())["draws"] == 50
+
+
+def test_two_ce_controls_are_compared_once_random_batches_as_the_control(fake_run, tmp_path):
+    from embedfm.cli import main
+
+    run, data = fake_run
+    out = tmp_path / "study"
+    assert main(["eval", str(run), "--out", str(out), "--data-dir", str(data), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (entry,) = report["runs"].values()
+    # the balanced-batch CE control is found first (as "ce-balanced_s0" sorts before "ce_s0"), the random one last
+    report["runs"] = {}
+    methods = (("balanced", "ce", "balanced"), ("triplet", "triplet", "auto"), ("random", "ce", "auto"))
+    for name, loss, sampler in methods:
+        copy = json.loads(json.dumps(entry))
+        copy["config"].update(loss=loss, sampler=sampler)
+        report["runs"][name] = copy
+    (out / "report.json").write_text(json.dumps(report))
+    res = summarize_paired([str(out)], draws=20, log=lambda _t: None)
+    pairs = [(c["method"], c["control"]) for c in res["comparisons"]]
+    ce_random, ce_balanced, triplet = (f"{loss} / fastcnn / 1 ep (sampler={s})" for loss, s in
+                                       (("ce", "random"), ("ce", "balanced"), ("triplet", "balanced")))  # fmt: skip
+    assert pairs == [(ce_balanced, ce_random), (triplet, ce_random), (triplet, ce_balanced)]
