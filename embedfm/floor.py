@@ -125,7 +125,8 @@ def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -
     shown = list(indices[:GALLERY])
     cols = 8
     rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    # constrained layout sizes each row to its three-line title, so no title runs into the image above it
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 2.0), squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), shown):
@@ -136,7 +137,6 @@ def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -
             fontsize=6.5,
         )
     fig.suptitle("Suspected label issues in the focus classes (given → predicted, share of runs predicting it)")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
