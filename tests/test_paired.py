@@ -87,21 +87,30 @@ def test_records_that_are_not_digit_strings_are_one_line():
         score(bad, "softmax", FOCUS, "run 'x'")
 
 
-def test_summarize_paired_writes_a_table(fake_run, tmp_path):
+def fake_study(fake_run, tmp_path, variants: dict[str, dict]) -> tuple:
+    """The fake run evaluated once, its report entry copied under each name of `variants` with those config
+    values: methods scored on the very same images. Returns (study dir, the evaluated entry)."""
     from embedfm.cli import main
 
     run, data = fake_run
     out = tmp_path / "study"
-    # the same fake run evaluated twice under two method names: CE control and a "triplet" copy of it
     assert main(["eval", str(run), "--out", str(out), "--data-dir", str(data), "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
     (entry,) = report["runs"].values()
+    report["runs"] = {}
+    for name, config in variants.items():
+        copy = json.loads(json.dumps(entry))
+        copy["config"].update(config)
+        report["runs"][name] = copy
+    (out / "report.json").write_text(json.dumps(report))
+    return out, entry
+
+
+def test_summarize_paired_writes_a_table(fake_run, tmp_path):
+    # the same fake run under two method names: CE control and a "triplet" copy of it
+    out, entry = fake_study(fake_run, tmp_path, {"ce": {}, "copy": {"loss": "triplet"}})
     assert set(entry["per_image"]) >= {"labels", "softmax", "knn", "ap_at_r"}
     assert len(entry["per_image"]["labels"]) == len(entry["per_image"]["ap_at_r"])
-    copy = json.loads(json.dumps(entry))
-    copy["config"]["loss"] = "triplet"
-    report["runs"]["copy"] = copy
-    (out / "report.json").write_text(json.dumps(report))
     res = summarize_paired([str(out)], draws=50, log=lambda _t: None)
     (cmp,) = res["comparisons"]
     assert cmp["accuracy"]["difference"] == 0 and cmp["accuracy"]["interval"] == [0, 0]
@@ -110,21 +119,13 @@ def test_summarize_paired_writes_a_table(fake_run, tmp_path):
 
 
 def test_two_ce_controls_are_compared_once_random_batches_as_the_control(fake_run, tmp_path):
-    from embedfm.cli import main
-
-    run, data = fake_run
-    out = tmp_path / "study"
-    assert main(["eval", str(run), "--out", str(out), "--data-dir", str(data), "--no-progress"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    (entry,) = report["runs"].values()
     # the balanced-batch CE control is found first (as "ce-balanced_s0" sorts before "ce_s0"), the random one last
-    report["runs"] = {}
-    methods = (("balanced", "ce", "balanced"), ("triplet", "triplet", "auto"), ("random", "ce", "auto"))
-    for name, loss, sampler in methods:
-        copy = json.loads(json.dumps(entry))
-        copy["config"].update(loss=loss, sampler=sampler)
-        report["runs"][name] = copy
-    (out / "report.json").write_text(json.dumps(report))
+    variants = {
+        "balanced": {"loss": "ce", "sampler": "balanced"},
+        "triplet": {"loss": "triplet", "sampler": "auto"},
+        "random": {"loss": "ce", "sampler": "auto"},
+    }
+    out, _entry = fake_study(fake_run, tmp_path, variants)
     res = summarize_paired([str(out)], draws=20, log=lambda _t: None)
     pairs = [(c["method"], c["control"]) for c in res["comparisons"]]
     ce_random, ce_balanced, triplet = (f"{loss} / fastcnn / 1 ep (sampler={s})" for loss, s in
