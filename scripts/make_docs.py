@@ -36,6 +36,7 @@ from pathlib import Path
 from embedfm import CLASS_NAMES
 from embedfm.config import FIELDS, GROUPS
 from embedfm.errors import EmbedfmError
+from embedfm.floor import per_run_span
 from embedfm.summarize import summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1211,6 +1212,9 @@ def floor_table(ctx: Ctx, study: str, runs_note: str) -> str:
         ["… of its focus-group errors on suspected issues",
          f"{b['errors_on_suspected_issues']:,} ({100 * b['share_on_suspected_issues']:.1f} %)"],
         ["… its focus-group error on the other focus images", f"{pct(b['focus_error_on_the_rest'])} %"],
+        ["every run: share of its focus-group errors on suspected issues",
+         per_run_span(r, "share_on_suspected_issues")],
+        ["every run: its focus-group error on the other focus images", per_run_span(r, "focus_error_on_the_rest")],
     ]  # fmt: skip
     gallery = ctx.link(path.parent / "label_issues.png")
     return table(["", "count"], rows) + f"\n\nSource: {ctx.link(path)}; gallery of the 64 most confident: {gallery}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from embedfm.cli import main
-from embedfm.floor import knn_loo_probs, label_issues, shared_errors
+from embedfm.floor import errors_on_issues, knn_loo_probs, label_issues, shared_errors
 
 
 def test_shared_errors_by_hand():
@@ -25,6 +25,17 @@ def test_shared_errors_by_hand():
     assert s["all_wrong_same_way_indices"] == [1, 3]  # 2 and 5 are wrong in different ways
     # focus images wrong in exactly k runs: k=1: image 0; k=3: images 1, 2, 3, 5
     assert s["wrong_in_k_runs"] == [0, 1, 0, 4]
+
+
+def test_errors_on_suspected_issues_by_hand():
+    labels = np.array([0, 2, 4, 6, 6, 1, 0])
+    pred = np.array([2, 2, 6, 1, 0, 3, 6])  # focus-group errors: 0, 2, 4, 6; image 3 leaves the group, 5 is not in it
+    suspect = np.array([True, False, False, False, True, False, False])
+    e = errors_on_issues(labels, pred, (0, 2, 4, 6), suspect)
+    assert e["focus_errors"] == 4 and e["focus_error"] == pytest.approx(4 / 6)
+    assert e["errors_on_suspected_issues"] == 2 and e["share_on_suspected_issues"] == pytest.approx(2 / 4)
+    # the other focus images: 1, 2, 3, 6, of which 2 and 6 are focus-group errors
+    assert e["focus_error_on_the_rest"] == pytest.approx(2 / 4)
 
 
 def test_knn_loo_votes_match_a_loop():
@@ -77,6 +88,13 @@ def test_floor_end_to_end_on_two_real_runs(real_runs, tmp_path, capsys):
     assert r["best_run"]["name"] in ("ce", "triplet") and 0 <= r["best_run"]["share_on_suspected_issues"] <= 1
     report = json.loads((real_runs[2] / "report.json").read_text())["runs"][r["best_run"]["name"]]
     assert r["best_run"]["focus_error"] == pytest.approx(report["classifiers"]["softmax"]["focus_group_error"])
+    assert sorted(r["per_run"]) == ["ce", "triplet"]
+    for name, figures in r["per_run"].items():
+        assert figures["focus_error"] == pytest.approx(
+            json.loads((real_runs[2] / "report.json").read_text())["runs"][name]["classifiers"]["softmax"][
+                "focus_group_error"
+            ]
+        )
     assert (tmp_path / "label_issues.png").stat().st_size > 10_000
     assert "wrong in every run" in (tmp_path / "floor.md").read_text()
     # one run, or a run whose embeddings.npz is gone: one line, exit 2
