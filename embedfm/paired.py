@@ -1,25 +1,44 @@
 """Paired comparisons of methods on the same test images: `embedfm summarize --paired`.
 
-Seed-level mean ± std hides how uncertain a difference is: the focus group is 4,000 test images, so one model's
-focus-group error alone carries about ±0.44 points of binomial error. Two methods evaluated on the same images
-can be compared image by image instead. For each method against each CE control (a method whose runs have
-`loss == "ce"`), over the runs' per-image records (`report.json`'s `per_image`, written by `embedfm eval`):
+Seed-level mean ± std hides how uncertain a difference is, and an interval over test images alone hides the seeds:
+the focus group is 4,000 test images, so one model's focus-group error alone carries about ±0.44 points of
+binomial error, and two seeds of one recipe differ by more than that. Two methods evaluated on the same images are
+compared seed pair by seed pair (seed s of the method against seed s of the control), over the runs' per-image
+records (`report.json`'s `per_image`, written by `embedfm eval`):
 
-- the paired per-seed difference (seed s of the method minus seed s of the control), mean ± std;
-- a paired bootstrap 95 % interval of the difference of the seed-averaged figures: test images are resampled
-  with replacement (`draws` times), every model of both methods is scored on the same resample, and the
-  interval is the 2.5 / 97.5 percentiles of (method's mean over seeds − control's mean over seeds);
-- McNemar's exact test on the focus-class images, per seed pair: b = images the method gets right and the
-  control wrong, c = the reverse, two-sided p = min(1, 2 · P(Binomial(b + c, ½) ≤ min(b, c))).
+- `per_seed`: each seed pair's difference (method − control); `difference`: their mean.
+- `interval` (the one shown, and the one ✓ rests on): a **two-level bootstrap** over the S seed pairs and the N
+  test images. Each draw resamples S seed pairs with replacement, then the N test images with replacement, once,
+  shared by every chosen model (every model was scored on the same images: seeds and images are crossed, so one
+  image resample moves all of them together), and takes the mean over the chosen pairs of the difference on the
+  resampled images. The draws' variance, less that of the image-only draws below, is the seed level; corrected
+  for the few seeds (× S / (S − 1)) and added back to the image level it gives the standard error, and the 95 %
+  interval is difference ± t(df) · SE with Welch–Satterthwaite degrees of freedom (S − 1 where the seeds
+  dominate, about N − 1 where the images do: `t_interval`). Why not the draws' percentiles: from 3 seeds the
+  bootstrap mean never leaves the range of the 3 per-seed differences, which misses the truth up to
+  2 · ½³ = 25 % of the time when seed-to-seed variance dominates; the coverage of this construction is checked by
+  simulation in tests/test_paired.py. `p`: the two-sided p-value of the same construction. Needs ≥ 2 seed
+  pairs; with one there is no seed-level interval (None).
+- `interval_images`: the image-only bootstrap: test images resampled, the trained models fixed; percentiles.
+  It is conditional on these trained models and says nothing about another seed.
+- `validation`: the same paired difference of the final epoch's validation accuracy and focus-group error (from
+  each run's history; per pair and mean), for the figures the validation split has.
+- `focus_error_test`: per seed pair, an exact paired sign-flip test of the focus-group error itself (not overall
+  correctness): b = focus-class images on which only the control makes a focus-group error (calls the image
+  another focus class), c = those on which only the method does; under the null each such image is equally likely
+  either way, so p = min(1, 2 · P(Binomial(b + c, ½) ≤ min(b, c))) (McNemar's exact test on those images). Conditional
+  on the two models.
 
-Figures: accuracy, focus-group error and shirt recall of the softmax head (`classifier`), and MAP@R of the
-embedding. A method "helps" on a figure only where its interval excludes zero (in the good direction).
+`holm` adjusts the p-values of a family (summarize --paired: every comparison × figure of one table) for the number
+of comparisons; a method "helps" on a figure where the Holm-adjusted p is below 0.05 and the difference is in the
+good direction ("hurts": the other direction). Figures: accuracy, focus-group error and shirt recall of the softmax
+head (`classifier`), and MAP@R of the embedding.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +47,9 @@ from embedfm.errors import EmbedfmError
 SHIRT = 6
 FIGURES = ("accuracy", "focus_group_error", "shirt_recall", "map_at_r")
 LOWER_IS_BETTER = {"focus_group_error"}
+VAL_FIGURES = {"accuracy": "val_acc", "focus_group_error": "val_focus_err"}  # figure → history key
+ALPHA = 0.05
+CHUNK = 250  # bootstrap draws per vectorised block: (CHUNK, N) image counts at a time
 
 
 @dataclass
@@ -38,8 +60,8 @@ class Scored:
     seed: int
     num: np.ndarray  # (N, len(FIGURES))
     den: np.ndarray  # (N, len(FIGURES))
-    correct: np.ndarray  # (N,) bool: the classifier's prediction is right
-    focus: np.ndarray  # (N,) bool: the image's class is a focus class
+    focus_wrong: np.ndarray  # (N,) bool: a focus-class image called another focus class (a focus-group error)
+    val: dict = field(default_factory=dict)  # final-epoch validation figures (VAL_FIGURES' keys), where known
 
 
 def decode(digits: str, where: str) -> np.ndarray:
@@ -66,11 +88,14 @@ def score(run: dict, classifier: str, focus: tuple[int, ...], where: str) -> Sco
     wrong_within = in_focus & np.isin(pred, focus) & ~correct
     num = np.stack([correct, wrong_within, correct & shirt, ap], axis=1).astype(np.float64)
     den = np.stack([np.ones(len(y)), in_focus, shirt, np.ones(len(y))], axis=1).astype(np.float64)
-    return Scored(int(run.get("seed", 0)), num, den, correct, in_focus)
+    val = run.get("val") if isinstance(run.get("val"), dict) else {}
+    val = {k: float(val[k]) for k in VAL_FIGURES.values() if isinstance(val.get(k), (int, float)) and
+           math.isfinite(val[k])}  # fmt: skip
+    return Scored(int(run.get("seed", 0)), num, den, wrong_within, val)
 
 
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value for b and c discordant pairs."""
+def sign_flip_p(b: int, c: int) -> float:
+    """Exact two-sided p of the paired sign-flip test with b and c discordant images (McNemar's exact test)."""
     n, k = b + c, min(b, c)
     if n == 0:
         return 1.0
@@ -78,19 +103,13 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def bootstrap(method: list[Scored], control: list[Scored], draws: int, seed: int) -> np.ndarray:
-    """(draws, len(FIGURES)) differences of seed-averaged figures over image resamples."""
-    n = method[0].num.shape[0]
-    rng = np.random.default_rng(seed)
-    out = np.empty((draws, len(FIGURES)))
-    num = np.stack([s.num for s in method + control])  # (models, N, F)
-    den = np.stack([s.den for s in method + control])
-    sign = np.array([1 / len(method)] * len(method) + [-1 / len(control)] * len(control))  # (models,)
-    for lo in range(0, draws, 250):
-        b = min(250, draws - lo)
-        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(b)]).astype(np.float64)
-        figs = np.einsum("bn,mnf->bmf", counts, num) / np.maximum(np.einsum("bn,mnf->bmf", counts, den), 1e-12)
-        out[lo : lo + b] = np.einsum("bmf,m->bf", figs, sign)
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None: not tested, left out of the family)."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m, out, running = len(tested), list(pvalues), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))  # monotone: never below an earlier (smaller) p's
+        out[i] = running
     return out
 
 
@@ -98,30 +117,113 @@ def figure_of(s: Scored) -> np.ndarray:
     return s.num.sum(0) / np.maximum(s.den.sum(0), 1e-12)  # (F,)
 
 
+def _figures_on(counts: np.ndarray, runs: list[Scored]) -> np.ndarray:
+    """(B, R, F) figures of each run on each of B image resamples given as (B, N) multiplicities."""
+    num = np.stack([s.num for s in runs])  # (R, N, F)
+    den = np.stack([s.den for s in runs])
+    return np.einsum("bn,rnf->brf", counts, num) / np.maximum(np.einsum("bn,rnf->brf", counts, den), 1e-12)
+
+
+def _image_counts(rng: np.random.Generator, draws: int, n: int) -> np.ndarray:
+    """(draws, n) multiplicities of the n images in `draws` resamples with replacement."""
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(draws)]).astype(np.float64)
+
+
+def bootstrap(method: list[Scored], control: list[Scored], draws: int, seed: int) -> np.ndarray:
+    """(draws, F) image-only bootstrap: differences of seed-averaged figures over image resamples, every model
+    fixed (conditional on the trained models)."""
+    rng = np.random.default_rng(seed)
+    n = method[0].num.shape[0]
+    sign = np.array([1 / len(method)] * len(method) + [-1 / len(control)] * len(control))  # (R,)
+    out = np.empty((draws, len(FIGURES)))
+    for lo in range(0, draws, CHUNK):
+        b = min(CHUNK, draws - lo)
+        out[lo : lo + b] = np.einsum("brf,r->bf", _figures_on(_image_counts(rng, b, n), method + control), sign)
+    return out
+
+
+def two_level(pairs: list[tuple[Scored, Scored]], draws: int, seed: int) -> np.ndarray:
+    """(draws, F) two-level bootstrap: each draw resamples the seed pairs with replacement, then the test images
+    once (shared by every chosen model), and takes the mean over the chosen pairs of method − control."""
+    rng = np.random.default_rng(seed)
+    s, n = len(pairs), pairs[0][0].num.shape[0]
+    methods, controls = [m for m, _ in pairs], [c for _, c in pairs]
+    out = np.empty((draws, len(FIGURES)))
+    for lo in range(0, draws, CHUNK):
+        b = min(CHUNK, draws - lo)
+        weights = np.stack([np.bincount(rng.integers(0, s, s), minlength=s) for _ in range(b)]) / s  # (b, S)
+        counts = _image_counts(rng, b, n)  # (b, N)
+        diff = _figures_on(counts, methods) - _figures_on(counts, controls)  # (b, S, F)
+        out[lo : lo + b] = np.einsum("bsf,bs->bf", diff, weights)
+    return out
+
+
+def t_interval(
+    point: np.ndarray, draws: np.ndarray, image_draws: np.ndarray, pairs: int, images: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low, high, p) per figure: point ± t(df) · SE, and the matching two-sided Student-t p-value.
+
+    The two-level draws' variance V2 holds both levels; the image-only draws' variance VI (models fixed) is the
+    image level alone, so V2 − VI is the seed level, which a bootstrap over S seed pairs underestimates by
+    (S − 1) / S. SE² = (V2 − VI) · S / (S − 1) + VI, with Welch–Satterthwaite degrees of freedom: S − 1 where
+    the seeds dominate (3 seeds: t = 4.30, not 1.96), about N − 1 where the images do."""
+    from scipy import stats
+
+    image_var = image_draws.var(0, ddof=1)
+    seed_var = np.maximum(draws.var(0, ddof=1) - image_var, 0.0) * pairs / (pairs - 1)
+    var = seed_var + image_var
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(var > 0, var**2 / (seed_var**2 / (pairs - 1) + image_var**2 / (images - 1)), pairs - 1)
+        t = np.abs(point) / np.sqrt(var)
+    se = np.sqrt(var)
+    half = stats.t.ppf(1 - ALPHA / 2, df) * se
+    p = np.where(se > 0, 2 * stats.t.sf(t, df), np.where(point == 0, 1.0, 0.0))
+    return point - half, point + half, p
+
+
 def compare(method: list[Scored], control: list[Scored], draws: int = 2000, seed: int = 0) -> dict:
-    """The paired statistics of `method` against `control` (lists of seeds' scored runs on the same images)."""
+    """The paired statistics of `method` against `control` (lists of seeds' scored runs on the same images), before
+    any correction for multiple comparisons (`adjust` adds it)."""
     if {s.num.shape[0] for s in method + control} != {method[0].num.shape[0]}:
         raise EmbedfmError("the runs were evaluated on different numbers of test images: not a paired comparison")
     by_seed = {s.seed: s for s in control}
     pairs = [(m, by_seed[m.seed]) for m in method if m.seed in by_seed]
+    if not pairs:
+        raise EmbedfmError("no seed of the method has a control run of the same seed: nothing to pair")
     diffs = np.array([figure_of(m) - figure_of(c) for m, c in pairs]).reshape(len(pairs), len(FIGURES))
-    boot = bootstrap(method, control, draws, seed)
-    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-    point = np.mean([figure_of(m) for m in method], 0) - np.mean([figure_of(c) for c in control], 0)
-    tests = []
-    for m, c in pairs:
-        f = m.focus
-        b, cc = int((m.correct & ~c.correct & f).sum()), int((~m.correct & c.correct & f).sum())
-        tests.append({"seed": m.seed, "b": b, "c": cc, "p": mcnemar_p(b, cc)})
-    out = {}
+    point = diffs.mean(0)
+    image_draws = bootstrap([m for m, _ in pairs], [c for _, c in pairs], draws, seed)  # (draws, F)
+    images = np.percentile(image_draws, [2.5, 97.5], axis=0)
+    if len(pairs) >= 2:
+        n = pairs[0][0].num.shape[0]
+        lo, hi, p = t_interval(point, two_level(pairs, draws, seed), image_draws, len(pairs), n)
+    else:  # one seed pair: no seed-to-seed variance to estimate, so no interval that covers the seeds
+        lo = hi = p = [None] * len(FIGURES)
+    out = {"pairs": len(pairs)}
     for i, name in enumerate(FIGURES):
-        better_up = name not in LOWER_IS_BETTER
+        val_key = VAL_FIGURES.get(name)
+        val = [m.val[val_key] - c.val[val_key] for m, c in pairs if val_key in m.val and val_key in c.val]
         out[name] = {
             "difference": float(point[i]),
-            "interval": [float(lo[i]), float(hi[i])],
             "per_seed": [float(d) for d in diffs[:, i]],
-            "helps": bool(lo[i] > 0 if better_up else hi[i] < 0),  # the interval excludes zero, the good way
-            "hurts": bool(hi[i] < 0 if better_up else lo[i] > 0),
+            "interval": None if lo[i] is None else [float(lo[i]), float(hi[i])],
+            "p": None if p[i] is None else float(p[i]),
+            "interval_images": [float(images[0, i]), float(images[1, i])],
+            "validation": {"difference": float(np.mean(val)), "per_seed": val} if val else None,
         }
-    out["mcnemar_focus"] = tests
+    out["focus_error_test"] = []
+    for m, c in pairs:
+        b = int((c.focus_wrong & ~m.focus_wrong).sum())  # only the control errs: the method is better there
+        cc = int((m.focus_wrong & ~c.focus_wrong).sum())
+        out["focus_error_test"].append({"seed": m.seed, "b": b, "c": cc, "p": sign_flip_p(b, cc)})
     return out
+
+
+def adjust(comparisons: list[dict]) -> None:
+    """Holm over the family of every comparison × figure given; sets `p_holm`, `helps` and `hurts` in place."""
+    cells = [(c, f) for c in comparisons for f in FIGURES]
+    for (c, f), p_adj in zip(cells, holm([c[f]["p"] for c, f in cells])):
+        fig = c[f]
+        good = fig["difference"] < 0 if f in LOWER_IS_BETTER else fig["difference"] > 0
+        significant = p_adj is not None and p_adj < ALPHA
+        fig.update(p_holm=p_adj, helps=significant and good, hurts=significant and not good)

@@ -253,8 +253,9 @@ def summarize(
 def summarize_paired(
     paths: list[str], out: str | None = None, draws: int = 2000, names: bool = False, log=print
 ) -> dict:
-    """paired.md / paired.json in `out` (default: the first path): each method against each CE control."""
-    from embedfm.paired import FIGURES, compare, score
+    """paired.md / paired.json in `out` (default: the first path): each method against each CE control, Holm-adjusted
+    over the table (every comparison × figure is one family)."""
+    from embedfm.paired import FIGURES, adjust, compare, score
 
     reports = find_reports(paths)
     groups: dict[str, list[dict]] = {}
@@ -278,27 +279,62 @@ def summarize_paired(
                 continue
             stats = compare(scored[k], scored[ctrl], draws=draws)
             results.append({"method": labels[k], "control": labels[ctrl], **stats})
-    md = [
-        f"Paired over the same {len(scored[controls[0]][0].num)} test images, softmax head (MAP@R: the embedding); "
-        f"difference = method − control, in points; 95 % paired bootstrap interval over images ({draws} draws); "
-        "McNemar: exact two-sided p on the focus-class images, per seed pair (b: only the method right, "
-        "c: only the control right). ✓ = the interval excludes zero in the method's favour, ✗ = against it.",
-        "",
-        "| method | control | " + " | ".join(f"Δ {f.replace('_', ' ')}" for f in FIGURES) + " | McNemar (focus) |",
-        "|" + "---|" * (len(FIGURES) + 3),
-    ]
-    for res in results:
-        cells = []
-        for f in FIGURES:
-            d, (lo, hi) = res[f]["difference"], res[f]["interval"]
-            mark = " ✓" if res[f]["helps"] else " ✗" if res[f]["hurts"] else ""
-            scale = 1 if f == "map_at_r" else 100
-            digits = 3 if f == "map_at_r" else 2
-            cells.append(f"{scale * d:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]{mark}")
-        tests = "; ".join(f"s{t['seed']}: {t['b']}/{t['c']}, p={t['p']:.3g}" for t in res["mcnemar_focus"])
-        md.append(f"| {res['method']} | {res['control']} | " + " | ".join(cells) + f" | {tests or '–'} |")
+    adjust(results)
+    n_images = len(scored[controls[0]][0].num)
     out_dir = Path(out or paths[0])
-    atomic_write_json(out_dir / "paired.json", {"draws": draws, "figures": list(FIGURES), "comparisons": results})
-    atomic_write_text(out_dir / "paired.md", "\n".join(md) + "\n")
-    log("\n".join(md))
+    payload = {"draws": draws, "figures": list(FIGURES), "family": len(results) * len(FIGURES),
+               "images": n_images, "comparisons": results}  # fmt: skip
+    atomic_write_json(out_dir / "paired.json", payload)
+    md = paired_markdown(payload)
+    atomic_write_text(out_dir / "paired.md", md)
+    log(md.rstrip("\n"))
     return {"comparisons": results}
+
+
+def paired_cell(fig: dict, name: str, interval: str = "interval") -> str:
+    """One figure of one comparison: "Δ [low, high]" in points (MAP@R: in its own unit), ✓ / ✗ after Holm."""
+    scale, digits = (1, 3) if name == "map_at_r" else (100, 2)
+    cell = f"{scale * fig['difference']:+.{digits}f}"
+    if fig[interval] is not None:
+        lo, hi = fig[interval]
+        cell += f" [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+    if interval != "interval":  # only the seed-level interval carries a verdict
+        return cell
+    return cell + (" ✓" if fig["helps"] else " ✗" if fig["hurts"] else "")
+
+
+def validation_cell(c: dict) -> str:
+    """The paired difference on the validation split (final epoch): accuracy / focus-group error, in points."""
+    parts = [f"{100 * c[f]['validation']['difference']:+.2f}" if c[f]["validation"] else "–"
+             for f in ("accuracy", "focus_group_error")]  # fmt: skip
+    return " / ".join(parts)
+
+
+def focus_test_cell(c: dict) -> str:
+    return "; ".join(f"s{t['seed']}: {t['b']}/{t['c']}, p={t['p']:.2g}" for t in c["focus_error_test"]) or "–"
+
+
+def paired_markdown(payload: dict) -> str:
+    """paired.md: the seed-level table (what ✓ rests on), then the image-only intervals given the trained models."""
+    from embedfm.markdown import md_table
+
+    figures, comps = payload["figures"], payload["comparisons"]
+    heads = [f"Δ {f.replace('_', ' ')}" for f in figures]
+    main = [[c["method"], c["control"], str(c["pairs"]), *(paired_cell(c[f], f) for f in figures),
+             validation_cell(c), focus_test_cell(c)] for c in comps]  # fmt: skip
+    images = [[c["method"], c["control"], *(paired_cell(c[f], f, "interval_images") for f in figures)] for c in comps]
+    return (
+        f"Paired over the same {payload['images']} test images, softmax head (MAP@R: the embedding); difference = "
+        "method − control, mean over seed pairs, in points. Interval: 95 %, two-level bootstrap over seed pairs and "
+        f"test images ({payload['draws']} draws), t quantile with seed pairs − 1 degrees of freedom. ✓ / ✗: Holm-"
+        f"adjusted p < 0.05 in the method's favour / against it, family = the {payload['family']} comparison × "
+        "figure cells of this table. Validation: the same difference on the validation split (final epoch), "
+        "accuracy / focus-group error. Focus-group error test: per seed pair, b = images only the control gets "
+        "wrong within the focus group, c = only the method; exact two-sided sign-flip p.\n\n"
+        + md_table(
+            ["method", "control", "seed pairs", *heads, "validation Δ acc / Δ focus err", "focus-group error test"],
+            main,
+        )
+        + "\n\nGiven these trained models (test images resampled, models fixed; 95 % percentile interval; it says "
+        "nothing about another seed):\n\n" + md_table(["method", "control", *heads], images) + "\n"
+    )
