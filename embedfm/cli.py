@@ -246,9 +246,11 @@ def add_summarize(sub) -> None:
         "--paired",
         action="store_true",
         help="also write paired.md / paired.json: every method against every CE control on the same test images "
-        "(per-seed differences, paired bootstrap 95%% intervals, McNemar on the focus classes)",
+        "(per-seed differences; 95%% intervals from a two-level bootstrap over seed pairs and test images, Holm-"
+        "corrected verdicts; image-only intervals given the models; validation differences; an exact per-seed test "
+        "of the focus-group error)",
     )
-    p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the test images (with --paired)")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (with --paired)")
 
 
 def add_convert(sub) -> None:
@@ -307,14 +309,22 @@ def add_floor(sub) -> None:
         description="From several evaluated runs: the focus-class test images every run gets wrong (the same way), "
         "suspected label issues among the test images (cleanlab's find_label_issues on the runs' averaged test "
         "probabilities) and the train images (kNN leave-one-out votes of the first run's embedding), and the share "
-        "of the best run's (by validation accuracy) focus-group errors on suspected issues. Writes floor.json, "
-        "floor.md and label_issues.png (the 64 most confident suspected issues).",
+        "of the best run's (by validation accuracy) focus-group errors on suspected issues, in-sample (the suspects "
+        "come from the same runs) and cross-fitted (suspects from one half of the runs, errors of the other half). "
+        "Writes floor.json, floor.md, crossfit.json, crossfit.md and label_issues.png (the 64 most confident "
+        "suspected issues).",
         formatter_class=_ShowDefaults,
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run dirs (at least 2; the first gives the kNN)")
     p.add_argument("--out", help="dir for floor.json / floor.md / label_issues.png (default: the runs' parent)")
     p.add_argument("--k", type=int, default=10, help="neighbours of the leave-one-out vote on the train split")
     p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are (default: as at training)")
+    p.add_argument(
+        "--crossfit-only",
+        action="store_true",
+        help="only the cross-fit from hard predictions (each run's report.json and history.json; no embeddings.npz, "
+        "no data): writes crossfit.json / crossfit.md",
+    )
 
 
 def add_ensemble(sub) -> None:
@@ -507,9 +517,12 @@ def cmd_export(args) -> None:
 
 
 def cmd_floor(args) -> None:
-    from embedfm.floor import floor
+    from embedfm.floor import crossfit_reports, floor
 
-    floor(args.runs, out=args.out, k=args.k, data_dir=args.data_dir)
+    if args.crossfit_only:
+        crossfit_reports(args.runs, out=args.out)
+    else:
+        floor(args.runs, out=args.out, k=args.k, data_dir=args.data_dir)
 
 
 def cmd_ensemble(args) -> None:

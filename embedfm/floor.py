@@ -15,11 +15,27 @@ the labels rather than in the models:
 - for the **best run** (the highest final validation accuracy: the test split chooses nothing), the share of its
   focus-group errors (a focus-class image called another focus class) that fall on suspected test label issues,
   and its focus-group error on the other images; the same two figures for every run, so the floor does not rest on
-  which run validation picked.
+  which run validation picked. These figures are **in-sample**, circular: the suspects are found from the very
+  runs whose errors are then split, so an image a run gets wrong is more likely to be suspected, and the error
+  "on the rest" is low by construction;
+- the same two figures **cross-fitted** (`crossfit`): the runs are split into two halves (sorted by run name,
+  alternately into A and B, so runs named `<method>_s<seed>` alternate within each method and each half holds
+  every method with two or more seeds), suspects are found from half A's runs only and half B's runs are scored
+  on and off them, then the other way round. A run's figures then rest on suspects it took no part in finding.
+  Two rules find a half's suspects: cleanlab as above on the half's averaged test probabilities (where the runs'
+  embeddings.npz are at hand), and, from hard predictions alone, the focus-class images that every run of the half
+  predicts as one and the same other class (`unanimous`; report.json's per-image predictions are enough, so it
+  runs on a published study without its checkpoints: `embedfm floor --crossfit-only RUN...`). Cross-fitting
+  removes the scored run's own errors from the selection, not what all the models share (the same training
+  images, similar architectures): a suspect is an image other models get wrong, which may be a wrong label or an
+  image every model finds hard. Each rule's in-sample counterpart on the same half sizes (each run scored on its
+  own half's suspects) is reported beside it.
 
-Writes floor.json, floor.md and label_issues.png (the 64 most confident suspected issues among the focus classes:
-image, given label, the runs' averaged prediction and the share of runs that predict it). Reads each run's
-embeddings.npz (`embedfm eval` writes it, with the test probabilities, since 2026-11-27) and history.json.
+Writes floor.json, floor.md, crossfit.json, crossfit.md and label_issues.png (the 64 most confident suspected
+issues among the focus classes: image, given label, the runs' averaged prediction and the share of runs that
+predict it). Reads each run's embeddings.npz (`embedfm eval` writes it, with the test probabilities, since
+2026-11-27) and history.json; `--crossfit-only` reads report.json and history.json and writes crossfit.json and
+crossfit.md only.
 """
 
 from __future__ import annotations
@@ -48,13 +64,18 @@ def read_run(run_dir: str | Path) -> dict:
         if "lacks test_probs" in str(e):
             raise EmbedfmError(f"{e} (eval saves the test probabilities since 2026-11-27)") from None
         raise
+    return {**a, "val_acc": final_val_acc(run_dir), "name": Path(run_dir).name}
+
+
+def final_val_acc(run_dir: str | Path) -> float:
+    """A run's final validation accuracy (its history.json's last epoch); one line if there is none."""
     history = read_json(Path(run_dir) / rundir.HISTORY, "retrain the run")
     val = (
         history[-1].get("val_acc") if isinstance(history, list) and history and isinstance(history[-1], dict) else None
     )
     if not is_number(val) or not math.isfinite(val):
         raise EmbedfmError(f"{run_dir}/{rundir.HISTORY}: no final validation accuracy; retrain the run")
-    return {**a, "val_acc": float(val), "name": Path(run_dir).name}
+    return float(val)
 
 
 def focus_of(run_dir: str | Path) -> tuple[int, ...]:
@@ -129,6 +150,134 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, focus: tuple[int, ...]) 
     return ranked[np.isin(labels[ranked], focus)]
 
 
+SPLIT = (
+    "runs sorted by name, alternately into halves A and B (A takes the extra run of an odd count); runs named "
+    "<method>_s<seed> alternate within each method"
+)
+RULES = {
+    "cleanlab": "cleanlab's find_label_issues on the half's averaged test probabilities, focus-class images",
+    "unanimous": "focus-class images that every run of the half predicts as one and the same other class",
+}
+
+
+def halves(names: list[str]) -> tuple[list[int], list[int]]:
+    """The two halves of a cross-fit as indices into `names` (SPLIT): sorted by name, then A, B, A, B, ... Runs of
+    one method named `<method>_s<seed>` sort together, so with two or more seeds each half holds every method."""
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    return order[0::2], order[1::2]
+
+
+def unanimous_suspects(labels: np.ndarray, preds: np.ndarray, focus: tuple[int, ...]) -> np.ndarray:
+    """(N,) bool: the focus-class images that every run of preds (R, N) predicts as one and the same other class."""
+    return np.isin(labels, focus) & (preds[0] != labels) & (preds == preds[0]).all(0)
+
+
+def crossfit_rule(labels: np.ndarray, preds: np.ndarray, names: list[str], focus: tuple[int, ...], find) -> dict:
+    """One rule's cross-fit. `find(run indices)` → (N,) bool: the suspects found from those runs alone.
+
+    Per run: `cross_fitted`, its focus-group errors split on the other half's suspects (`errors_on_issues`), and
+    `in_sample`, split on its own half's suspects (the circular figure on the same half sizes, for comparison)."""
+    a, b = halves(names)
+    found = {"A": find(a), "B": find(b)}
+    half_of = {**{i: "A" for i in a}, **{i: "B" for i in b}}
+    per_run = {}
+    for i, name in enumerate(names):
+        mine = half_of[i]
+        other = "B" if mine == "A" else "A"
+        per_run[name] = {
+            "half": mine,
+            "cross_fitted": errors_on_issues(labels, preds[i], focus, found[other]),
+            "in_sample": errors_on_issues(labels, preds[i], focus, found[mine]),
+        }
+    return {
+        "halves": {"A": [names[i] for i in a], "B": [names[i] for i in b]},
+        "suspects": {h: int(m.sum()) for h, m in found.items()} | {"both": int((found["A"] & found["B"]).sum())},
+        "suspect_indices": {h: np.flatnonzero(m).tolist() for h, m in found.items()},
+        "per_run": per_run,
+    }
+
+
+def crossfit(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    names: list[str],
+    focus: tuple[int, ...],
+    val_acc: list[float],
+    probs: np.ndarray | None = None,
+) -> dict:
+    """The cross-fitted floor: labels (N,), preds (R, N) each run's predicted class, names the runs' names (they
+    make the halves), val_acc their final validation accuracies (the best run is the highest), probs (R, N, C)
+    their test probabilities or None. The `unanimous` rule always, `cleanlab` where probs are given."""
+    if len(names) < 2:
+        raise EmbedfmError("a cross-fit needs at least 2 runs (one in each half)")
+    if len(set(names)) != len(names):
+        raise EmbedfmError("the runs' dir names must differ: the halves of the cross-fit are made by name")
+    n = len(labels)
+
+    def cleanlab_suspects(idx: list[int]) -> np.ndarray:
+        m = np.zeros(n, dtype=bool)
+        m[label_issues(labels, probs[idx].mean(0), focus)] = True
+        return m
+
+    rules = {}
+    if probs is not None:
+        rules["cleanlab"] = crossfit_rule(labels, preds, names, focus, cleanlab_suspects)
+    rules["unanimous"] = crossfit_rule(
+        labels, preds, names, focus, lambda idx: unanimous_suspects(labels, preds[idx], focus)
+    )
+    for name, rule in rules.items():
+        rule["rule"] = RULES[name]
+    best = max(range(len(names)), key=lambda i: val_acc[i])
+    return {
+        "runs": list(names),
+        "focus_classes": list(focus),
+        "split": SPLIT,
+        "best_run": {"name": names[best], "val_acc": float(val_acc[best])},
+        "rules": rules,
+    }
+
+
+def report_predictions(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A run's test labels and softmax predictions from its report.json's per-image record (`embedfm eval RUN`)."""
+    from embedfm.paired import decode
+
+    path = Path(run_dir) / rundir.REPORT
+    runs = read_json(path, f"run `embedfm eval {run_dir}`")
+    runs = runs.get("runs") if isinstance(runs, dict) else None
+    if not isinstance(runs, dict) or not runs:
+        raise EmbedfmError(f"{path}: no runs; run `embedfm eval {run_dir}`")
+    entry = runs.get(Path(run_dir).name, next(iter(runs.values())) if len(runs) == 1 else None)
+    rec = entry.get("per_image") if isinstance(entry, dict) else None
+    if not isinstance(rec, dict):
+        raise EmbedfmError(f"{path}: no per-image predictions of this run; run `embedfm eval {run_dir}` again")
+    labels, pred = decode(rec.get("labels"), str(path)), decode(rec.get("softmax"), str(path))
+    if labels.shape != pred.shape:
+        raise EmbedfmError(f"{path}: per-image records of different lengths; run `embedfm eval {run_dir}` again")
+    return labels, pred
+
+
+def crossfit_reports(run_dirs: list[str], out: str | Path | None = None, log=print) -> dict:
+    """`embedfm floor --crossfit-only`: the `unanimous` cross-fit from each run's report.json (per-image softmax
+    predictions) and history.json, no embeddings.npz or checkpoint needed. Writes crossfit.json and crossfit.md."""
+    if len(run_dirs) < 2:
+        raise EmbedfmError("embedfm floor needs at least 2 evaluated runs (one in each half of the cross-fit)")
+    read = [report_predictions(r) for r in run_dirs]
+    labels = read[0][0]
+    if any(not np.array_equal(y, labels) for y, _ in read):
+        raise EmbedfmError("these runs were evaluated on different test images and cannot be compared")
+    focus = focus_of(run_dirs[0])
+    names = [Path(r).name for r in run_dirs]
+    result = crossfit(labels, np.stack([p for _, p in read]), names, focus, [final_val_acc(r) for r in run_dirs])
+    write_crossfit(result, Path(out) if out else rundir.default_out(run_dirs), log)
+    return result
+
+
+def write_crossfit(result: dict, out: Path, log=print) -> None:
+    atomic_write_json(out / "crossfit.json", result)
+    atomic_write_text(out / "crossfit.md", crossfit_markdown(result))
+    log(crossfit_markdown(result))
+
+
 def short(c: int) -> str:
     """A class name short enough for a gallery title: 'T-shirt/top' → 'T-shirt'."""
     return CLASS_NAMES[int(c)].split("/")[0]
@@ -174,7 +323,8 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
         raise EmbedfmError("these runs were evaluated on different test images and cannot be compared")
     focus = focus_of(run_dirs[0])
     preds = np.stack([r["pred_softmax"] for r in runs])
-    probs = np.mean([r["test_probs"] for r in runs], axis=0)
+    probs_each = np.stack([r["test_probs"] for r in runs])
+    probs = probs_each.mean(0)
     agreement = (preds == probs.argmax(1)).mean(0)
     shared = shared_errors(labels, preds, focus)
     test_issues = label_issues(labels, probs, focus)
@@ -184,6 +334,7 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
 
     suspect = np.zeros(len(labels), dtype=bool)
     suspect[test_issues] = True
+    cross = crossfit(labels, preds, [r["name"] for r in runs], focus, [r["val_acc"] for r in runs], probs_each)
     per_run = {r["name"]: errors_on_issues(labels, r["pred_softmax"], focus, suspect) for r in runs}
     best = max(runs, key=lambda r: r["val_acc"])
     result = {
@@ -214,12 +365,14 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
     atomic_write_json(out / "floor.json", result)
     atomic_write_text(out / "floor.md", markdown(result))
     log(markdown(result))
+    write_crossfit(cross, out, log)
     return result
 
 
-def per_run_span(r: dict, key: str) -> str:
-    """The lowest and highest of one per-run figure, in percent: `6.21 – 7.14 %`."""
-    values = [100 * v[key] for v in r["per_run"].values()]
+def per_run_span(r: dict, key: str, part: str | None = None) -> str:
+    """The lowest and highest of one per-run figure, in percent: `6.21 – 7.14 %`. `part`: the cross-fit's
+    `cross_fitted` or `in_sample` figures of each run (a rule of crossfit.json as `r`)."""
+    values = [100 * (v[part] if part else v)[key] for v in r["per_run"].values()]
     return f"{min(values):.2f} – {max(values):.2f} %"
 
 
@@ -242,14 +395,71 @@ def markdown(r: dict) -> str:
         f"| {tr['count']:,} ({', '.join(f'{c} {v}' for c, v in tr['by_class'].items())}) |",
         f"| best run by validation accuracy | `{b['name']}` ({100 * b['val_acc']:.2f} % val) |",
         f"| its focus-group error | {100 * b['focus_error']:.2f} % ({b['focus_errors']:,} images) |",
-        f"| its focus-group errors on suspected issues | {b['errors_on_suspected_issues']:,} "
+        f"| its focus-group errors on suspected issues (in-sample) | {b['errors_on_suspected_issues']:,} "
         f"({100 * b['share_on_suspected_issues']:.1f} %) |",
-        f"| its focus-group error on the other focus images | {100 * b['focus_error_on_the_rest']:.2f} % |",
-        "| every run: share of its focus-group errors on suspected issues | "
+        f"| its focus-group error on the other focus images (in-sample) | {100 * b['focus_error_on_the_rest']:.2f} % |",
+        "| every run: share of its focus-group errors on suspected issues (in-sample) | "
         f"{per_run_span(r, 'share_on_suspected_issues')} |",
-        f"| every run: focus-group error on the other focus images | {per_run_span(r, 'focus_error_on_the_rest')} |",
+        "| every run: focus-group error on the other focus images (in-sample) | "
+        f"{per_run_span(r, 'focus_error_on_the_rest')} |",
         "",
         "Images wrong in exactly k of the runs (k = 0 … " + f"{n}): " + ", ".join(map(str, s["wrong_in_k_runs"])),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def crossfit_markdown(r: dict) -> str:
+    """crossfit.json as a page: per rule, the halves' suspect counts, the best run's and every run's figures."""
+    rules = r["rules"]
+    b = r["best_run"]["name"]
+    cols = list(rules)
+    first = rules[cols[0]]
+    a_n, b_n = len(first["halves"]["A"]), len(first["halves"]["B"])
+
+    def row(label: str, f) -> str:
+        return f"| {label} | " + " | ".join(f(rules[c]) for c in cols) + " |"
+
+    cf = lambda rule, key: rule["per_run"][b]["cross_fitted"][key]
+    lines = [
+        f"# The cross-fitted floor over {len(r['runs'])} runs",
+        "",
+        f"Halves: {r['split']}. A ({a_n}): {', '.join(first['halves']['A'])}; "
+        f"B ({b_n}): {', '.join(first['halves']['B'])}.",
+        "Cross-fitted: each run's focus-group errors split on the suspects of the *other* half; in-sample: on its "
+        "own half's suspects.",
+        "",
+        "| figure | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+        row(f"suspects from half A ({a_n} runs)", lambda x: f"{x['suspects']['A']:,}"),
+        row(f"suspects from half B ({b_n} runs)", lambda x: f"{x['suspects']['B']:,}"),
+        row("suspects of both halves", lambda x: f"{x['suspects']['both']:,}"),
+        row(
+            f"best run by validation accuracy `{b}`: share of its focus-group errors on suspects (cross-fitted)",
+            lambda x: f"{100 * cf(x, 'share_on_suspected_issues'):.1f} %",
+        ),
+        row(
+            "… its focus-group error on the rest (cross-fitted)",
+            lambda x: f"{100 * cf(x, 'focus_error_on_the_rest'):.2f} %",
+        ),
+        row(
+            "every run: share of its focus-group errors on suspects (cross-fitted)",
+            lambda x: per_run_span(x, "share_on_suspected_issues", "cross_fitted"),
+        ),
+        row(
+            "every run: focus-group error on the rest (cross-fitted)",
+            lambda x: per_run_span(x, "focus_error_on_the_rest", "cross_fitted"),
+        ),
+        row(
+            "every run: share of its focus-group errors on suspects (in-sample, own half)",
+            lambda x: per_run_span(x, "share_on_suspected_issues", "in_sample"),
+        ),
+        row(
+            "every run: focus-group error on the rest (in-sample, own half)",
+            lambda x: per_run_span(x, "focus_error_on_the_rest", "in_sample"),
+        ),
+        "",
+        *(f"- {c}: {rules[c]['rule']}" for c in cols),
         "",
     ]
     return "\n".join(lines)
