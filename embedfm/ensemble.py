@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from embedfm import rundir
+from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_json, atomic_write_text
 
 KEYS = ("test_probs", "train_embeddings", "test_embeddings")
-SHIRT = 6
 
 
 def unit(x: np.ndarray) -> np.ndarray:

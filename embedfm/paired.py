@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
 
-SHIRT = 6
 FIGURES = ("accuracy", "focus_group_error", "shirt_recall", "map_at_r")
 LOWER_IS_BETTER = {"focus_group_error"}
 VAL_FIGURES = {"accuracy": "val_acc", "focus_group_error": "val_focus_err"}  # figure → history key

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from embedfm import CLASS_NAMES, fileio
+from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text
 
-SHIRT = 6
 EVAL_AGAIN = "rerun `embedfm eval`"
 
 # ----------------------------------------------------------------------------------------------

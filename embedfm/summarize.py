@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from embedfm import rundir
-from embedfm.config import FIELDS, FOCUS_CLASSES, TrainConfig, resolved_sampler, run_keys
+from embedfm.config import FIELDS, FOCUS_CLASSES, SHIRT, TrainConfig, resolved_sampler, run_keys
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 from embedfm.report import read_json, require
 
-SHIRT = 6
 PIXELS = "pixels.json"
 # settings a CE run never reads (the metric group): left out of CE rows' labels
 METRIC_ONLY = {n for n, f in FIELDS.items() if f.metadata["group"] == "metric"}

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from embedfm import commands
+from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_json, read_json
 
@@ -51,7 +52,6 @@ TUNE_BUDGET = {"trials": 5, "objective": "val_acc", "pruner": "median", "sampler
 TRIAL = {"backbone": "fastcnn", "epochs": 2, "limit": 10_000, "seed": 0}  # one trial: ~25 s on 2 CPU cores
 FINAL_EPOCHS = 2  # every final run: fastcnn, the whole train split (55,000 images), 2 epochs
 SEEDS = (0, 1, 2)
-SHIRT = 6
 OTHER_FOCUS = (0, 2, 4)
 # the diagnostics runs: the triplet + DWS method and the balanced CE control, each with its tuned settings, probed at
 # every epoch of a longer schedule on a subset (as many image passes as 2 epochs of the whole train split)
