@@ -37,6 +37,7 @@ from embedfm import CLASS_NAMES
 from embedfm.config import FIELDS, GROUPS
 from embedfm.errors import EmbedfmError
 from embedfm.floor import per_run_span
+from embedfm.markdown import md_table as table
 from embedfm.summarize import summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,15 +90,6 @@ def pct(x: float | None, digits: int = 2) -> str:
 
 def num(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(s: str) -> str:
-        return str(s).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def column(row: dict[str, str], name: str, source: str) -> str:
@@ -190,8 +182,9 @@ def t_headline(ctx: Ctx) -> str:
                 ctx.link(ref / "demo" / "report.md", "demo report"),
             ]
         )
+    rows.append(best_recipe_headline(ctx))
     summary_md = ref / "study" / "resnet20" / "summary.md"
-    for prefix, note in (("triplet / resnet20 / 30 ep", " (best)"), ("ce / resnet20 / 30 ep", " (plain classifier)")):
+    for prefix, note in (("ce / resnet20 / 30 ep", " (plain classifier)"),):
         r = find_row(ctx, "resnet20", prefix)
         rows.append(
             [
@@ -209,6 +202,19 @@ def t_headline(ctx: Ctx) -> str:
     return table(header, rows)
 
 
+def best_recipe_headline(ctx: Ctx) -> list[str]:
+    """The best recipe (ResNet-20, CE + triplet, 30 epochs) pooled over every seed of it, study/best's and the
+    resnet20 study's: the figure docs/results/best.md holds against the published ones."""
+    ours, study = recipe_runs(ctx)
+    runs = ours + study
+    figs = [mean_std([get(e) for e in runs], scale, digits) for _, get, scale, digits, _ in RECIPE_FIGURES.values()]
+    best_md = ctx.ref.parents[1] / "docs" / "results" / "best.md"
+    return ["`resnet20`, CE + triplet, 30 epochs (best recipe, every seed)", str(len(runs)), *figs,
+            mean_std([e["retrieval"]["map_at_r"] for e in runs], 1, 3),
+            ctx.link(best_md, "best-model study") + " (" + ctx.link(ref_summary(ctx, "best"), "summary") + ", "
+            + ctx.link(ref_summary(ctx, "resnet20"), "resnet20 study") + ")"]  # fmt: skip
+
+
 def best_headline(ctx: Ctx) -> list[list[str]]:
     """The best recipe's class-balanced CE control and the ensemble of its CE + triplet seeds (study/best), each
     once it has been measured; the ensemble is declared as one."""
@@ -222,7 +228,8 @@ def best_headline(ctx: Ctx) -> list[list[str]]:
     if (path := root / "ensemble_triplet" / "ensemble.json").is_file():
         e, link = load(path), ctx.link(path.with_suffix(".md"), "ensemble")
         sm = e["softmax_average"]
-        rows.append([f"`resnet20`, CE + triplet, 30 epochs: **ensemble** of {len(e['runs'])} seeds (softmax averaged)",
+        rows.append([f"`resnet20`, CE + triplet, 30 epochs: **ensemble** of {len(e['runs'])} seeds (softmax averaged; "
+                     "MAP@R: the concatenated embeddings)",
                      "–", pct(sm["accuracy"]), pct(sm["focus_group_error"]), num(sm["per_class"]["6"]["recall"]),
                      num(e["retrieval_concatenated"]["map_at_r"]), link])  # fmt: skip
     return rows
@@ -963,12 +970,13 @@ def t_losses_protocol(ctx: Ctx) -> str:
     t = p["tune"]
     rows = [
         ["methods", ", ".join(f"`{m}`" for m in p["methods"])],
-        ["backbone", f"`{t['backbone']}` (default embedding head and augmentation), every method"],
+        ["backbone", f"`{t['backbone']}`, default augmentation, every method (the metric losses' searches tune the "
+         "embedding size: see the caveats under the conclusion)"],
         ["search (`embedfm tune`), per method", f"{t['trials']} trials (trial 0 = the defaults, then TPE), "
          f"{t['pruner']} pruning, objective `{t['objective']}`, each trial {t['epochs']} epochs on "
          f"{t['limit']:,} train images, seed {t['seed']}"],
-        ["final runs", f"the best trial's settings, {p['final_epochs']} epochs on the whole train split, "
-         f"seeds {', '.join(map(str, p['seeds']))}, evaluated on the test split"],
+        ["final runs", f"the best trial's settings, {p['final_epochs']} epochs on the whole train split (a "
+         f"short-training screen), seeds {', '.join(map(str, p['seeds']))}, evaluated on the test split"],
     ]  # fmt: skip
     return table(["", "setting"], rows) + "\n\nSource: " + ctx.link(root / "protocol.json")
 
@@ -1004,30 +1012,36 @@ def t_losses_paired(ctx: Ctx) -> str:
 
 
 def paired_table(ctx: Ctx, study: str) -> str:
-    """A named study's paired.json: every method against each CE control, over the same test images."""
+    """A named study's paired.json: every method against each CE control, over the same test images; the seed-level
+    intervals (what ✓ rests on), the validation column and the per-seed focus-group error test, then the
+    image-only intervals given the trained models (cells rendered by `embedfm.summarize`, as in paired.md)."""
+    from embedfm.summarize import focus_test_cell, paired_cell, validation_cell
+
     root = ctx.ref / "study" / study
     path = root / "paired.json"
     paired = load(path)
-    header = ["method", "control", "Δ accuracy", "Δ focus-group error", "Δ shirt recall", "Δ MAP@R",
-              "McNemar p (focus), per seed"]  # fmt: skip
-    rows = []
-    for c in paired["comparisons"]:
-        cells = []
-        for f in paired["figures"]:
-            d, (lo, hi) = c[f]["difference"], c[f]["interval"]
-            mark = " ✓" if c[f]["helps"] else " ✗" if c[f]["hurts"] else ""
-            scale, digits = (1, 3) if f == "map_at_r" else (100, 2)
-            cells.append(f"{scale * d:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]{mark}")
-        tests = ", ".join(f"{t['p']:.2g}" for t in c["mcnemar_focus"])
-        rows.append([f"`{c['method']}`", f"`{c['control']}`", *cells, tests or "–"])
+    figs, comps = paired["figures"], paired["comparisons"]
+    heads = ["Δ accuracy", "Δ focus-group error", "Δ shirt recall", "Δ MAP@R"]
+    rows = [[f"`{c['method']}`", f"`{c['control']}`", str(c["pairs"]), *(paired_cell(c[f], f) for f in figs),
+             validation_cell(c), focus_test_cell(c)] for c in comps]  # fmt: skip
+    images = [[f"`{c['method']}`", f"`{c['control']}`", *(paired_cell(c[f], f, "interval_images") for f in figs)]
+              for c in comps]  # fmt: skip
     note = (
-        f"Method − control over the same test images (softmax head; MAP@R: the embedding), in points; 95 % paired "
-        f"bootstrap interval over images ({paired['draws']} draws, seeds paired by number). ✓: the interval excludes "
-        f"zero in the method's favour (for the focus-group error: below zero); ✗: against it. McNemar: exact "
-        f"two-sided p on the 4,000 focus-class images, one per seed pair. Source: {ctx.link(path)} "
-        f"(`embedfm summarize --names --paired {root.relative_to(ctx.ref.parent.parent)}`)"
+        "Method − control over the same test images (softmax head; MAP@R: the embedding), mean over seed pairs, in "
+        f"points. Interval: 95 %, two-level bootstrap over seed pairs and test images ({paired['draws']} draws; "
+        "[how to read it](README.md#how-to-read-the-intervals)). ✓ / ✗: Holm-adjusted p < 0.05 in the method's "
+        f"favour / against it, the family being this table's {paired['family']} comparison × figure cells; an "
+        "interval may exclude zero without a ✓. Validation: the same difference of the final epoch on the "
+        "validation split (accuracy / focus-group error). Focus-group error test, per "
+        "seed pair: images on which only the control / only the method makes a focus-group error, exact sign-flip "
+        f"p. Source: {ctx.link(path)} (`embedfm summarize --names --paired {root.relative_to(ctx.ref.parent.parent)}`)"
     )
-    return table(header, rows) + "\n\n" + note
+    given = (
+        "Given these trained models (test images resampled, the models fixed; 95 % percentile interval, conditional "
+        "on these runs: it says nothing about another seed):"
+    )
+    header = ["method", "control", "seed pairs", *heads, "validation Δ acc / Δ focus err", "focus-group error test"]
+    return table(header, rows) + "\n\n" + note + "\n\n" + given + "\n\n" + table(["method", "control", *heads], images)
 
 
 DIAG_KEYS = [
@@ -1107,45 +1121,69 @@ def unseen_groups(ctx: Ctx) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
+def paired_delta(c: dict, fig: str, scale: float = 100, digits: int = 2) -> str:
+    """One figure of one paired.json comparison: 'Δ [lo, hi]' in points, with the paired table's ✓ / ✗ mark."""
+    d, (lo, hi) = c[fig]["difference"], c[fig]["interval"]
+    mark = " ✓" if c[fig]["helps"] else " ✗" if c[fig]["hurts"] else ""
+    return f"{scale * d:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]{mark}"
+
+
 def t_losses_verdict(ctx: Ctx) -> str:
-    """The loss comparison's questions answered from paired.json, summary.csv and study/unseen (generated)."""
-    root, _ = study_protocol(ctx, "losses")
+    """The loss comparison's questions answered from paired.json, summary.csv and study/unseen (generated), and the
+    best-model study's paired comparison of the same two methods at another budget beside it."""
+    root, p = study_protocol(ctx, "losses")
     paired = load(root / "paired.json")["comparisons"]
     summary = {r["method"]: r for r in ctx.summary("losses")}
     metric = [m for m in summary if not m.startswith("ce")]
     vs = {c["method"]: c for c in paired if c["control"] == CONTROL}
     base = first_number(summary[CONTROL]["focus-group err softmax %"])
-
-    def delta(m: str, fig: str, scale: float = 100, digits: int = 2) -> str:
-        d, (lo, hi) = vs[m][fig]["difference"], vs[m][fig]["interval"]
-        mark = " ✓" if vs[m][fig]["helps"] else " ✗" if vs[m][fig]["hurts"] else ""
-        return f"{scale * d:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]{mark}"
+    delta = lambda m, fig, scale=100, digits=2: paired_delta(vs[m], fig, scale, digits)
 
     # relative change in %: the difference (a fraction) in points, over the control's error (in %)
     rel = {m: 100 * (100 * vs[m]["focus_group_error"]["difference"]) / base for m in metric}
     meets = [m for m in metric if rel[m] <= -100 * RELATIVE_TARGET and vs[m]["focus_group_error"]["helps"]]
     best_rel = min(metric, key=lambda m: rel[m])
-    helps_fe = [m for m in metric if vs[m]["focus_group_error"]["helps"]]
-    helps_acc = [m for m in metric if vs[m]["accuracy"]["helps"]]
+    helps = lambda fig: [m for m in metric if vs[m][fig]["helps"]]
+    hurts = lambda fig: [m for m in metric if vs[m][fig]["hurts"]]
+    shirt_only = [m for m in helps("shirt_recall") if not vs[m]["focus_group_error"]["helps"]]
     best_map = max(metric, key=lambda m: first_number(summary[m]["MAP@R"]))
     names = lambda ms: ", ".join(f"`{m}`" for m in ms) or "**none**"
+    epochs = p["final_epochs"]
+    sampler = next(c for c in paired if c["method"] == CONTROL and c["control"] == "ce")
     rows = [
-        [f"Does a metric loss cut the focus-group error by ≥ {100 * RELATIVE_TARGET:.0f} % relative against `{CONTROL}`"
-         " (interval excluding zero)?",
+        [f"Does a metric loss cut the focus-group error by ≥ {100 * RELATIVE_TARGET:.0f} % relative against "
+         f"`{CONTROL}` (✓ in the paired table), at {epochs} epochs?",
          ("**yes**: " + names(meets)) if meets else
          f"**no**. The largest cut is `{best_rel}`'s, {rel[best_rel]:+.1f} % relative: "
          f"Δ {delta(best_rel, 'focus_group_error')} points against `{CONTROL}`'s {base:.2f} %"],
-        [f"Which lower it at all against `{CONTROL}` (interval excluding zero)?", names(helps_fe)],
-        [f"Which raise test accuracy against `{CONTROL}` (interval excluding zero)?", names(helps_acc)],
+        [f"Which lower the focus-group error against `{CONTROL}` (✓)? Which raise it (✗)?",
+         f"lower: {names(helps('focus_group_error'))}; raise: {names(hurts('focus_group_error'))}"],
+        [f"Which raise test accuracy against `{CONTROL}` (✓)? Which lower it (✗)?",
+         f"raise: {names(helps('accuracy'))}; lower: {names(hurts('accuracy'))}"],
+        [f"Which raise shirt recall against `{CONTROL}` (✓) without a ✓ on the focus-group error?",
+         names(shirt_only)],
         ["Best retrieval (test MAP@R, mean of seeds)",
          f"`{best_map}`: {summary[best_map]['MAP@R']} against `{CONTROL}`'s {summary[CONTROL]['MAP@R']}; "
          f"Δ {delta(best_map, 'map_at_r', 1, 3)}"],
-        [f"What do the balanced batches alone do (`{CONTROL}` against `ce`)?",
-         "focus-group error Δ " + next(
-             f"{100 * c['focus_group_error']['difference']:+.2f} [{100 * c['focus_group_error']['interval'][0]:+.2f}, "
-             f"{100 * c['focus_group_error']['interval'][1]:+.2f}] points"
-             for c in paired if c["method"] == CONTROL and c["control"] == "ce")],
+        [f"`{CONTROL}` against `ce`: the class-balanced batches together with `{CONTROL}`'s own tuned settings "
+         "(see the caveats below)",
+         f"focus-group error Δ {paired_delta(sampler, 'focus_group_error')} points"],
     ]  # fmt: skip
+    best_path = ctx.ref / "study" / "best" / "paired.json"
+    if best_path.is_file():
+        b = next((c for c in load(best_path)["comparisons"] if c["method"] == "triplet" and c["control"] == CONTROL),
+                 None)  # fmt: skip
+        if b is not None:
+            _, bp = study_protocol(ctx, "best")
+            page = ctx.link(ctx.ref.parents[1] / "docs" / "results" / "best.md", "paired table").replace(
+                ")", "#the-loss-and-the-sampler-paired-over-the-test-images)"
+            )
+            rows.append([f"The same two methods at another budget: `triplet` against `{CONTROL}`, "
+                         f"`{bp['recipe']['backbone']}`, {bp['recipe']['epochs']} epochs (best-model study)",
+                         f"focus-group error Δ {paired_delta(b, 'focus_group_error')}, accuracy Δ "
+                         f"{paired_delta(b, 'accuracy')}, MAP@R Δ {paired_delta(b, 'map_at_r', 1, 3)} ({page}). "
+                         f"A different network and budget from this {epochs}-epoch screen: neither result stands in "
+                         "for the other"])  # fmt: skip
     shirt = {m: runs for (cls, m), runs in unseen_groups(ctx).items() if cls == "6"}
     if shirt:
         score = lambda m: statistics.mean(r["unseen"]["6"]["map_at_r"] for r in shirt[m])
@@ -1155,10 +1193,75 @@ def t_losses_verdict(ctx: Ctx) -> str:
                      "; ".join(f"`{m}` {score(m):.3f}, {100 * shot(m):.1f} %" for m in sorted(shirt, key=score,
                                reverse=True)) + f" (best: `{best}`)"])  # fmt: skip
     note = (
-        "Generated from the paired intervals (softmax head; MAP@R: the embedding), the summary and the unseen-class "
-        "runs; Δ = method − control in points, 95 % paired bootstrap interval, ✓ / ✗ where it excludes zero."
+        f"A short-training screen: `{p['tune']['backbone']}`, {epochs} epochs a run. Generated from the paired "
+        "comparisons (softmax head; MAP@R: the embedding), the summary and the unseen-class runs; Δ = method − "
+        "control in points, with the paired table's 95 % interval and its ✓ / ✗ marks (how to read them: "
+        + ctx.link(ctx.ref.parents[1] / "docs" / "results" / "README.md", "the intervals").replace(
+            ")", "#how-to-read-the-intervals)"
+        )
+        + ")."
     )
     return table(["question", "answer"], rows) + "\n\n" + note
+
+
+def run_config(root: Path, method: str, seed: int) -> dict:
+    return load(root / f"{method}_s{seed}" / "config.json")
+
+
+def t_losses_caveats(ctx: Ctx) -> str:
+    """Where the loss comparison is unequal, from its own files: protocol.json, the final runs' config.json and the
+    tuning trials (study/losses/tune/<method>/trials.csv)."""
+    from embedfm.config import resolved_sampler
+
+    root, p = study_protocol(ctx, "losses")
+    methods, seed = list(p["methods"]), p["seeds"][0]
+    cfg = {m: run_config(root, m, seed) for m in methods}
+
+    def groups(key) -> str:
+        by: dict[str, list[str]] = {}
+        for m in methods:
+            if (v := key(m)) is not None:
+                by.setdefault(v, []).append(f"`{m}`")
+        return "; ".join(f"{v}: {', '.join(ms)}" for v, ms in by.items())
+
+    balanced = [m for m in methods if resolved_sampler(cfg[m]["loss"], cfg[m]["sampler"]) == "balanced"]
+    oversample = groups(lambda m: f"{cfg[m]['focus_oversample']:.2f}×" if m in balanced else None)
+    random_ = [f"`{m}`" for m in methods if m not in balanced]
+    shared_keys = ("lr", "weight_decay", "label_smoothing")
+    trials = {}
+    for m in methods:
+        with open(root / "tune" / m / "trials.csv", newline="") as fh:
+            trials[m] = {int(r["number"]): tuple(r[k] for k in shared_keys) for r in csv.DictReader(fh)}
+    numbers = sorted(set.intersection(*(set(t) for t in trials.values())))
+    alike = [n for n in numbers if len({trials[m][n] for m in methods}) == 1]
+    differ = [n for n in numbers if n not in alike]
+    tuned = lambda m: ", ".join(f"{k.replace('_', ' ')} {default_text(round(cfg[m][k], 4))}" for k in shared_keys)
+    tuning = ctx.link(ctx.ref.parents[1] / "docs" / "results" / "tuning.md", "tuning")
+    rows = [
+        ["budget", f"a short-training screen: every final run is {p['final_epochs']} epochs of "
+         f"`{p['tune']['backbone']}`, every tuning trial {p['tune']['epochs']} epochs on {p['tune']['limit']:,} "
+         "train images; what holds at this budget need not hold for longer training"],
+        ["starting point", "trial 0 of every search is embedfm's default settings, which an earlier 20-trial search "
+         f"of the triplet loss kept ({tuning}): the shared settings start where the triplet loss was tuned, the other "
+         "losses' own parameters at pytorch-metric-learning's defaults"],
+        ["search", f"trial 0 is the defaults for every method; of the searched trials, only "
+         f"{', '.join(str(n) for n in alike if n != 0) or 'none'} drew the same "
+         f"{', '.join(k.replace('_', ' ') for k in shared_keys)} for every method; trials "
+         f"{', '.join(map(str, differ))} differ between methods, so the searches tried different points"],
+        ["embedding size", groups(lambda m: f"{cfg[m]['embedding_dim']}-d")],
+        ["batches", f"class-balanced batches oversample the four focus classes ({oversample}); random batches: "
+         f"{', '.join(random_)}"],
+        [f"`{CONTROL}` against `ce`", f"not the batches alone: `ce` trained with {tuned('ce')}, `{CONTROL}` with "
+         f"{tuned(CONTROL)} (each its own tuning's best), so that row measures the batches and the settings together"],
+    ]  # fmt: skip
+    note = (
+        "Source: the final runs' config.json (seed "
+        + f"{seed}; every seed of a method shares them), "
+        + ", ".join(ctx.link(root / "tune" / m / "trials.csv", m) for m in methods)
+        + " (tuning trials), "
+        + ctx.link(root / "protocol.json")
+    )
+    return table(["", "unequal or limited"], rows) + "\n\n" + note
 
 
 def t_losses_ensemble(ctx: Ctx) -> str:
@@ -1205,19 +1308,82 @@ def floor_table(ctx: Ctx, study: str, runs_note: str) -> str:
         ["… with the same predicted class in every run", f"{s['all_wrong_same_way']:,}"],
         ["suspected test label issues in the focus classes", f"{t['count']:,} ({by(t['by_class'])})"],
         ["… of them wrong the same way in every run", f"{t['all_wrong_same_way_among_them']:,}"],
+        *floor_overlap_rows(ctx, study, t),
         [f"suspected train label issues (kNN leave-one-out, k = {tr['k']}, `{tr['from_run']}`; in-sample)",
          f"{tr['count']:,} ({by(tr['by_class'])})"],
         [f"best run by validation accuracy: `{b['name']}`, its focus-group error",
          f"{pct(b['focus_error'])} % ({b['focus_errors']:,} images)"],
-        ["… of its focus-group errors on suspected issues",
+        ["… of its focus-group errors on suspected issues (in-sample)",
          f"{b['errors_on_suspected_issues']:,} ({100 * b['share_on_suspected_issues']:.1f} %)"],
-        ["… its focus-group error on the other focus images", f"{pct(b['focus_error_on_the_rest'])} %"],
-        ["every run: share of its focus-group errors on suspected issues",
+        ["… its focus-group error on the other focus images (in-sample)", f"{pct(b['focus_error_on_the_rest'])} %"],
+        ["every run: share of its focus-group errors on suspected issues (in-sample)",
          per_run_span(r, "share_on_suspected_issues")],
-        ["every run: its focus-group error on the other focus images", per_run_span(r, "focus_error_on_the_rest")],
+        ["every run: its focus-group error on the other focus images (in-sample)",
+         per_run_span(r, "focus_error_on_the_rest")],
     ]  # fmt: skip
     gallery = ctx.link(path.parent / "label_issues.png")
-    return table(["", "count"], rows) + f"\n\nSource: {ctx.link(path)}; gallery of the 64 most confident: {gallery}"
+    return (
+        table(["", "value"], rows)
+        + "\n\nIn-sample (circular): the suspects are found from the same runs whose errors are then split, so an "
+        "image a run gets wrong is more likely to be among them and the error on the other images is low by "
+        "construction. The suspects depend on the models that find them (the row on the other study's suspects)."
+        + f"\n\n{floor_crossfit(ctx, study, r)}"
+        + f"\n\nSource: {ctx.link(path)}, {ctx.link(path.parent / 'crossfit.json')}; gallery of the 64 most "
+        f"confident: {gallery}"
+    )
+
+
+FLOOR_STUDIES = {"best": "best-model", "losses": "loss"}
+
+
+def floor_overlap_rows(ctx: Ctx, study: str, t: dict) -> list[list[str]]:
+    """Model dependence: how many of this study's suspected test label issues the other study's floor.json also
+    lists (the same test images, other models); no row while the other study has no floor."""
+    rows = []
+    for other, what in FLOOR_STUDIES.items():
+        path = ctx.ref / "study" / other / "floor" / "floor.json"
+        if other == study or not path.is_file():
+            continue
+        theirs = load(path)["test_label_issues"]["indices"]
+        both = len(set(t["indices"]) & set(theirs))
+        rows.append([f"… of them also suspected by the {what} study's models ({ctx.link(path)}: {len(theirs):,} "
+                     "suspects)", f"{both:,} of {t['count']:,}"])  # fmt: skip
+    return rows
+
+
+def floor_crossfit(ctx: Ctx, study: str, r: dict) -> str:
+    """study/<study>/floor/crossfit.json (`embedfm floor`, or `embedfm floor --crossfit-only` from the runs'
+    report.json): per rule, each run's focus-group errors split on its own half's suspects (in-sample) and on the
+    other half's (cross-fitted), beside the halves' suspect counts."""
+    path = ctx.ref / "study" / study / "floor" / "crossfit.json"
+    c = load(path)
+    if sorted(c["runs"]) != sorted(r["runs"]):
+        raise DocsError(f"{path}: its runs differ from floor.json's; rerun `embedfm floor --crossfit-only`")
+    b = c["best_run"]["name"]
+    parts = []
+    for name, rule in c["rules"].items():
+        h, n = rule["halves"], rule["suspects"]
+        mine = rule["per_run"][b]
+        both = lambda key, digits, mine=mine: [
+            f"{100 * mine[part][key]:.{digits}f} %" for part in ("in_sample", "cross_fitted")
+        ]
+        rows = [
+            [f"best run `{b}` (half {mine['half']}): share of its focus-group errors on suspects",
+             *both("share_on_suspected_issues", 1)],
+            [f"best run `{b}`: its focus-group error on the other focus images",
+             *both("focus_error_on_the_rest", 2)],
+            ["every run: share of its focus-group errors on suspects",
+             *(per_run_span(rule, "share_on_suspected_issues", part) for part in ("in_sample", "cross_fitted"))],
+            ["every run: its focus-group error on the other focus images",
+             *(per_run_span(rule, "focus_error_on_the_rest", part) for part in ("in_sample", "cross_fitted"))],
+        ]  # fmt: skip
+        parts.append(
+            f"Cross-fit, rule `{name}` (suspects: {rule['rule']}). Halves: the runs sorted by name, alternately; "
+            f"A {len(h['A'])} runs ({', '.join(h['A'])}), B {len(h['B'])} runs ({', '.join(h['B'])}). Suspects: "
+            f"{n['A']:,} from half A, {n['B']:,} from half B, {n['both']:,} in both.\n\n"
+            + table(["", "in-sample (own half's suspects)", "cross-fitted (other half's suspects)"], rows)
+        )
+    return "\n\n".join(parts)
 
 
 TRIPLET_HISTORIES = [  # (history files under artifacts/reference/, as a glob) of the runs before the diagnostics
@@ -1312,7 +1478,8 @@ def t_best_protocol(ctx: Ctx) -> str:
     rows = [
         ["recipe", f"`{r['backbone']}`, {r['epochs']} epochs, {r['crop_pad']}-pixel random crops and flips; every "
          "other setting embedfm's default (AdamW, one-cycle schedule, label smoothing 0.1, flip test-time "
-         "augmentation): the resnet20 study's recipe, chosen there on the validation split"],
+         "augmentation): the resnet20 study's recipe, set rather than chosen: no other ResNet-20 settings were "
+         "compared on the validation split"],
         *([f"`{m}`", f"{BEST_METHODS[m]}: seeds {seeds}"] for m in p["methods"]),
         *([f"`{m}`", f"CE + triplet at {c['epochs']} epochs, otherwise the recipe: a point of the curve below, not a "
            "method of the tables (run when `--methods` names it)"] for m, c in p.get("curve", {}).items()),
@@ -1348,11 +1515,27 @@ def t_best_summary(ctx: Ctx) -> str:
 NOT_YET = "Not measured yet: {}. Source, once it is: {}"
 
 
+FIGURE_NAMES = {"accuracy": "accuracy", "focus_group_error": "focus-group error", "shirt_recall": "shirt recall",
+                "map_at_r": "MAP@R"}  # fmt: skip
+
+
+def paired_marks(comparisons: list[dict]) -> str:
+    """Which comparisons of a paired.json earn a ✓ or ✗ (its `helps` / `hurts`), in words; generated, so that no page
+    states a verdict the table does not carry."""
+    marked = []
+    for c in comparisons:
+        figs = [f"{FIGURE_NAMES[f]} {'✓' if c[f]['helps'] else '✗'}" for f in FIGURE_NAMES if c[f]["helps"] or
+                c[f]["hurts"]]  # fmt: skip
+        if figs:
+            marked.append(f"`{c['method']}` against `{c['control']}`: {', '.join(figs)}")
+    return "; ".join(marked) if marked else "none: no difference in the table earns a ✓ or ✗"
+
+
 def t_best_paired(ctx: Ctx) -> str:
     path = ctx.ref / "study" / "best" / "paired.json"
     if not (path.is_file() and load(path)["comparisons"]):
         return NOT_YET.format("it needs a second method of the study on the same test images", "`paired.json`")
-    return paired_table(ctx, "best")
+    return paired_table(ctx, "best") + "\n\nMarked: " + paired_marks(load(path)["comparisons"]) + "."
 
 
 def t_best_ensemble(ctx: Ctx) -> str:
@@ -1373,57 +1556,91 @@ def t_best_floor(ctx: Ctx) -> str:
     )
 
 
+THREADS = {"1": "1 thread", "default": "torch's default threads"}
+
+
 def t_best_curve(ctx: Ctx) -> str:
-    """study/best/curve.json: final test accuracy per schedule length, its cost, and the fitted slope carried on."""
+    """study/best/curve.json: the measured points only (runs, final test accuracy, seconds per epoch of those runs,
+    the gain from one measured length to the next); nothing fitted or extrapolated."""
     root, _ = study_protocol(ctx, "best")
     c = load(root / "curve.json")
-    per_epoch = c["seconds_per_epoch"]
+    gain_to = {str(g["to"]): g for g in c["gains"]}
     rows = []
     for e, v in c["lengths"].items():
-        accs = [s["test_acc"] for s in c["series"] if s["epochs"] == int(e)]
-        fitted = f"{100 * v['fitted']:.2f}" if "fitted" in v else "–"
-        rows.append([e, str(v["runs"]), mean_std(accs, 100), fitted, f"{int(e) * per_epoch / 3600:.1f} h"])
-    if "projection" in c:
-        pr = c["projection"]
-        rows.append([f"{pr['epochs_for_target']:.0f} (fitted)", "–", "–", f"{100 * c['target']:.2f} (target)",
-                     f"{pr['hours_per_seed']:.1f} h"])  # fmt: skip
-    n = len(c["lengths"])
-    law = (
-        "Two schedule lengths give a slope, not a law."
-        if n == 2
-        else (f"Over {n} schedule lengths the fitted column shows how far the means stray from one line.")
-    )
-    slope = f"{100 * c['per_doubling']:+.2f} points per doubling of the schedule" if "per_doubling" in c else "–"
+        acc = f"{100 * v['test_acc_mean']:.2f}"
+        if v["test_acc_std"] is not None:
+            acc += f" ± {100 * v['test_acc_std']:.2f}"
+        g = gain_to.get(e)
+        if g:  # the difference of the two means as shown (rounded first), so that the row adds up on the page
+            shown = lambda x: round(100 * x, 2)
+            prev = c["lengths"][str(g["from"])]["test_acc_mean"]
+            gain = f"{shown(v['test_acc_mean']) - shown(prev):+.2f} (from {g['from']})"
+        else:
+            gain = "–"
+        cost = "; ".join(f"{t['mean']:.0f} ({t['runs']} run{'s' if t['runs'] > 1 else ''}, "
+                         f"{THREADS.get(k, k + ' threads')})" for k, t in v["seconds_per_epoch"].items())  # fmt: skip
+        rows.append([e, str(v["runs"]), acc, gain, cost])
+    singles = [e for e, v in c["lengths"].items() if v["runs"] == 1]
     note = (
-        f"CE + triplet at the recipe, final test accuracy (softmax, flip TTA) of each measured schedule length, mean ± "
-        f"std over its runs; cost: epochs × {per_epoch:.0f} s, the median training seconds per epoch of the resnet20 "
-        f"study's 30-epoch runs (alone on two cores). Least-squares slope of the mean on log2(epochs): {slope}; the "
-        f"last row carries it on to the target. {law} Source: "
-        + ctx.link(root / "curve.json")
-        + ", plot "
-        + ctx.link(root / "curve.png")
+        "CE + triplet at the recipe, final test accuracy (softmax, flip TTA) of each measured schedule length: the "
+        "mean over its runs, ± the sample std where there are two runs or more. Gain: the shown mean minus the "
+        "previous measured length's, in points. Training seconds per epoch: each length's own runs (last epoch's "
+        "train_seconds / epochs), grouped by their thread setting; the machine's load differed between runs."
     )
-    return table(["epochs", "runs", "test acc %", "fitted line %", "training per seed"], rows) + "\n\n" + note
+    if singles:
+        note += (
+            f" With one run at {' and at '.join(singles)} epochs, these points support no slope and no "
+            "extrapolation beyond the measured lengths."
+        )
+    note += " Source: " + ctx.link(root / "curve.json") + ", plot " + ctx.link(root / "curve.png")
+    header = ["epochs", "runs", "test acc %", "gain, points", "training s / epoch (runs, threads)"]
+    return table(header, rows) + "\n\n" + note
+
+
+def recipe_runs(ctx: Ctx) -> tuple[list[dict], list[dict]]:
+    """The report entries of every 30-epoch CE + triplet seed of the best recipe: study/best's, then the resnet20
+    study's (the same recipe)."""
+    has_ours = list((ctx.ref / "study" / "best").glob("triplet_s*/report.json"))
+    ours = [e for _, e in runs_of(ctx.ref, "best", "triplet_s*")] if has_ours else []
+    return ours, [e for _, e in runs_of(ctx.ref, "resnet20", "triplet_s*")]
+
+
+# what each report figure is called, how it is read from a report entry, and how it is shown (scale, digits, unit)
+RECIPE_FIGURES = {
+    "accuracy": ("test accuracy", lambda e: e["classifiers"]["softmax"]["accuracy"], 100, 2, " %"),
+    "focus_group_error": ("focus-group error", lambda e: e["classifiers"]["softmax"]["focus_group_error"], 100, 2,
+                          " %"),
+    "shirt_recall": ("shirt recall", lambda e: e["classifiers"]["softmax"]["per_class"]["6"]["recall"], 1, 3, ""),
+}  # fmt: skip
 
 
 def t_best_targets(ctx: Ctx) -> str:
-    """The best single-model recipe against the targets: every 30-epoch CE + triplet seed (study/best and study)."""
-    has_ours = list((ctx.ref / "study" / "best").glob("triplet_s*/report.json"))
-    ours = runs_of(ctx.ref, "best", "triplet_s*") if has_ours else []
-    study = runs_of(ctx.ref, "resnet20", "triplet_s*")
-    sm = [e["classifiers"]["softmax"] for _, e in ours + study]
-    figures = (
-        ("≥ 95.50 % test accuracy", [f["accuracy"] for f in sm], 100, 2, " %", lambda m: m >= 0.955),
-        ("≤ 7.50 % focus-group error", [f["focus_group_error"] for f in sm], 100, 2, " %", lambda m: m <= 0.075),
-        ("≥ 0.860 shirt recall", [f["per_class"]["6"]["recall"] for f in sm], 1, 3, "", lambda m: m >= 0.86),
-    )
-    rows = [[target, mean_std(xs, scale, digits) + unit, "met" if ok(statistics.fmean(xs)) else "not met"]
-            for target, xs, scale, digits, unit, ok in figures]  # fmt: skip
+    """The best single-model recipe (every 30-epoch CE + triplet seed, study/best and study) against the published
+    figures of study/best/targets.json, the one place those figures and their sources live."""
+    path = ctx.ref / "study" / "best" / "targets.json"
+    t = load(path)
+    ours, study = recipe_runs(ctx)
+    runs = ours + study
+    refs = ctx.link(ctx.ref.parents[1] / "docs" / "references.md", "references")
+    rows = []
+    for fig, (name, get, scale, digits, unit) in RECIPE_FIGURES.items():
+        xs = [get(e) for e in runs]
+        measured = mean_std(xs, scale, digits) + unit
+        target = next((x for x in t["targets"] if x["figure"] == fig), None)
+        if target is None:
+            rows.append([name, f"no published figure ({t['no_target'][fig].split(': ', 1)[-1]})", measured, "–"])
+            continue
+        above = statistics.fmean(xs) >= target["value"]
+        rows.append([name, f"{target['published']}, {target['system']} {target['source']}; {target['split']}, "
+                     f"{target['selection']}", measured,
+                     ("above" if above else "below") + " the published figure"])  # fmt: skip
     note = (
-        f"ResNet-20, CE + triplet, 30 epochs, final epoch, single models (softmax, flip TTA): mean ± std over all "
-        f"{len(sm)} seeds of the recipe ({len(ours)} in study/best, {len(study)} in the resnet20 study)."
+        f"ResNet-20, CE + triplet, 30 epochs, final epoch, single models (softmax, flip TTA): mean ± sample std over "
+        f"all {len(runs)} seeds of the recipe ({len(ours)} in study/best, {len(study)} in the resnet20 study). The "
+        f"published figures are quoted as published, with their split and selection ({refs}); a best-epoch figure is "
+        "selected on the test set, so it is not like for like with a final-epoch mean. Source: " + ctx.link(path)
     )
-    return table(["target", "measured", ""], rows) + "\n\n" + note
+    return table(["figure", "published figure, source, split and selection", "measured", ""], rows) + "\n\n" + note
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -1460,6 +1677,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "speedrun-targets": t_speedrun_targets,  # speedrun.json
     "speedrun-recipe": t_speedrun_recipe,  # embedfm.config.RECIPES (the schema, not a measurement)
     "losses-verdict": t_losses_verdict,  # study/losses/paired.json, summary.csv; study/unseen/*/report.json
+    "losses-caveats": t_losses_caveats,  # study/losses/*_s0/config.json, tune/*/trials.csv, protocol.json
     "losses-protocol": t_losses_protocol,  # study/losses/protocol.json (scripts/loss_study.py)
     "losses-tune": t_losses_tune,  # study/losses/tune/*/summary.json
     "losses-summary": t_losses_summary,  # study/losses/summary.csv

@@ -165,41 +165,42 @@ def test_loss_study_copies_reports_not_checkpoints(tmp_path):
     assert study.main(["--stages", "tune,nope"]) == 2  # an unknown stage is refused before anything runs
 
 
-def _recipe_run(run, epochs: int, test: float, seconds_per_epoch: float = 120.0) -> None:
+def _recipe_run(run, epochs: int, test: float, seconds_per_epoch: float = 120.0, threads: int | None = None) -> None:
     """A committed run dir as best_study's curve reads it: history (val accuracy per epoch), report, config."""
     run.mkdir(parents=True)
     history = [{"val_acc": 0.9 + 0.001 * e, "train_seconds": seconds_per_epoch * (e + 1)} for e in range(epochs)]
     (run / "history.json").write_text(json.dumps(history))
     report = {"runs": {run.name: {"classifiers": {"softmax": {"accuracy": test}}}}}
     (run / "report.json").write_text(json.dumps(report))
-    (run / "config.json").write_text(json.dumps({"threads": None}))
+    (run / "config.json").write_text(json.dumps({"threads": threads}))
 
 
-def test_best_study_curve_fits_the_slope_over_schedule_lengths_and_prices_the_target(tmp_path, monkeypatch):
+def test_best_study_curve_reports_measured_points_and_gains_without_a_fit(tmp_path, monkeypatch):
     study = load_script("best_study")
     monkeypatch.setattr(study, "STUDY", tmp_path / "study")
-    _recipe_run(tmp_path / "out" / "triplet_s0", 30, 0.946, seconds_per_epoch=60.0)  # 1 thread, side by side
+    _recipe_run(tmp_path / "out" / "triplet_s0", 30, 0.946, seconds_per_epoch=250.0, threads=1)  # side by side
     _recipe_run(tmp_path / "study" / "triplet_s0", 30, 0.945, seconds_per_epoch=120.0)
     _recipe_run(tmp_path / "study" / "triplet_s1", 30, 0.947, seconds_per_epoch=130.0)
-    _recipe_run(tmp_path / "study" / "triplet_e60_s0", 60, 0.9485, seconds_per_epoch=125.0)
+    _recipe_run(tmp_path / "study" / "triplet_e60_s0", 60, 0.9485, seconds_per_epoch=180.0)
     r = study.curve(tmp_path / "out")
-    assert r["lengths"][30]["runs"] == 3 and r["lengths"][30]["test_acc_mean"] == pytest.approx(0.946)
-    assert r["lengths"][60]["test_acc_mean"] == pytest.approx(0.9485)
-    assert r["per_doubling"] == pytest.approx(0.0025)  # two lengths: the line through their means
-    assert r["lengths"][60]["fitted"] == pytest.approx(0.9485)
-    # 94.85 % at 60 epochs, +0.25 points per doubling: 95.5 % after 2.6 more doublings
-    assert r["projection"]["epochs_for_target"] == pytest.approx(60 * 2**2.6)
-    # priced at the median seconds per epoch of the study's 30-epoch runs (alone on the cores): 125 s
-    assert r["seconds_per_epoch"] == pytest.approx(125.0)
-    assert r["projection"]["hours_per_seed"] == pytest.approx(60 * 2**2.6 * 125 / 3600)
-    assert json.loads((tmp_path / "out" / "curve.json").read_text())["target"] == study.TARGET
+    thirty, sixty = r["lengths"][30], r["lengths"][60]
+    assert thirty["runs"] == 3 and thirty["test_acc_mean"] == pytest.approx(0.946)
+    assert thirty["test_acc_std"] == pytest.approx(0.001)  # sample std of 94.6, 94.5, 94.7
+    assert sixty["runs"] == 1 and sixty["test_acc_mean"] == pytest.approx(0.9485) and sixty["test_acc_std"] is None
+    # seconds per epoch from each length's own runs, kept apart by thread setting
+    assert thirty["seconds_per_epoch"] == {"1": {"runs": 1, "mean": 250.0}, "default": {"runs": 2, "mean": 125.0}}
+    assert sixty["seconds_per_epoch"] == {"default": {"runs": 1, "mean": 180.0}}
+    assert [(g["from"], g["to"]) for g in r["gains"]] == [(30, 60)]
+    assert r["gains"][0]["gain"] == pytest.approx(0.0025)
+    # nothing fitted, nothing carried past the measured lengths
+    assert not {"per_doubling", "projection", "target"} & set(r) and "fitted" not in thirty
+    assert set(json.loads((tmp_path / "out" / "curve.json").read_text())) == {"series", "lengths", "gains"}
     assert (tmp_path / "out" / "curve.png").stat().st_size > 10_000
-    # a CURVE run (out/curve/) is a third length: 15 epochs at 94.35 % puts the three means on one line
-    _recipe_run(tmp_path / "out" / "curve" / "triplet_e15_s0", 15, 0.9435)
+    # a CURVE run (out/curve/) is a third length, with a gain to the next one
+    _recipe_run(tmp_path / "out" / "curve" / "triplet_e15_s0", 15, 0.9435, threads=1)
     r = study.curve(tmp_path / "out")
-    assert list(r["lengths"]) == [15, 30, 60] and r["per_doubling"] == pytest.approx(0.0025)
-    assert r["lengths"][15]["fitted"] == pytest.approx(0.9435) and r["lengths"][60]["fitted"] == pytest.approx(0.9485)
-    assert r["seconds_per_epoch"] == pytest.approx(125.0)  # still the study's 30-epoch runs only
+    assert list(r["lengths"]) == [15, 30, 60]
+    assert [round(g["gain"], 6) for g in r["gains"]] == [0.0025, 0.0025]
 
 
 def test_best_study_copies_evaluated_runs_without_checkpoints_and_refuses_unknown_names(tmp_path):
