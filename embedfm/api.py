@@ -50,7 +50,7 @@ class SearchResult(NamedTuple):
     the missing slots hold id -1, label -1, similarity -inf, source "" and a black image."""
 
     similarities: np.ndarray  # (Q, k) float32, cosine similarity
-    ids: np.ndarray  # (Q, k) int64, row in the catalogue
+    ids: np.ndarray  # (Q, k) int64, item id: the catalogue row for a built index, the given id for an added item
     labels: np.ndarray  # (Q, k) int64, class id (-1 = unknown)
     sources: np.ndarray  # (Q, k) str, e.g. "train:123" or the image file's path
     images: np.ndarray  # (Q, k, 28, 28) uint8, the catalogue images
@@ -125,7 +125,7 @@ class Model:
         self._splits = None
         self._reference: tuple[np.ndarray, np.ndarray] | None = None
         self._knn: dict[tuple[int, str], object] = {}
-        self._indexes: dict[Path, tuple] = {}
+        self._indexes: dict[Path, object] = {}  # index dir → live.LiveIndex, opened for searching
 
     def __repr__(self) -> str:
         c = self.config
@@ -272,54 +272,28 @@ class Model:
         k: int = 10,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        classes=None,
     ) -> SearchResult:
         """The k nearest catalogue items of each query image in an index built by `embedfm index`
-        (default RUN/index), as `embedfm search` finds them. Returns a SearchResult of (Q, k) arrays.
+        (default RUN/index), as `embedfm search` and `embedfm serve` find them (`live.LiveIndex.search`, with
+        the items added and removed since the build). Returns a SearchResult of (Q, k) arrays.
 
-        `nprobe` / `ef_search` override the index's saved search breadth (IVF / HNSW) for this call."""
-        from embedfm.index import load as load_index
-        from embedfm.index import set_search_params
+        `nprobe` / `ef_search` override the index's saved search breadth (IVF / HNSW) for this call; `classes`
+        (class ids) keeps only items of those classes."""
+        from embedfm.live import LiveIndex
 
         d = Path(index_dir) if index_dir is not None else self.run_dir / "index"
         key = d.resolve()
         if key not in self._indexes:
-            index, cat, meta = load_index(d)  # checked once: checksum, a child-process read, the catalogue
-            self._indexes[key] = index, cat, meta, _search_params(index)
-        index, cat, meta, (saved_nprobe, saved_ef) = self._indexes[key]
-        if not 1 <= k <= index.ntotal:
-            raise EmbedfmError(f"k must be in 1..{index.ntotal} (catalogue size), got {k}")
-        if meta["dim"] != self.embedding_dim:
+            self._indexes[key] = LiveIndex.open(d)  # checked once: checksum, a child-process read, the catalogue
+        live = self._indexes[key]
+        if live.dim != self.embedding_dim:
             raise EmbedfmError(
-                f"{d}: the index holds {meta['dim']}-d embeddings but this run makes {self.embedding_dim}-d ones; "
+                f"{d}: the index holds {live.dim}-d embeddings but this run makes {self.embedding_dim}-d ones; "
                 "rebuild the index with this run"
             )
-        emb = self.embed(images)
-        set_search_params(
-            index, saved_nprobe if nprobe is None else nprobe, saved_ef if ef_search is None else ef_search
-        )
-        sims, ids = index.search(np.ascontiguousarray(emb, dtype=np.float32), k)  # (Q, k) each
-        found = ids >= 0
-        safe = np.where(found, ids, 0)
-        images_out = np.where(found[..., None, None], cat["images"][safe], 0).astype(np.uint8)
-        return SearchResult(
-            similarities=np.where(found, sims, -np.inf).astype(np.float32),
-            ids=ids.astype(np.int64),
-            labels=np.where(found, cat["labels"][safe], -1).astype(np.int64),
-            sources=np.where(found, cat["sources"][safe], ""),
-            images=images_out,
-        )
-
-
-def _search_params(index) -> tuple[int | None, int | None]:
-    """(nprobe, efSearch) an index searches with now (None where it has no such setting)."""
-    import faiss
-
-    try:
-        nprobe = int(faiss.extract_index_ivf(index).nprobe)
-    except RuntimeError:
-        nprobe = None
-    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
-    return nprobe, None if hnsw is None else int(hnsw.efSearch)
+        hits = live.search(self.embed(images), k, classes=classes, nprobe=nprobe, ef_search=ef_search)
+        return SearchResult(hits.similarities, hits.ids, hits.labels, hits.sources, live.images(hits.slots))
 
 
 def _check_classifier(classifier: str) -> None:

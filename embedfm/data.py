@@ -525,10 +525,8 @@ def to_fashion_mnist(img) -> np.ndarray:
     return _fit(_grey(img))
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file → (28, 28) uint8, or one DataError line (never a traceback, a hang or a bomb)."""
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
     if p.is_dir():
         raise DataError(f"{p}: is a directory, not an image file")
@@ -538,28 +536,48 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if not p.is_file():  # a FIFO or device would block or never end
         raise DataError(f"{p}: not a regular file")
     try:
-        if p.stat().st_size == 0:
-            raise DataError(f"{p}: empty file, not an image")
+        empty = p.stat().st_size == 0
+    except OSError as e:
+        raise DataError(f"{p}: not a readable image ({type(e).__name__}: {_one_line(e)})") from None
+    if empty:
+        raise DataError(f"{p}: empty file, not an image")
+    return decode_image(p, str(p), max_pixels)
+
+
+def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file's path, or its bytes (an upload), → (28, 28) uint8, or one DataError line naming `name`.
+
+    The one decoder of outside images (`load_image`, `embedfm serve`): only IMAGE_FORMATS, the declared size
+    checked against `max_pixels` before any pixel is decoded."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise DataError(f"{name}: empty file, not an image")
+        source = io.BytesIO(source)
+    try:
         with warnings.catch_warnings():
             # PIL's notes on odd files (corrupt EXIF, unknown TIFF tags) would print source lines around
             # a usable result; its bomb warning (between its own limit and twice that) is no stop, so make it one
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p, formats=IMAGE_FORMATS) as img:
+            with Image.open(source, formats=IMAGE_FORMATS) as img:
                 w, h = img.size
                 if w * h == 0:
-                    raise DataError(f"{p}: image of {w}x{h} pixels has no pixels")
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise DataError(f"{p}: image of {w}x{h} pixels is over the {MAX_IMAGE_PIXELS:,}-pixel limit")
+                    raise DataError(f"{name}: image of {w}x{h} pixels has no pixels")
+                if w * h > max_pixels:
+                    raise DataError(f"{name}: image of {w}x{h} pixels is over the {max_pixels:,}-pixel limit")
                 img.load()
                 grey = _grey(img)
     except DataError:
         raise
     except UnidentifiedImageError:
-        raise DataError(f"{p}: not an image embedfm reads ({', '.join(IMAGE_FORMATS)})") from None
+        raise DataError(f"{name}: not an image embedfm reads ({', '.join(IMAGE_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{p}: image too large ({_one_line(e)})") from None
+        raise DataError(f"{name}: image too large ({_one_line(e)})") from None
     except Exception as e:  # a corrupt file raises whatever PIL's decoder hits (OSError, SyntaxError,
         # ValueError, struct.error, ...); only decoding and mode conversion are in this block, not our geometry
-        raise DataError(f"{p}: not a readable image ({type(e).__name__}: {_one_line(e)})") from None
+        raise DataError(f"{name}: not a readable image ({type(e).__name__}: {_one_line(e)})") from None
     return _fit(grey)

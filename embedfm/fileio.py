@@ -101,10 +101,13 @@ def read_json(path: str | Path, fix: str = "") -> object:
         raise EmbedfmError(f"{path}: unreadable ({_first_line(e)})" + (f"; {fix}" if fix else "")) from None
 
 
-def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "", what: str = "") -> dict:
+def read_npz(
+    path: str | Path, keys: tuple[str, ...], fix: str = "", what: str = "", optional: tuple[str, ...] = ()
+) -> dict:
     """The named arrays of an .npz archive, read without pickles and without trusting its headers: every array's
     declared size must fit the bytes its archive member holds before anything is allocated, object arrays are
-    refused, and any damage (zip, compression, npy header, truncation) is one `EmbedfmError` line."""
+    refused, and any damage (zip, compression, npy header, truncation) is one `EmbedfmError` line. `optional`
+    arrays are read where the archive has them."""
     import zipfile
 
     import numpy as np
@@ -114,7 +117,7 @@ def read_npz(path: str | Path, keys: tuple[str, ...], fix: str = "", what: str =
     out = {}
     try:
         with zipfile.ZipFile(path) as zf:
-            for key in keys:
+            for key in (*keys, *(k for k in optional if f"{k}.npy" in zf.namelist())):
                 if f"{key}.npy" not in zf.namelist():
                     raise EmbedfmError(f"{path}: lacks {key}" + (f"; {fix}" if fix else ""))
                 info = zf.getinfo(f"{key}.npy")

@@ -7,6 +7,8 @@ optional IDX label file). The index dir (default `RUN/index/`) holds:
     index.faiss    the FAISS index (inner product on unit-norm embeddings = cosine similarity)
     catalogue.npz  id → label (-1 = unknown), source ("train:123", a file path), 28×28 image
     index.json     what was built: factory string, run, catalogue, sizes, build time, search defaults
+    items-*.log    items added and removed since (`live.py`), folded into `index-*.faiss` / `catalogue-*.npz`
+                   snapshots that index.json then names
 
 Index types are faiss factory strings: "Flat" (exact), "IVF<nlist>,Flat", "HNSW<M>", and compressed
 "IVF<nlist>,PQ<m>" (m bytes per vector); `nprobe` / `efSearch` trade recall for speed at search time.
@@ -15,6 +17,8 @@ Index types are faiss factory strings: "Flat" (exact), "IVF<nlist>,Flat", "HNSW<
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 import subprocess
 import sys
 import time
@@ -30,6 +34,33 @@ from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_jso
 from embedfm.inference import embed_images, load_run_model
 
 INDEX_FILE, CATALOGUE_FILE, META_FILE = "index.faiss", "catalogue.npz", "index.json"
+# the files of one state of an index dir, as index.json names them (never a path: a hostile index.json cannot point
+# outside its dir): a build's or a snapshot's, and the log of what changed since
+NAMES = {
+    "index_file": re.compile(r"^index(-\d{1,9}-[0-9a-f]{8})?\.faiss$"),
+    "catalogue_file": re.compile(r"^catalogue(-\d{1,9}-[0-9a-f]{8})?\.npz$"),
+    "log": re.compile(r"^items-\d{1,9}-[0-9a-f]{8}\.log$"),
+}
+
+
+def state_names(generation: int, snapshot: bool) -> dict:
+    """Fresh file names for state `generation` of an index dir: a build keeps index.faiss / catalogue.npz, a
+    snapshot gets its own pair; each state starts an empty log of its own, so a stale log is never replayed."""
+    tag = f"{generation}-{secrets.token_hex(4)}"
+    files = (f"index-{tag}.faiss", f"catalogue-{tag}.npz") if snapshot else (INDEX_FILE, CATALOGUE_FILE)
+    return {"generation": generation, "index_file": files[0], "catalogue_file": files[1], "log": f"items-{tag}.log"}
+
+
+def remove_stale(d: Path, meta: dict) -> None:
+    """Delete the state files index.json does not name (an older state, or a snapshot a crash left unfinished).
+    Only the dir's lock holder calls this."""
+    keep = {meta.get(key, default) for key, default in FILE_DEFAULTS.items()}
+    for f in d.iterdir():
+        if f.name not in keep and any(rx.match(f.name) for rx in NAMES.values()):
+            f.unlink(missing_ok=True)
+
+
+FILE_DEFAULTS = {"index_file": INDEX_FILE, "catalogue_file": CATALOGUE_FILE, "log": None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +200,9 @@ def build(
         "faiss_version": faiss.__version__,
     }
     with rundir.lock(out, "index", log):  # one writer per index dir
-        save(out, index, images, labels, sources, meta)
+        meta.update(state_names(_generation(out) + 1, snapshot=False))
+        save(out, index, {"images": images, "labels": labels, "sources": sources}, meta)
+        remove_stale(out, meta)  # the previous index's snapshots and log: no longer this dir's state
     log(
         f"index {factory} of {meta['n']} items × {meta['dim']}-d ({meta['index_bytes'] / 2**20:.1f} MiB) → {out} "
         f"(embed {t_embed:.1f} s, build {t_build:.1f} s)"
@@ -177,13 +210,26 @@ def build(
     return meta
 
 
-def save(out: Path, index, images, labels, sources, meta: dict) -> None:
+def save(out: Path, index, catalogue: dict, meta: dict) -> dict:
+    """Write an index dir's state: the index and catalogue files `meta` names, then index.json. Returns the meta
+    written. `catalogue`: images, labels, sources and, once items were added or removed, ids and alive."""
     out.mkdir(parents=True, exist_ok=True)
     blob = faiss.serialize_index(index).tobytes()
-    atomic_write_bytes(out / INDEX_FILE, blob)
-    atomic_save_npz(out / CATALOGUE_FILE, {"images": images, "labels": labels, "sources": sources})
-    # written last: its presence means a complete index; the checksum ties index.faiss to it
-    atomic_write_json(out / META_FILE, {**meta, "index_sha256": hashlib.sha256(blob).hexdigest()})
+    atomic_write_bytes(out / meta.get("index_file", INDEX_FILE), blob)
+    atomic_save_npz(out / meta.get("catalogue_file", CATALOGUE_FILE), catalogue)
+    # written last: its presence means a complete index; the checksum ties the index file to it, and replacing it
+    # is the one step that moves the dir from one state to the next
+    meta = {**meta, "index_sha256": hashlib.sha256(blob).hexdigest()}
+    atomic_write_json(out / META_FILE, meta)
+    return meta
+
+
+def _generation(d: Path) -> int:
+    try:
+        g = read_json(d / META_FILE).get("generation", 0)
+        return g if isinstance(g, int) and 0 <= g < 10**8 else 0
+    except (EmbedfmError, AttributeError):
+        return 0
 
 
 def load(index_dir: str | Path):
@@ -197,22 +243,27 @@ def load(index_dir: str | Path):
     d = Path(index_dir)
     if not (d / META_FILE).is_file():
         raise EmbedfmError(f"{d}: no index here; build one with `embedfm index RUN`")
-    meta = _read_meta(d)
-    try:
-        blob = (d / INDEX_FILE).read_bytes()
-    except OSError as e:
-        raise EmbedfmError(
-            f"{d / INDEX_FILE}: unreadable ({e.strerror or e}); rebuild it with `embedfm index`"
-        ) from None
+    for attempt in range(3):
+        meta = _read_meta(d)
+        index_file = d / meta.get("index_file", INDEX_FILE)
+        try:
+            blob = index_file.read_bytes()
+            break
+        except FileNotFoundError:  # a service folded its log into a new snapshot between the two reads: again
+            if attempt == 2 or _read_meta(d) == meta:
+                raise EmbedfmError(f"{index_file}: missing; rebuild it with `embedfm index`") from None
+        except OSError as e:
+            why = e.strerror or e
+            raise EmbedfmError(f"{index_file}: unreadable ({why}); rebuild it with `embedfm index`") from None
     if hashlib.sha256(blob).hexdigest() != meta["index_sha256"]:
-        raise EmbedfmError(f"{d / INDEX_FILE}: does not match its index.json (damaged or replaced); rebuild it "
+        raise EmbedfmError(f"{index_file}: does not match its index.json (damaged or replaced); rebuild it "
                            "with `embedfm index`")  # fmt: skip
-    _probe_in_child(d / INDEX_FILE)
+    _probe_in_child(index_file)
     try:
         index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
     except RuntimeError as e:
         raise EmbedfmError(f"{d}: unreadable index ({_first_line(e)}); rebuild it with `embedfm index`") from None
-    catalogue = _read_catalogue(d / CATALOGUE_FILE)
+    catalogue = _read_catalogue(d / meta.get("catalogue_file", CATALOGUE_FILE))
     if index.ntotal != meta["n"] or index.d != meta["dim"] or len(catalogue["labels"]) != index.ntotal:
         sizes = f"index {index.ntotal} × {index.d}, index.json {meta['n']} × {meta['dim']}"
         raise EmbedfmError(f"{d}: {sizes} and catalogue {len(catalogue['labels'])} items disagree; rebuild it")
@@ -239,6 +290,12 @@ def _read_meta(d: Path) -> dict:
             raise EmbedfmError(f"{d / META_FILE}: {key} {v!r} is not a positive int")
     if not (0 < meta["n"] <= 10**9 and 0 < meta["dim"] <= 4096):
         raise EmbedfmError(f"{d / META_FILE}: implausible size {meta['n']} × {meta['dim']}")
+    for key, rx in NAMES.items():
+        if key in meta and not (isinstance(meta[key], str) and rx.match(meta[key])):
+            raise EmbedfmError(f"{d / META_FILE}: {key} {str(meta[key])[:80]!r} is not a file name of an index dir")
+    g = meta.get("generation", 0)
+    if not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < 10**9:
+        raise EmbedfmError(f"{d / META_FILE}: generation {str(g)[:40]!r} is not a non-negative int")
     return meta
 
 
@@ -256,11 +313,21 @@ def _probe_in_child(path: Path, timeout: float = 120.0) -> None:
 
 
 def _read_catalogue(path: Path) -> dict:
-    cat = read_npz(path, ("images", "labels", "sources"), "rebuild it with `embedfm index`")
+    """images, labels, sources and the ids and alive mask of every slot of the index (a built index's ids are its
+    rows, all alive; items added and removed since change that: `live.py`)."""
+    cat = read_npz(path, ("images", "labels", "sources"), "rebuild it with `embedfm index`", optional=("ids", "alive"))
     images, labels, sources = cat["images"], cat["labels"], cat["sources"]
+    n = len(labels)
+    ids = cat.setdefault("ids", np.arange(n, dtype=np.int64))
+    alive = cat.setdefault("alive", np.ones(n, dtype=bool))
     ok = (images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
-          and labels.ndim == 1 and labels.dtype.kind == "i" and sources.ndim == 1 and sources.dtype.kind == "U"
-          and len(images) == len(labels) == len(sources))  # fmt: skip
+          and labels.ndim == 1 and labels.dtype.kind == "i" and sources.ndim == 1 and sources.dtype.kind in "U"
+          and ids.ndim == 1 and ids.dtype == np.int64 and alive.ndim == 1 and alive.dtype == np.bool_
+          and len(images) == n == len(sources) == len(ids) == len(alive))  # fmt: skip
+    if ok and n:
+        live_ids = ids[alive]
+        ok = bool(ids.min() >= 0) and len(np.unique(live_ids)) == len(live_ids)
     if not ok:
         raise EmbedfmError(f"{path}: catalogue arrays have the wrong types or shapes; rebuild it with `embedfm index`")
+    cat["labels"] = labels.astype(np.int64, copy=False)
     return cat

@@ -18,8 +18,8 @@ from embedfm import CLASS_NAMES
 from embedfm.data import load_fashion_mnist, load_image
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure
-from embedfm.index import load, set_search_params
 from embedfm.inference import embed_images, load_run_model
+from embedfm.live import LiveIndex
 
 TEST_QUERY = re.compile(r"^test:(\d+)$")
 
@@ -64,41 +64,45 @@ def search(
 ) -> list[dict]:
     """Search each query; print a table, write the grid PNG. Returns one dict per query."""
     model, _ = load_run_model(run_dir)  # a bad run fails before the index is read
-    index, cat, meta = load(index_dir or Path(run_dir) / "index")
-    if k < 1 or k > index.ntotal:
-        raise EmbedfmError(f"--k must be in 1..{index.ntotal} (catalogue size), got {k}")
-    set_search_params(index, nprobe, ef_search)
+    live = LiveIndex.open(index_dir or Path(run_dir) / "index")  # the build plus what was added and removed since
+    if k < 1 or k > live.size:
+        raise EmbedfmError(f"--k must be in 1..{live.size} (catalogue size), got {k}")
     images, true, names = load_queries(queries, data_dir)
     emb = embed_images(model, images, progress=False)  # (Q, D)
-    if emb.shape[1] != meta["dim"]:
+    if emb.shape[1] != live.dim:
         raise EmbedfmError(
-            f"the index holds {meta['dim']}-d embeddings but this run makes {emb.shape[1]}-d ones; "
+            f"the index holds {live.dim}-d embeddings but this run makes {emb.shape[1]}-d ones; "
             "rebuild the index with this run"
         )
     t0 = time.perf_counter()
-    sims, ids = index.search(np.ascontiguousarray(emb, dtype=np.float32), k)  # (Q, k) each
+    found = live.search(emb, k, nprobe=nprobe, ef_search=ef_search)  # (Q, k) each
     seconds = time.perf_counter() - t0
+    neighbour_images = live.images(found.slots)
     results = []
     for qi, name in enumerate(names):
         hits = [
             {
                 "rank": r + 1,
-                "id": int(i),
-                "label": int(cat["labels"][i]),
-                "source": str(cat["sources"][i]),
-                "similarity": float(s),
+                "id": int(found.ids[qi, r]),
+                "label": int(found.labels[qi, r]),
+                "source": str(found.sources[qi, r]),
+                "similarity": float(found.similarities[qi, r]),
+                "image": neighbour_images[qi, r],
             }
-            for r, (s, i) in enumerate(zip(sims[qi], ids[qi]))
-            if i >= 0
+            for r in range(k)
+            if found.slots[qi, r] >= 0
         ]
         results.append({"query": name, "label": int(true[qi]), "hits": hits})
         log(format_hits(results[-1]))
     log(
-        f"{len(names)} quer{'y' if len(names) == 1 else 'ies'} against {meta['factory']} over {meta['n']} items "
-        f"in {seconds * 1e3:.1f} ms"
+        f"{len(names)} quer{'y' if len(names) == 1 else 'ies'} against {live.meta['factory']} over {live.size} "
+        f"items in {seconds * 1e3:.1f} ms"
     )
     out_png = Path(out) if out else Path(index_dir or Path(run_dir) / "index") / "search.png"
-    draw_grid(images, results, cat["images"], out_png)
+    draw_grid(images, results, out_png)
+    for r in results:  # the images were for the grid; callers get plain JSON-able dicts, as before
+        for h in r["hits"]:
+            del h["image"]
     log(f"grid: {out_png}")
     return results
 
@@ -117,7 +121,7 @@ def format_hits(result: dict) -> str:
     return "\n".join(lines)
 
 
-def draw_grid(query_images: np.ndarray, results: list[dict], catalogue_images: np.ndarray, path: Path) -> None:
+def draw_grid(query_images: np.ndarray, results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +136,7 @@ def draw_grid(query_images: np.ndarray, results: list[dict], catalogue_images: n
             ax = axes[row, col]
             if col <= len(r["hits"]):
                 h = r["hits"][col - 1]
-                ax.imshow(catalogue_images[h["id"]], cmap="gray", vmin=0, vmax=255)
+                ax.imshow(h["image"], cmap="gray", vmin=0, vmax=255)
                 wrong = r["label"] >= 0 and h["label"] != r["label"]
                 ax.set_title(
                     f"{label_name(h['label'])}\n{h['similarity']:.3f}",
