@@ -19,7 +19,8 @@ from embedfm.errors import EmbedfmError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 COMMANDS = (
-    "train", "eval", "viz", "tune", "index", "search", "summarize", "convert", "export", "explore", "floor", "ensemble",
+    "train", "eval", "viz", "tune", "index", "search", "serve", "summarize", "convert", "export", "explore", "floor",
+    "ensemble",
 )  # fmt: skip
 
 
@@ -175,6 +176,27 @@ def add_index(sub) -> None:
     p.add_argument("--threads", type=int, help="faiss threads (default: all cores)")
     p.add_argument("--data-dir", help="where the Fashion-MNIST IDX files are")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    change = p.add_argument_group("change an existing index without a rebuild (logged, as `embedfm serve` does)")
+    change.add_argument("--add", nargs="+", metavar="IMAGE", help="image files or folders to add")
+    change.add_argument("--ids", type=_classes, metavar="N,N,...", help="ids of the added images (default: next free)")
+    change.add_argument("--label", type=int, help="class id of every added image (default: folder name or unknown)")
+    change.add_argument("--remove", type=_classes, metavar="N,N,...", help="ids of items to remove")
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve similarity search over HTTP (needs `embedfm index` first)",
+        description="Serve RUN's model and its index over HTTP: POST /search, /embed, /items, DELETE /items/ID, "
+        "GET /health, /info; the OpenAPI page at /docs. Adds and removals are durable when they answer. "
+        "Needs pip install 'embedfm[serve]'.",
+        formatter_class=_ShowDefaults,
+    )
+    p.add_argument("run", metavar="RUN", help="run dir whose model embeds the queries")
+    p.add_argument("--index", help="index dir (default RUN/index)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; not loopback: needs a token")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--token", help="token the write endpoints need (default: $EMBEDFM_TOKEN)")
 
 
 def add_search(sub) -> None:
@@ -391,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_tune,
         add_index,
         add_search,
+        add_serve,
         add_summarize,
         add_convert,
         add_export,
@@ -453,6 +476,14 @@ def cmd_viz(args) -> None:
 
 
 def cmd_index(args) -> None:
+    if args.add or args.remove:
+        from embedfm.live import add_files, remove_items
+
+        if args.add:
+            add_files(args.run, args.add, index_dir=args.out, ids=args.ids, label=args.label)
+        if args.remove:
+            remove_items(args.out or f"{args.run}/index", list(args.remove))
+        return
     from embedfm.index import build
 
     build(
@@ -482,6 +513,12 @@ def cmd_search(args) -> None:
         out=args.out,
         data_dir=args.data_dir,
     )
+
+
+def cmd_serve(args) -> None:
+    from embedfm.serve import serve
+
+    serve(args.run, index_dir=args.index, host=args.host, port=args.port, token=args.token)
 
 
 def cmd_summarize(args) -> None:

@@ -525,6 +525,10 @@ def to_fashion_mnist(img) -> np.ndarray:
     return _fit(_grey(img))
 
 
+class ImageTooLarge(DataError):
+    """An image declares more pixels than the limit it is read under."""
+
+
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file → (28, 28) uint8, or one DataError line (never a traceback, a hang or a bomb)."""
     p = Path(path)
@@ -568,7 +572,7 @@ def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nd
                 if w * h == 0:
                     raise DataError(f"{name}: image of {w}x{h} pixels has no pixels")
                 if w * h > max_pixels:
-                    raise DataError(f"{name}: image of {w}x{h} pixels is over the {max_pixels:,}-pixel limit")
+                    raise ImageTooLarge(f"{name}: image of {w}x{h} pixels is over the {max_pixels:,}-pixel limit")
                 img.load()
                 grey = _grey(img)
     except DataError:

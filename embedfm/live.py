@@ -522,3 +522,47 @@ def class_vote(labels: np.ndarray, num_classes: int) -> list[dict | None]:
         winner = int(vote(known[None], num_classes)[0])
         out.append({"label": winner, "share": float((known == winner).mean())})
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# `embedfm index RUN --add / --remove`: the same log and snapshots from the command line
+
+
+def add_files(run_dir: str, paths: list[str], index_dir: str | None = None, ids=None, label=None, log=print) -> list:
+    """Embed image files (a folder: its images, labels from sub-folder names) with the run's model and add them.
+    ids: one per image (default: after the largest id there is). Returns the ids added."""
+    from embedfm.index import folder_catalogue
+    from embedfm.inference import embed_images, load_run_model
+
+    network, _ = load_run_model(run_dir)
+    images, labels, sources = [], [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            im, lab, src = folder_catalogue(p)
+        else:
+            from embedfm.data import load_image
+
+            im, lab, src = load_image(p)[None], np.array([-1]), np.array([str(p)])
+        images.append(im)
+        labels.append(lab)
+        sources.extend(src.tolist())
+    x, y = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    if label is not None:
+        y[:] = label
+    d = Path(index_dir) if index_dir else Path(run_dir) / "index"
+    with LiveIndex.open(d, writable=True, log=log) as live:
+        if ids is None:
+            start = int(live.ids.view.max()) + 1 if live.ids.n else 0
+            ids = list(range(start, start + len(x)))
+        elif len(ids) != len(x):
+            raise EmbedfmError(f"--ids gives {len(ids)} ids for {len(x)} images")
+        live.check_add(ids, y)
+        added = live.add(ids, embed_images(network, x, progress=False), x, y, sources)
+        log(f"added {len(added)} items (ids {added[0]}..{added[-1]}) to {d}: {live.size:,} items")
+    return added
+
+
+def remove_items(index_dir: str | Path, ids: list[int], log=print) -> None:
+    with LiveIndex.open(index_dir, writable=True, log=log) as live:
+        live.remove(ids)
+        log(f"removed {len(ids)} items from {index_dir}: {live.size:,} items")
