@@ -1,5 +1,6 @@
 # embedfm: `make demo` (set up + train CE and CE+triplet + eval + viz + explore page) and `make test`;
-# `make test-fast` (no training on real data, under a minute), `make lint`, `make format`, `make docs`.
+# `make test-fast` (no training on real data, under a minute), `make test-isa` (the numeric tests under the AVX2
+# kernels), `make lint`, `make format`, `make docs`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ DEMO   := artifacts/demo
 # torch >= 2.1 works (see pyproject.toml), override with `make TORCH_PIN= ...`.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast test-deps lint format docs venv data clean-demo
+.PHONY: demo test test-fast test-isa test-deps lint format docs venv data clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,12 @@ test: venv data test-deps
 
 test-fast: venv
 	$(VENV)/bin/python -m pytest -m "not slow"
+
+# the numeric tests (pytest -m numeric: pinned training figures, eager vs compiled, fused vs unfused kernels) again
+# under the AVX2 kernels of ATen, oneDNN and inductor, whatever the CPU; `make test` ran them at the CPU's default
+# (AVX-512 or AMX where it has them). Under a minute.
+test-isa: venv
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(VENV)/bin/python -m pytest -m numeric
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -106,6 +106,7 @@ def test_tensorboard_files_parse_and_agree(fake_run, tmp_path):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))  # atomic writes left nothing behind
 
 
+@pytest.mark.numeric
 @pytest.mark.slow
 def test_onnx_runtime_equals_torch(fake_run, tmp_path):
     import onnx

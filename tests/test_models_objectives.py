@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from embedfm.config import TrainConfig
@@ -5,6 +6,7 @@ from embedfm.models import BACKBONES, build_model, count_macs
 from embedfm.objectives import build_objective
 
 
+@pytest.mark.numeric
 def test_forward_shapes_and_unit_norm():
     for name in BACKBONES:
         m = build_model(name, embedding_dim=32)
@@ -45,6 +47,7 @@ def test_ce_objective_has_no_triplet_part():
     assert set(stats) == {"ce"} and torch.isclose(loss, stats["ce"])
 
 
+@pytest.mark.numeric
 def test_one_train_step_per_loss_lowers_loss_on_a_fixed_batch():
     for loss_name in ("ce", "triplet"):
         torch.manual_seed(0)
@@ -63,6 +66,7 @@ def test_one_train_step_per_loss_lowers_loss_on_a_fixed_batch():
         assert loss.item() < first
 
 
+@pytest.mark.numeric
 def test_every_backbone_takes_a_train_step_with_each_loss():
     for name in BACKBONES:
         for loss_name in ("ce", "triplet"):

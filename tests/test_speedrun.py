@@ -77,6 +77,7 @@ def test_shifted_moves_pixels_and_brings_in_zeros():
     assert torch.equal(shifted(x, 0, 0), x)
 
 
+@pytest.mark.numeric
 def test_embed_shift_tta_matches_a_per_view_loop():
     torch.manual_seed(0)
     model = build_model("fastcnn", 8, 10, {"widths": (4, 8, 8)}).eval()
