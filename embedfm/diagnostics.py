@@ -108,7 +108,8 @@ def tuple_stats(emb, labels, triplets, margin: float, focus_classes) -> dict[str
 
 def probe(net, images, labels, batches, cfg: TrainConfig, device, objective=None) -> dict:
     """The diagnostics of one epoch as history keys (see the module doc). images: the uint8 train split (N, 28, 28)
-    and labels (N,) on the CPU; batches: `fixed_batches`; objective: the run's (its hinge tuples are counted)."""
+    and labels (N,) on the CPU; batches: `fixed_batches`; objective: the run's (its hinge tuples are counted).
+    Raises NonFiniteError (one line) when an embedding is NaN or infinite."""
     import torch
     from pytorch_metric_learning import miners
 
@@ -119,6 +120,10 @@ def probe(net, images, labels, batches, cfg: TrainConfig, device, objective=None
         return {}
     flat = batches.reshape(-1)
     emb = embed(net, images[flat], device, batch_size=cfg.batch_size).emb  # (K·B, D) fp32 on the CPU, eval mode
+    if not bool(torch.isfinite(emb).all()):  # the miner would fail on them with a traceback
+        from embedfm.errors import NonFiniteError
+
+        raise NonFiniteError("non-finite embeddings in the diagnostics probe")
     emb, lab = emb.view(*batches.shape, -1), labels[flat].view(batches.shape)  # (K, B, D), (K, B)
     miner = miners.DistanceWeightedMiner(
         cutoff=cfg.miner_cutoff, nonzero_loss_cutoff=cfg.miner_nonzero_loss_cutoff, distance=unit_l2()

@@ -27,3 +27,7 @@ class StorageError(EmbedfmError):
 
 class BusyError(EmbedfmError):
     """Another embedfm process is writing the same run dir, report dir or index dir."""
+
+
+class NonFiniteError(EmbedfmError):
+    """Training diverged: a loss, weight, buffer, logit or embedding stopped being a finite number."""

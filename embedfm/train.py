@@ -2,11 +2,13 @@
 
 Reads top to bottom: set-up (seeds, data, model, objective, optimiser, one-cycle schedule), then per epoch plan
 the batches, step through them with a progress bar, validate (softmax and kNN accuracy on the fixed validation
-split), probe what the metric term sees (`diagnostics.py`), and save an atomic checkpoint + history. An objective's
-own parameters (ProxyAnchor, ArcFace) are optimised and checkpointed beside the network's. A finished run gets
-its diagnostics plot and a DONE mark. `--resume` restarts after the last checkpointed epoch with every RNG state
-restored, so the result equals an uninterrupted run: bit for bit on the CPU; on CUDA only with `--deterministic`
-(docs/distributed.md).
+split), probe what the metric term sees (`diagnostics.py`), and save an atomic checkpoint + history. A NaN or an
+infinity (in a step's loss, in the weights after the epoch, in validation's or the probe's logits and embeddings)
+stops the run with one line (`NonFiniteError`) naming the epoch, before that epoch's checkpoint: the last one saved
+is good and resumable. An objective's own parameters (ProxyAnchor, ArcFace) are optimised and checkpointed beside
+the network's. A finished run gets its diagnostics plot and a DONE mark. `--resume` restarts after the last
+checkpointed epoch with every RNG state restored, so the result equals an uninterrupted run: bit for bit on the CPU;
+on CUDA only with `--deterministic` (docs/distributed.md).
 
 The device is chosen once (`select_device`) and everything follows it: the model, the objective's tensors, and on
 an accelerator the uint8 train split itself (`Splits.train_on`), so batches are gathered and augmented there (per
@@ -48,7 +50,7 @@ from embedfm.data import (
     shuffled_batches,
     to_float,
 )
-from embedfm.errors import EmbedfmError
+from embedfm.errors import EmbedfmError, NonFiniteError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 from embedfm.inference import autocast, embed, select_device
 from embedfm.knn import KNNClassifier
@@ -179,10 +181,13 @@ def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
 @torch.no_grad()
 def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> dict:
     """Validation figures: loss, accuracy and focus-group error of the softmax head, accuracy of a kNN
-    over a fixed subset of the train split (cheap stand-in for the full-train kNN that eval runs)."""
+    over a fixed subset of the train split (cheap stand-in for the full-train kNN that eval runs). Raises
+    NonFiniteError when a logit or embedding is not finite (the kNN would otherwise fail with a traceback)."""
     logits, emb, _ = embed(model, splits.val_x, device, tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift)
     n_ref = min(VAL_KNN_REFS, len(splits.train_y))
     ref_emb = embed(model, splits.train_x[:n_ref], device).emb
+    if not all(bool(torch.isfinite(t).all()) for t in (logits, emb, ref_emb)):
+        raise NonFiniteError("non-finite logits or embeddings in validation")
     knn = KNNClassifier(k=min(cfg.knn_k, n_ref)).fit(ref_emb.numpy(), splits.train_y[:n_ref].numpy())
     knn_pred = torch.from_numpy(knn.predict(emb.numpy()))
     # --ce-weight 0: the softmax head is not trained, the kNN is the run's classifier (docs/losses.md)
@@ -272,7 +277,7 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
     # DDP averages gradients over processes; `net` stays the plain model for validation and checkpoints
     model = torch.nn.parallel.DistributedDataParallel(net) if dd.enabled else net
     if cfg.compile:  # shares net's parameters; batches have one fixed shape, so it compiles once
-        model = torch.compile(model)
+        model = compile_model(model)
 
     procs = f", {dd.world} processes" if dd.enabled else ""
     log(
@@ -289,17 +294,25 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
             model, net, objective, opt, sched, train_splits, cfg, gen, device, epoch, progress, dd, hooks, train_seconds
         )
         train_seconds += stats.pop("seconds")
+        # a NaN or infinity anywhere stops the run before this epoch's checkpoint: the last one saved stays good
+        try:
+            check_finite(net, objective)  # every rank: DDP keeps their weights equal
+        except NonFiniteError as e:
+            raise _diverged(e, epoch) from None
         if not dd.main:  # rank 0 validates and writes; the others wait for it
             dd.barrier()
             continue
-        row = {
-            "epoch": epoch + 1,
-            **stats,
-            **validate(net, splits, cfg, device),
-            "lr": sched.get_last_lr()[0],
-            "train_seconds": round(train_seconds, 2),
-            **diagnostics.probe(net, splits.train_x, splits.train_y, diag_batches, cfg, device, objective),
-        }
+        try:
+            row = {
+                "epoch": epoch + 1,
+                **stats,
+                **validate(net, splits, cfg, device),
+                "lr": sched.get_last_lr()[0],
+                "train_seconds": round(train_seconds, 2),
+                **diagnostics.probe(net, splits.train_x, splits.train_y, diag_batches, cfg, device, objective),
+            }
+        except NonFiniteError as e:
+            raise _diverged(e, epoch) from None
         history.append(row)
         log(format_row(row, cfg.epochs))
         # the objective's own parameters (few: classes × embedding dim) ride in the checkpoint's JSON metadata
@@ -332,6 +345,44 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
             log(f"{run}: {diagnostics.PNG} not drawn ({type(e).__name__}: {str(e).strip()[:200]})")
         atomic_write_text(run / rundir.DONE, f"finished {len(history)} epochs\n")
     return {"run_dir": str(run), "history": history, "seconds": train_seconds}
+
+
+def compile_model(model):
+    """torch.compile(model), with inductor's CPU vector width pinned to the one this process uses.
+
+    Inductor generates its C++ kernels for one vector ISA (`pick_vec_isa`: the CPU's best, or the one
+    ATEN_CPU_CAPABILITY forces) but leaves that ISA out of its on-disk FX-graph cache key, so a process run with
+    another ATEN_CPU_CAPABILITY can load kernels generated for another vector width and compile them for its own:
+    AVX-512 code (16 floats a vector) built for AVX2 (8) computes garbage (docs/usage.md, after the flags). The pinned
+    `cpp.simdlen` is part of the key and picks the same ISA inductor would have picked, so each ISA caches apart."""
+    try:
+        from torch._inductor import config as inductor_config
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except ImportError:  # an older torch: its cache is keyed as it is
+        pass
+    else:
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())  # the CUDA kernels are Triton's
+        if on_cpu and inductor_config.cpp.simdlen is None:
+            inductor_config.cpp.simdlen = pick_vec_isa().bit_width()
+    return torch.compile(model)
+
+
+def check_finite(net: torch.nn.Module, objective=None) -> None:
+    """Raises NonFiniteError naming the first parameter or buffer of `net` (or of the objective: ProxyAnchor,
+    ArcFace) that holds a NaN or an infinity. One device sync for all of them."""
+    tensors = [(n, t) for n, t in (*net.named_parameters(), *net.named_buffers()) if t.is_floating_point()]
+    if isinstance(objective, torch.nn.Module):
+        tensors += [(f"objective.{n}", t) for n, t in objective.named_parameters()]
+    if not tensors:
+        return
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors]).cpu()
+    if not bool(finite.all()):
+        name = tensors[int((~finite).nonzero()[0])][0]
+        raise NonFiniteError(f"non-finite weights ({name})")
+
+
+def _diverged(e: NonFiniteError, epoch: int) -> NonFiniteError:
+    return NonFiniteError(f"{e} after epoch {epoch + 1}; stopped, the last good checkpoint is kept (try a lower --lr)")
 
 
 def _table(history: list[dict]) -> list[dict]:
@@ -457,7 +508,7 @@ def run_epoch(
         try:
             loss, parts, logits = train_step(model, objective, opt, sched, x, y, device, dd)
         except FloatingPointError as e:
-            raise EmbedfmError(
+            raise NonFiniteError(
                 f"{e} at epoch {epoch + 1}, step {step + 1}; stopped, the last good checkpoint is "
                 "kept (try a lower --lr)"
             ) from None

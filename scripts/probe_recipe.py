@@ -38,7 +38,7 @@ from embedfm.data import load_fashion_mnist, make_splits
 from embedfm.inference import embed
 from embedfm.models import build_model
 from embedfm.objectives import build_objective
-from embedfm.train import Hooks, Step, make_optimizer, train, train_step
+from embedfm.train import Hooks, Step, compile_model, make_optimizer, train, train_step
 
 CPU = torch.device("cpu")
 
@@ -87,7 +87,7 @@ def compile_step(a) -> None:
     def make(compiled: bool):
         net = build_model(a.backbone, cfg.embedding_dim, 10).to(memory_format=torch.channels_last)
         opt, sched = make_optimizer(net, cfg, 10 * (a.reps + 1) + 1)
-        fwd = torch.compile(net) if compiled else net
+        fwd = compile_model(net) if compiled else net  # as `embedfm train --compile` does
         objective = build_objective(cfg)
         return lambda: train_step(fwd, objective, opt, sched, x, y, CPU)
 

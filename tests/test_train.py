@@ -22,6 +22,7 @@ def test_schedule_steps_through_any_length(steps):
         assert max(lrs) == pytest.approx(cfg.lr, rel=0.05) and lrs[-1] < cfg.lr / 10
 
 
+@pytest.mark.numeric
 def test_embed_flip_tta_matches_a_per_image_loop():
     """embed(tta_flip=True): logits = mean over image and mirror, emb = the image's own, emb_flip =
     normalize(emb(image) + emb(mirror)); checked one image at a time against the unfused model."""
@@ -49,10 +50,13 @@ def test_embed_flip_tta_matches_a_per_image_loop():
     assert torch.allclose(out.emb_flip.norm(dim=1), torch.ones(5))
 
 
+@pytest.mark.numeric
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, fake_data_dir):
     """--compile changes speed, not the run: same losses (to float tolerance) as eager, and the
-    checkpoint holds the plain model's keys, so eval/resume need no compiler."""
+    checkpoint holds the plain model's keys, so eval/resume need no compiler. `make test-isa` reruns it under
+    ATEN_CPU_CAPABILITY=avx2 after `make test` compiled it at the CPU's default: on an AVX-512 CPU the two must not
+    share inductor's cached kernels (`train.compile_model`)."""
     from embedfm import checkpoint as ckpt_io
     from embedfm.train import train
 
@@ -75,3 +79,95 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, fake_
         assert compiled[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-4)
     state = ckpt_io.load_checkpoint(tmp_path / "compiled")["model"]
     assert state.keys() == ckpt_io.load_checkpoint(tmp_path / "eager")["model"].keys()
+
+
+@pytest.mark.numeric
+def test_compile_model_keys_inductors_cache_by_the_vector_isa_it_uses(monkeypatch):
+    """Inductor's FX-graph cache key leaves out the vector ISA it generates for (the CPU's best, or
+    ATEN_CPU_CAPABILITY's): pinned as cpp.simdlen, which is in the key, kernels for one width are never served to a
+    process using another (docs/usage.md, after the flags)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    from embedfm.train import compile_model
+
+    monkeypatch.setattr(inductor_config.cpp, "simdlen", None)
+    picked = str(pick_vec_isa())
+    compile_model(torch.nn.Linear(3, 2))  # lazy: nothing is compiled before the first call
+    assert inductor_config.cpp.simdlen == pick_vec_isa().bit_width()
+    assert str(pick_vec_isa()) == picked  # the same ISA inductor picked unpinned
+    monkeypatch.setattr(inductor_config.cpp, "simdlen", 128)  # a user's own setting is left alone
+    compile_model(torch.nn.Linear(3, 2))
+    assert inductor_config.cpp.simdlen == 128
+
+
+# ------------------------------------------------------------------------------------------------ non-finite
+
+
+def _poison(what):
+    """An on_step hook: after the last step of epoch 2, a NaN in the first conv weight ("weight") or a negative
+    running variance ("running_var": finite, but eval-mode BatchNorm, hence validation, turns it into NaN)."""
+
+    def hook(s):
+        if s.epoch == 1 and s.step == s.steps - 1:
+            with torch.no_grad():
+                if what == "weight":
+                    next(p for p in s.net.parameters() if p.ndim == 4).view(-1)[0] = float("nan")
+                else:
+                    next(b for n, b in s.net.named_buffers() if n.endswith("running_var")).fill_(-1.0)
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        ("weight", r"non-finite weights \(\S+\.weight\) after epoch 2; stopped, the last good checkpoint is kept"),
+        ("running_var", "non-finite logits or embeddings in validation after epoch 2; stopped"),
+    ],
+)
+def test_a_non_finite_network_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
+    tmp_path, fake_data_dir, what, message
+):
+    from embedfm import checkpoint as ckpt_io
+    from embedfm.errors import EmbedfmError
+    from embedfm.train import Hooks, train
+
+    def cfg(name):
+        return TrainConfig(loss="triplet", epochs=3, limit=200, val_size=50, batch_size=50, m_per_class=4,
+                           data_dir=str(fake_data_dir), out=str(tmp_path / name))  # fmt: skip
+
+    quiet = {"progress": False, "log": lambda *a: None}
+    with pytest.raises(EmbedfmError, match=message) as e:
+        train(cfg("run"), hooks=Hooks(on_step=_poison(what)), **quiet)
+    assert "\n" not in str(e.value)
+    saved = ckpt_io.load_checkpoint(tmp_path / "run")
+    assert saved["epoch"] == 0 and len(saved["history"]) == 1  # epoch 2 was not saved
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+    # the kept checkpoint resumes into the run an uninterrupted one is
+    resumed = train(cfg("run"), resume=True, **quiet)["history"]
+    straight = train(cfg("straight"), **quiet)["history"]
+    drop = ("train_seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in straight
+    ]
+
+
+def test_the_probe_refuses_a_non_finite_embedding_in_one_line():
+    """Before the distance-weighted miner, whose own failure on NaN distances is a traceback."""
+    from embedfm import diagnostics
+    from embedfm.errors import EmbedfmError
+    from embedfm.objectives import build_objective
+
+    class NaNNet(torch.nn.Module):
+        def forward(self, x):
+            emb = torch.nn.functional.normalize(x.flatten(1)[:, :8].float() + 1, dim=1)
+            emb[3, 0] = float("nan")
+            return torch.zeros(len(x), 10), emb
+
+    cfg = TrainConfig(loss="triplet")
+    images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
+    batches = torch.arange(100).view(2, 50)
+    with pytest.raises(EmbedfmError, match=r"^non-finite embeddings in the diagnostics probe$"):
+        diagnostics.probe(NaNNet(), images, torch.arange(100) % 10, batches, cfg, torch.device("cpu"),
+                          build_objective(cfg))  # fmt: skip
