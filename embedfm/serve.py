@@ -348,6 +348,13 @@ def serve(
     if not 0 < port < 65536:
         raise EmbedfmError(f"--port must be in 1..65535, got {port}")
     _check_port_free(host, port)
+    import faiss
+    import torch
+
+    # one query per request: the cores are shared by concurrent requests, and faiss's or torch's own threads
+    # per request would only contend with them (and, on a busy machine, wait on a descheduled thread)
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
     network, ckpt = load_run_model(run_dir)
     d = Path(index_dir) if index_dir else Path(run_dir) / "index"
     live = LiveIndex.open(d, writable=True, command="serve", log=log)
