@@ -12,30 +12,26 @@ This module does not import torch: `--help` and config validation stay fast.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedfm import losstable
 from embedfm.errors import ConfigError
+from embedfm.losstable import SETTINGS, SPECS
 
 LOSSES = ("ce", "triplet")
 SAMPLERS = ("auto", "random", "balanced")
-# --metric-loss: the pytorch-metric-learning loss of --loss triplet (docs/losses.md)
-METRIC_LOSSES = ("triplet", "margin", "contrastive", "multisimilarity", "supcon", "proxyanchor", "arcface")
+# --metric-loss: the pytorch-metric-learning losses of --loss triplet, their --miner auto and own settings
+# (embedfm.losstable, docs/losses.md)
+METRIC_LOSSES = tuple(SPECS)
 # losses with parameters of their own (proxies, class centres): trained beside the network, saved in the checkpoint
-PARAMETRIC_LOSSES = ("proxyanchor", "arcface")
+PARAMETRIC_LOSSES = losstable.PARAMETRIC_LOSSES
 MINERS = ("auto", "distance", "multisimilarity", "none")
 # what --miner auto means for each metric loss: the miner its authors (or the comparison papers) paired it with
-AUTO_MINER = {
-    "triplet": "distance",
-    "margin": "distance",
-    "contrastive": "distance",
-    "multisimilarity": "multisimilarity",
-    "supcon": "none",
-    "proxyanchor": "none",
-    "arcface": "none",
-}
+AUTO_MINER = {name: spec.auto_miner for name, spec in SPECS.items()}
 MININGS = ("all", "focus")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -73,7 +69,49 @@ def setting(default, help: str, group: str, choices: tuple | None = None, metava
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "metavar": metavar})
 
 
+def loss_setting(name: str):
+    """A metric loss's own setting as a config field: its default, help and check are declared with its loss
+    (`losstable.SETTINGS`); the line in `TrainConfig` only places it in `--help` and config.json."""
+    s = SETTINGS[name]
+    return setting(s.default, s.help, "metric")
+
+
+def with_loss_settings(settings: dict):
+    """Class decorator (before @dataclass): every loss setting the class does not place becomes a field at the end
+    of its "metric" group, so a new loss's settings need no line here."""
+
+    def add(cls):
+        annotations = inspect.get_annotations(cls)
+        missing = [n for n in settings if n not in annotations]
+        names = list(annotations)
+        at = 1 + max(i for i, n in enumerate(names) if cls.__dict__[n].metadata["group"] == "metric")
+        added = {n: type(settings[n].default).__name__ for n in missing}
+        cls.__annotations__ = {
+            **{n: annotations[n] for n in names[:at]},
+            **added,
+            **{n: annotations[n] for n in names[at:]},
+        }
+        for n in missing:
+            s = settings[n]
+            setattr(cls, n, setting(s.default, s.help, "metric"))
+        return cls
+
+    return add
+
+
+def _auto_miners() -> str:
+    """`--miner auto` in words, from the loss table: "distance for triplet, margin, ...; none for the rest"."""
+    by_miner: dict[str, list[str]] = {}
+    for name, spec in SPECS.items():
+        by_miner.setdefault(spec.auto_miner, []).append(name)
+    parts = [f"{m} for {', '.join(names)}" for m, names in by_miner.items()]
+    if len(parts) > 1:
+        parts[-1] = f"{list(by_miner)[-1]} for the rest"
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
+@with_loss_settings(SETTINGS)
 class TrainConfig:
     # what to train
     recipe: str = setting(
@@ -100,31 +138,25 @@ class TrainConfig:
         metavar="W,W,W",
     )
     # metric-learning side
-    margin: float = setting(
-        0.2,
-        "margin on unit-norm embeddings (distances in [0, 2]): TripletMarginLoss's, MarginLoss's α, and the "
-        "diagnostics' probe",
-        "metric",
-    )
+    margin: float = loss_setting("margin")
     triplet_weight: float = setting(1.0, "weight of the metric loss (whichever --metric-loss) next to CE", "metric")
     ce_weight: float = setting(
         1.0, "weight of cross-entropy next to the metric loss; 0 = the metric loss alone (the kNN classifies)", "metric"
     )
     metric_loss: str = setting(
         "triplet",
-        "metric loss (pytorch-metric-learning; docs/losses.md): TripletMarginLoss, MarginLoss with boundary --beta, "
-        "ContrastiveLoss, MultiSimilarityLoss, SupConLoss, ProxyAnchorLoss, ArcFaceLoss",
+        "metric loss (pytorch-metric-learning; docs/losses.md): " + ", ".join(s.help for s in SPECS.values()),
         "metric",
         METRIC_LOSSES,
     )
     miner: str = setting(
         "auto",
         "tuple miner: distance-weighted, multi-similarity or none (every tuple of the batch); auto = the loss's "
-        "own: distance for triplet, margin, contrastive; multisimilarity for multisimilarity; none for the rest",
+        "own: " + _auto_miners(),
         "metric",
         MINERS,
     )
-    beta: float = setting(1.2, "MarginLoss boundary β between positive and negative distances", "metric")
+    beta: float = loss_setting("beta")
     mining: str = setting(
         "all", "all: the miner and loss see the whole batch; focus: only its focus-class images", "metric", MININGS
     )
@@ -132,22 +164,19 @@ class TrainConfig:
     miner_nonzero_loss_cutoff: float = setting(
         1.4, "DistanceWeightedMiner: negatives farther than this are never drawn (> --miner-cutoff)", "metric"
     )
-    pos_margin: float = setting(0.0, "ContrastiveLoss: positive pairs farther apart than this are pulled", "metric")
-    neg_margin: float = setting(1.0, "ContrastiveLoss: negative pairs closer than this are pushed", "metric")
-    ms_alpha: float = setting(2.0, "MultiSimilarityLoss: weight α of positive pairs", "metric")
-    ms_beta: float = setting(50.0, "MultiSimilarityLoss: weight β of negative pairs", "metric")
-    ms_base: float = setting(0.5, "MultiSimilarityLoss: similarity threshold λ", "metric")
+    # the loss settings are declared with their loss (embedfm.losstable); these lines keep their place in --help
+    pos_margin: float = loss_setting("pos_margin")
+    neg_margin: float = loss_setting("neg_margin")
+    ms_alpha: float = loss_setting("ms_alpha")
+    ms_beta: float = loss_setting("ms_beta")
+    ms_base: float = loss_setting("ms_base")
     ms_epsilon: float = setting(0.1, "MultiSimilarityMiner: similarity slack ε of the mined pairs", "metric")
-    temperature: float = setting(0.1, "SupConLoss: temperature τ of the cosine similarities", "metric")
-    proxy_margin: float = setting(0.1, "ProxyAnchorLoss: margin δ on cosine similarity", "metric")
-    proxy_alpha: float = setting(32.0, "ProxyAnchorLoss: scale α", "metric")
-    arcface_margin: float = setting(28.6, "ArcFaceLoss: additive angular margin in degrees", "metric")
-    arcface_scale: float = setting(64.0, "ArcFaceLoss: scale s of the cosine logits", "metric")
-    proxy_lr_mult: float = setting(
-        1.0,
-        "learning-rate multiplier of the loss's own parameters (ProxyAnchor proxies, ArcFace class centres)",
-        "metric",
-    )
+    temperature: float = loss_setting("temperature")
+    proxy_margin: float = loss_setting("proxy_margin")
+    proxy_alpha: float = loss_setting("proxy_alpha")
+    arcface_margin: float = loss_setting("arcface_margin")
+    arcface_scale: float = loss_setting("arcface_scale")
+    proxy_lr_mult: float = loss_setting("proxy_lr_mult")
     # batches
     sampler: str = setting("auto", "batch sampler; auto = balanced for triplet, random for ce", "batches", SAMPLERS)
     m_per_class: int = setting(8, "least images of each class in a balanced batch", "batches")
@@ -261,7 +290,7 @@ def class_counts(
     Each class gets a share proportional to its weight (focus classes `focus_oversample`, `absent` ones 0 — the
     classes --holdout-classes keeps out of training —, others 1), rounded by largest remainder (ties to the lower
     class id) so the batch size is exact. Pure Python: config validation needs it without torch;
-    `data.balanced_batches` draws batches by it."""
+    `sampling.balanced_batches` draws batches by it."""
     w = [0.0 if k in absent else focus_oversample if k in focus_classes else 1.0 for k in range(num_classes)]
     total = sum(w)
     share = [x / total * batch_size for x in w]
@@ -293,7 +322,6 @@ def validate(c: TrainConfig) -> None:
             choices is None or value in choices,
             f"--{flag(f.name)} {value!r} is not one of {', '.join(map(str, choices or ()))}",
         )
-    _check(c.beta > 0, f"--beta must be positive, got {c.beta}")
     _check(c.epochs > 0, f"--epochs must be positive, got {c.epochs}")
     _check(c.batch_size >= 2, f"--batch-size must be at least 2, got {c.batch_size}")
     _check(c.lr > 0, f"--lr must be positive, got {c.lr}")
@@ -309,24 +337,18 @@ def validate(c: TrainConfig) -> None:
         c.widths is None or c.backbone in WIDE_BACKBONES,
         f"--widths applies to {', '.join(WIDE_BACKBONES)}, not --backbone {c.backbone}",
     )
-    _check(c.margin >= 0, f"--margin must be non-negative, got {c.margin}")
     _check(c.triplet_weight >= 0, f"--triplet-weight must be non-negative, got {c.triplet_weight}")
     _check(c.ce_weight >= 0, f"--ce-weight must be non-negative, got {c.ce_weight}")
     _check(
         c.loss == "ce" or c.ce_weight > 0 or c.triplet_weight > 0,
         "--ce-weight and --triplet-weight are both 0: nothing would be trained",
     )
-    _check(
-        0 <= c.pos_margin < c.neg_margin <= 2,
-        f"--pos-margin and --neg-margin must satisfy 0 <= pos < neg <= 2 (unit-norm distances), got {c.pos_margin} "
-        f"and {c.neg_margin}",
-    )
-    for name in ("ms_alpha", "ms_beta", "temperature", "proxy_alpha", "arcface_scale", "proxy_lr_mult"):
-        _check(getattr(c, name) > 0, f"--{flag(name)} must be positive, got {getattr(c, name)}")
-    _check(-1 < c.ms_base < 1, f"--ms-base must be a cosine similarity in (-1, 1), got {c.ms_base}")
+    for name, s in SETTINGS.items():  # every loss's settings, whichever --metric-loss: a config file may hold them
+        _check(s.valid is None or s.valid(getattr(c, name)), f"--{flag(name)} {s.must}, got {getattr(c, name)}")
+    for spec in SPECS.values():
+        problem = spec.check(c) if spec.check else None
+        _check(problem is None, problem or "")
     _check(c.ms_epsilon >= 0, f"--ms-epsilon must be non-negative, got {c.ms_epsilon}")
-    _check(0 <= c.proxy_margin < 1, f"--proxy-margin must be in [0, 1), got {c.proxy_margin}")
-    _check(0 <= c.arcface_margin < 90, f"--arcface-margin must be in [0, 90) degrees, got {c.arcface_margin}")
     _check(
         0 <= c.miner_cutoff < c.miner_nonzero_loss_cutoff,
         f"--miner-cutoff must be >= 0 and below --miner-nonzero-loss-cutoff, got {c.miner_cutoff} and "

@@ -3,17 +3,8 @@
 - `ce`: cross-entropy (with label smoothing) on the classifier logits.
 - `triplet`: --ce-weight × CE + --triplet-weight × a metric loss on the unit-norm embeddings. The metric loss
   (`--metric-loss`), its tuple miner (`--miner`) and which images of the batch they see (`--mining`) are separate
-  choices:
-
-  | --metric-loss     | PML loss              | distance                     | --miner auto      | own parameters |
-  |-------------------|-----------------------|------------------------------|-------------------|----------------|
-  | `triplet`         | TripletMarginLoss     | L2 on the unit sphere        | distance-weighted | –              |
-  | `margin`          | MarginLoss            | L2 on the unit sphere        | distance-weighted | –              |
-  | `contrastive`     | ContrastiveLoss       | L2 on the unit sphere        | distance-weighted | –              |
-  | `multisimilarity` | MultiSimilarityLoss   | cosine similarity            | multi-similarity  | –              |
-  | `supcon`          | SupConLoss            | cosine similarity            | none              | –              |
-  | `proxyanchor`     | ProxyAnchorLoss       | cosine similarity            | none              | proxies (C, D) |
-  | `arcface`         | ArcFaceLoss           | cosine similarity            | none              | W (D, C)       |
+  choices. The metric losses, what `--miner auto` means for each and their settings are the table in
+  `embedfm.losstable` (docs/losses.md describes them); `BUILDERS` below builds each from a config.
 
   The distance-weighted miner (Wu et al. 2017) draws, for every anchor–positive pair, one negative with
   probability inversely proportional to the density of distances on the unit hypersphere (clipped at `cutoff`,
@@ -28,19 +19,21 @@ own and saves them in the checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 from pytorch_metric_learning.utils import distributed as pml_dist
 
-from embedfm.config import PARAMETRIC_LOSSES, TrainConfig
+from embedfm.config import TrainConfig
 from embedfm.distributed import is_active
+from embedfm.losstable import HINGE_LOSSES, PARAMETRIC_LOSSES
 
 NUM_CLASSES = 10
-# losses whose per-tuple losses are hinges (zero once the tuple satisfies its margin), and the PML reduction types
-# of those per-tuple losses: the ones the diagnostics count "active" tuples of
-HINGE_LOSSES = ("triplet", "margin", "contrastive")
+# the PML reduction types of the per-tuple losses of the hinge losses (HINGE_LOSSES): the ones the diagnostics count
+# "active" tuples of
 _TUPLE_REDUCTIONS = ("triplet", "pos_pair", "neg_pair")
 
 
@@ -60,23 +53,27 @@ def unit_l2() -> distances.LpDistance:
     return distances.LpDistance(p=2, power=1, normalize_embeddings=True)
 
 
+# how each metric loss of the table (embedfm.losstable.SPECS; a test keeps the names equal) is built from a config
+BUILDERS: dict[str, Callable[[TrainConfig], nn.Module]] = {
+    "triplet": lambda c: losses.TripletMarginLoss(margin=c.margin, distance=unit_l2()),
+    "margin": lambda c: losses.MarginLoss(margin=c.margin, beta=c.beta, distance=unit_l2()),
+    "contrastive": lambda c: losses.ContrastiveLoss(
+        pos_margin=c.pos_margin, neg_margin=c.neg_margin, distance=unit_l2()
+    ),
+    "multisimilarity": lambda c: losses.MultiSimilarityLoss(alpha=c.ms_alpha, beta=c.ms_beta, base=c.ms_base),
+    "supcon": lambda c: losses.SupConLoss(temperature=c.temperature),
+    # proxies drawn from torch's generator (kaiming normal), as the weights are
+    "proxyanchor": lambda c: losses.ProxyAnchorLoss(
+        NUM_CLASSES, c.embedding_dim, margin=c.proxy_margin, alpha=c.proxy_alpha
+    ),
+    "arcface": lambda c: losses.ArcFaceLoss(
+        NUM_CLASSES, c.embedding_dim, margin=c.arcface_margin, scale=c.arcface_scale
+    ),
+}
+
+
 def make_metric_loss(cfg: TrainConfig) -> nn.Module:
-    name, d = cfg.metric_loss, cfg.embedding_dim
-    if name == "triplet":
-        return losses.TripletMarginLoss(margin=cfg.margin, distance=unit_l2())
-    if name == "margin":
-        return losses.MarginLoss(margin=cfg.margin, beta=cfg.beta, distance=unit_l2())
-    if name == "contrastive":
-        return losses.ContrastiveLoss(pos_margin=cfg.pos_margin, neg_margin=cfg.neg_margin, distance=unit_l2())
-    if name == "multisimilarity":
-        return losses.MultiSimilarityLoss(alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base)
-    if name == "supcon":
-        return losses.SupConLoss(temperature=cfg.temperature)
-    if name == "proxyanchor":  # proxies drawn from torch's generator (kaiming normal), as the weights are
-        return losses.ProxyAnchorLoss(NUM_CLASSES, d, margin=cfg.proxy_margin, alpha=cfg.proxy_alpha)
-    if name == "arcface":
-        return losses.ArcFaceLoss(NUM_CLASSES, d, margin=cfg.arcface_margin, scale=cfg.arcface_scale)
-    raise ValueError(f"unknown metric loss {name!r}")
+    return BUILDERS[cfg.metric_loss](cfg)
 
 
 def make_miner(cfg: TrainConfig) -> nn.Module | None:

@@ -5,7 +5,8 @@ the same command, and several workers can share it. Each trial is an ordinary em
 `<study dir>/trials/`, so `eval` / `viz` work on any trial unchanged; the test set is never read.
 
 - search space: `SPACE` below, one table for CE and CE + triplet (the CE side is a subset of the triplet side);
-  the other metric losses search the shared part and their own parameters (`LOSS_SPACE`, `PARAMS`);
+  the other metric losses search the shared part, their own settings over the ranges their loss declares
+  (`embedfm.losstable`) and their miner's (`LOSS_SPACE`, `PARAMS`);
 - sampler: TPE, seeded; the built-in defaults are always trial 0, so the study measures how far the
   search moved validation figures over them at the same budget;
 - pruning: median (or successive halving) on the per-epoch validation figure, so bad trials stop early;
@@ -26,52 +27,56 @@ from pathlib import Path
 from embedfm.config import TrainConfig, flag, setting
 from embedfm.errors import ConfigError, EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
+from embedfm.losstable import SETTINGS, SPECS, LossSpec
 
-# name: (kind, low, high) for floats ("log" = log-uniform) or ("choice", [values]).
+# name: (kind, low, high) for floats ("log" = log-uniform) or ("choice", [values]). A metric loss's own settings are
+# searched over the range its loss declares (embedfm.losstable), a miner's over MINER_SPACE.
+MINER_SPACE = {
+    "distance": {"miner_cutoff": ("float", 0.2, 0.8), "miner_nonzero_loss_cutoff": ("float", 1.0, 1.6)},
+    "multisimilarity": {"ms_epsilon": ("float", 0.01, 0.3)},
+}
+MINER_PARAMS = {miner: tuple(space) for miner, space in MINER_SPACE.items()}
+# the space of CE and CE + triplet (the CE side is a subset of the triplet side), in the triplet study's draw order
 SPACE = {
     "lr": ("log", 1e-3, 2e-2),
     "weight_decay": ("log", 1e-3, 0.3),
     "label_smoothing": ("float", 0.0, 0.2),
     # metric-learning side (loss = triplet only)
     "triplet_weight": ("log", 0.1, 4.0),
-    "margin": ("float", 0.05, 0.5),
+    "margin": SETTINGS["margin"].search,
     "embedding_dim": ("choice", [32, 64, 128]),
     "m_per_class": ("choice", [4, 8, 12]),
-    "miner_cutoff": ("float", 0.2, 0.8),
-    "miner_nonzero_loss_cutoff": ("float", 1.0, 1.6),
+    **MINER_SPACE["distance"],
     "focus_oversample": ("float", 1.0, 2.5),
 }
-# the parameters of the other metric losses (--metric-loss; docs/losses.md), searched only for their loss
+# the settings of the other metric losses (--metric-loss; docs/losses.md) and miners, searched only with their loss
 LOSS_SPACE = {
-    "beta": ("float", 0.8, 1.6),
-    "pos_margin": ("float", 0.0, 0.5),
-    "neg_margin": ("float", 0.6, 1.6),
-    "ms_alpha": ("log", 0.5, 10.0),
-    "ms_beta": ("log", 10.0, 100.0),
-    "ms_base": ("float", 0.3, 0.8),
-    "ms_epsilon": ("float", 0.01, 0.3),
-    "temperature": ("log", 0.03, 0.5),
-    "proxy_margin": ("float", 0.0, 0.3),
-    "proxy_alpha": ("log", 4.0, 64.0),
-    "arcface_margin": ("float", 10.0, 45.0),
-    "arcface_scale": ("log", 8.0, 64.0),
-    "proxy_lr_mult": ("log", 1.0, 100.0),
+    **{name: s.search for name, s in SETTINGS.items() if name not in SPACE},
+    **{name: r for space in MINER_SPACE.values() for name, r in space.items() if name not in SPACE},
 }
 _CE = ("lr", "weight_decay", "label_smoothing")
 _METRIC = (*_CE, "triplet_weight", "embedding_dim", "m_per_class", "focus_oversample")
-MINER_PARAMS = {"distance": ("miner_cutoff", "miner_nonzero_loss_cutoff"), "multisimilarity": ("ms_epsilon",)}
+
+
+def loss_params(spec: LossSpec) -> tuple[str, ...]:
+    """What a study of a metric loss with its --miner auto searches, in draw order: the shared settings, the loss's
+    own, its miner's."""
+    return (*_METRIC, *spec.settings, *MINER_PARAMS.get(spec.auto_miner, ()))
+
+
+# The losses whose studies predate loss_params keep the order they were drawn in (TPE draws the parameters one after
+# another from one random stream, so the order is part of what makes a study reproducible); the same parameters.
+_DRAW_ORDER = {
+    "triplet": tuple(SPACE),
+    "margin": (*SPACE, "beta"),
+    "contrastive": (*_METRIC, *MINER_PARAMS["distance"], "pos_margin", "neg_margin"),
+}
 # searched parameters by method: "ce", or the --metric-loss of --loss triplet with its --miner auto
 PARAMS = {
     "ce": _CE,
     # CE over class-balanced batches also searches the sampler's own knobs, as the metric losses do
     "ce-balanced": (*_CE, "m_per_class", "focus_oversample"),
-    "triplet": tuple(SPACE),
-    "margin": (*SPACE, "beta"),
-    "contrastive": (*_METRIC, *MINER_PARAMS["distance"], "pos_margin", "neg_margin"),
-    "multisimilarity": (*_METRIC, "ms_alpha", "ms_beta", "ms_base", *MINER_PARAMS["multisimilarity"]),
-    "supcon": (*_METRIC, "temperature"),
-    "proxyanchor": (*_METRIC, "proxy_margin", "proxy_alpha", "proxy_lr_mult"),
-    "arcface": (*_METRIC, "arcface_margin", "arcface_scale", "proxy_lr_mult"),
+    **{name: _DRAW_ORDER.get(name, loss_params(spec)) for name, spec in SPECS.items()},
 }
 OBJECTIVES = {  # flag value: (history key, direction)
     "val_acc": ("val_acc", "maximize"),

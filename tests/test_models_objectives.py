@@ -119,3 +119,24 @@ def test_config_names_every_backbone():
     from embedfm import config
 
     assert sorted(config.BACKBONES) == sorted(BACKBONES)
+
+
+def test_every_loss_of_the_table_is_built_as_it_declares():
+    """objectives.BUILDERS builds exactly the losses of embedfm.losstable, each with the own parameters and hinge
+    tuples its LossSpec declares, and a train step with it moves the network."""
+    from embedfm.losstable import SPECS
+    from embedfm.objectives import BUILDERS, loss_parameters
+
+    assert list(BUILDERS) == list(SPECS)
+    x, y = _batch(n_per_class=4)
+    for name, spec in SPECS.items():
+        torch.manual_seed(0)
+        model = build_model(embedding_dim=16)
+        obj = build_objective(TrainConfig(loss="triplet", metric_loss=name, embedding_dim=16))
+        assert bool(loss_parameters(obj)) == spec.parametric, name
+        logits, emb = model(x)
+        assert (obj.tuple_losses(emb.detach(), y) is not None) == spec.hinge, name
+        loss, stats = obj(logits, emb, y)
+        assert torch.isfinite(loss) and ("triplets" in stats) == (spec.auto_miner != "none"), name
+        loss.backward()
+        assert model.backbone.layers[0][0].weight.grad.abs().sum() > 0, name
