@@ -120,10 +120,20 @@ def name_label(runs: list[dict]) -> str:
     return stems.pop()
 
 
-def labels_of(groups: dict[str, list[dict]], names: bool) -> dict[str, str]:
-    """method key → its label: by run dir names (`names`) or by the config values that tell methods apart."""
+def given_label(runs: list[dict], names: dict[str, str]) -> str:
+    """A method named by the caller (a study's manifest: report run name → method), one name per method."""
+    given = {names.get(r["name"]) for r in runs}
+    if len(given) != 1 or None in given:
+        raise EmbedfmError(f"runs {', '.join(sorted(r['name'] for r in runs))} are not one method of the manifest")
+    return given.pop()
+
+
+def labels_of(groups: dict[str, list[dict]], names: bool | dict[str, str]) -> dict[str, str]:
+    """method key → its label: given (`names` a dict: report run name → method, from a study's manifest), by run dir
+    names (`names` True) or by the config values that tell methods apart."""
     keys = list(groups)
-    labels = {k: name_label(g) if names else method_label(g, keys) for k, g in groups.items()}
+    label = (lambda g: given_label(g, names)) if isinstance(names, dict) else name_label if names else None
+    labels = {k: label(g) if label else method_label(g, keys) for k, g in groups.items()}
     if names and len(set(labels.values())) < len(labels):
         raise EmbedfmError("--names: two methods share a name; name each method's run dirs <method>_s<seed>")
     return labels

@@ -7,15 +7,20 @@ own clock, which leaves the hook's time out. The final weights are then scored w
 augmentation (`--tta-shift` too, 5× the views: too slow to pay at every point) on the validation split and, only
 when asked, once on the test split: the final epoch, never a chosen one.
 
-`scripts/speedrun.py` (the speed recipe's ablation) and `scripts/bench.py --only speedrun` (time to accuracy of
-three recipes side by side) are built on it. `budget_s` stops a run after that many training seconds (a long
-recipe's first minutes, for the time-to-accuracy plot); such a run is marked `stopped` and has no test figure.
+`studies/speedrun.py` (the speed recipe's ablation, one `ablation_line` per run), `scripts/bench.py --only
+speedrun` (time to accuracy of three recipes side by side) and `scripts/probe_recipe.py trajectory` (its `on_check`
+hook scores EMA copies of the weights at the same points) are built on it. `budget_s` stops a run after that many
+training seconds (a long recipe's first minutes, for the time-to-accuracy plot); such a run is marked `stopped` and
+has no test figure.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -71,9 +76,13 @@ def run(
     test: bool = False,
     log=lambda *a, **k: None,
     keep: str | None = None,
+    every_step: Callable[[Step], None] | None = None,
+    on_check: Callable[[Step, object], dict] | None = None,
 ) -> Trajectory:
     """Train `cfg` and return its trajectory. The run goes to a temporary dir, or with `keep` into that run dir
-    (replaced if there), where its final checkpoint stays for re-scoring."""
+    (replaced if there), where its final checkpoint stays for re-scoring. `every_step(step)` runs after every step
+    (e.g. an EMA update), `on_check(step, splits)` at each check, its figures added to the point; both are left out
+    of the training seconds like the validations."""
     data = data or load_fashion_mnist(cfg.data_dir)
     splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     traj = Trajectory()
@@ -82,12 +91,15 @@ def run(
 
     def on_step(s: Step) -> None:
         last["net"], last["epoch"], last["seconds"] = s.net, s.epoch, s.train_seconds
+        if every_step:
+            every_step(s)
         at = {round(s.steps * (i + 1) / checks) - 1 for i in range(checks)}
         if s.step in at:
             point = {
                 "epoch": round(s.epoch + (s.step + 1) / s.steps, 3),
                 "train_s": round(s.train_seconds, 2),
                 "val_acc": accuracy(s.net, splits.val_x, splits.val_y, point_cfg),
+                **(on_check(s, splits) if on_check else {}),
             }
             traj.points.append(point)
             log(point)
@@ -109,3 +121,44 @@ def run(
     if test and not traj.stopped:
         traj.test_acc = accuracy(last["net"], splits.test_x, splits.test_y, cfg)
     return traj
+
+
+def ablation_done(path: Path) -> set[tuple[str, int]]:
+    """(row, seed) of every line of an ablation file: what a resumed ablation skips."""
+    if not path.exists():
+        return set()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["row"], r["seed"]) for r in rows if "row" in r}
+
+
+def ablation_line(path: Path, row: dict, seed: int, cfg: TrainConfig, runs: Path, rescore: str | None = None,
+                  targets: tuple[float, ...] = (), data: FashionMNIST | None = None, log=print) -> dict:  # fmt: skip
+    """One (row, seed) of an ablation (`row`: its "row" name, "change", "on" and "settings"), appended to the
+    JSON-lines file `path` as soon as it ends (the first line records the machine). The run's final checkpoint is
+    kept under runs/<row>_s<seed>. A row that only changes test-time augmentation (`rescore` names the row it
+    re-scores) trains nothing: the final validation accuracy of that row's checkpoint under `cfg`'s test-time
+    augmentation, with its training seconds (time-to-target is not re-measured)."""
+    from embedfm import machine
+    from embedfm.checkpoint import load_model
+
+    data = data or load_fashion_mnist(cfg.data_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine.describe()}) + "\n")
+    name = row["row"]
+    if rescore:
+        model, _ = load_model(runs / f"{rescore}_s{seed}")
+        splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
+        before = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("row") == rescore
+                  and r["seed"] == seed]  # fmt: skip
+        line = {"train_s": before[-1]["train_s"], "val_acc": accuracy(model, splits.val_x, splits.val_y, cfg),
+                "rescored_from": rescore, "time_to": {}, "points": []}  # fmt: skip
+    else:
+        keep = str(runs / f"{name}_s{seed}")
+        traj = run(cfg, data, checks=4, log=lambda p: log(name, seed, json.dumps(p)), keep=keep)
+        line = traj.to_dict(targets)
+    with path.open("a") as f:
+        line = {"row": name, "change": row["change"], "on": row["on"], "seed": seed, "settings": row["settings"],
+                **line}  # fmt: skip
+        f.write(json.dumps(line) + "\n")
+    return line

@@ -38,6 +38,7 @@ from embedfm.config import FIELDS, GROUPS
 from embedfm.errors import EmbedfmError
 from embedfm.floor import per_run_span
 from embedfm.markdown import md_table as table
+from embedfm.study import first_number, verdict
 from embedfm.summarize import summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -944,7 +945,6 @@ def t_speedrun_race(ctx: Ctx) -> str:
 # ---------------------------------------------------------------------------------------------- loss study
 
 # studies whose methods differ in many tuned settings: summarised with `embedfm summarize --names`
-NAMED_STUDIES = {"losses", "unseen", "best"}
 LOSS_COLUMNS = [
     ("method", "method"),
     ("seeds", "seeds"),
@@ -1104,20 +1104,17 @@ def t_losses_diag_epochs(ctx: Ctx) -> str:
 
 
 RELATIVE_TARGET = 0.15  # the loss-comparison question: ≥ 15 % relative fewer focus-group errors than balanced CE
-CONTROL = "ce-balanced"
-
-
-def first_number(cell: str) -> float:
-    """'12.34 ± 0.56' (or '12.34') → 12.34."""
-    return float(cell.split(" ")[0])
+CONTROL, CONTROLS = "ce-balanced", ("ce", "ce-balanced")
 
 
 def unseen_groups(ctx: Ctx) -> dict[tuple[str, str], list[dict]]:
-    """(held-out class, method) → the report entries of study/unseen's runs (dirs <method>-h<class>_s<seed>)."""
+    """(held-out class, method) → the report entries of study/unseen's runs, as its manifest.json names them."""
+    root = ctx.ref / "study" / "unseen"
     groups: dict[tuple[str, str], list[dict]] = {}
-    for rep in sorted((ctx.ref / "study" / "unseen").glob("*_s*/report.json")):
-        method, cls = rep.parent.name.rsplit("_s", 1)[0].rsplit("-h", 1)
-        groups.setdefault((cls, method), []).extend(load(rep)["runs"].values())
+    for r in sorted(load(root / "manifest.json")["runs"], key=lambda r: r["run"]):
+        if (rep := root / r["run"] / "report.json").is_file():
+            cls = ",".join(map(str, r["holdout_classes"]))
+            groups.setdefault((cls, r["method"]), []).extend(load(rep)["runs"].values())
     return groups
 
 
@@ -1134,19 +1131,13 @@ def t_losses_verdict(ctx: Ctx) -> str:
     root, p = study_protocol(ctx, "losses")
     paired = load(root / "paired.json")["comparisons"]
     summary = {r["method"]: r for r in ctx.summary("losses")}
-    metric = [m for m in summary if not m.startswith("ce")]
+    metric = [m for m in summary if m not in CONTROLS]
     vs = {c["method"]: c for c in paired if c["control"] == CONTROL}
-    base = first_number(summary[CONTROL]["focus-group err softmax %"])
     delta = lambda m, fig, scale=100, digits=2: paired_delta(vs[m], fig, scale, digits)
-
-    # relative change in %: the difference (a fraction) in points, over the control's error (in %)
-    rel = {m: 100 * (100 * vs[m]["focus_group_error"]["difference"]) / base for m in metric}
-    meets = [m for m in metric if rel[m] <= -100 * RELATIVE_TARGET and vs[m]["focus_group_error"]["helps"]]
-    best_rel = min(metric, key=lambda m: rel[m])
-    helps = lambda fig: [m for m in metric if vs[m][fig]["helps"]]
-    hurts = lambda fig: [m for m in metric if vs[m][fig]["hurts"]]
-    shirt_only = [m for m in helps("shirt_recall") if not vs[m]["focus_group_error"]["helps"]]
-    best_map = max(metric, key=lambda m: first_number(summary[m]["MAP@R"]))
+    v = verdict(load(root / "paired.json"), list(summary.values()), CONTROL, metric, RELATIVE_TARGET)
+    base, rel, meets, best_rel, best_map = (v[k] for k in ("control_focus_error", "relative", "meets", "largest_cut",
+                                                            "best_map"))  # fmt: skip
+    helps, hurts, shirt_only = v["helps"].__getitem__, v["hurts"].__getitem__, v["shirt_only"]
     names = lambda ms: ", ".join(f"`{m}`" for m in ms) or "**none**"
     epochs = p["final_epochs"]
     sampler = next(c for c in paired if c["method"] == CONTROL and c["control"] == "ce")
@@ -1716,11 +1707,22 @@ def doc_files(root: Path) -> list[Path]:
     return [p for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if p.is_file()]
 
 
+def manifest_runs(study: Path) -> tuple[list[str], dict[str, str] | bool]:
+    """A study's evaluated table runs (name order) and how to label them, from its manifest.json: the manifest's
+    method labels, or False for a study labelled by the settings that tell its methods apart."""
+    from embedfm.study import labels, read_manifest
+
+    m = read_manifest(study)
+    table = [r for r in m["runs"] if r["method"] in m["methods"]]
+    runs = sorted(str(study / r["run"]) for r in table if (study / r["run"] / "report.json").is_file())
+    return runs, labels(runs, table, study) if m["labels"] == "names" else False
+
+
 def regenerate_summaries(ref: Path, into: Path | None) -> dict[str, Path]:
     """Rewrite each study's summary.md / summary.csv from its runs' report.json files (into `into`/<backbone>
     instead when given, leaving the committed ones alone). Returns backbone → dir of the summary to render from."""
     dirs = {}
-    studies = sorted(p for p in (ref / "study").iterdir() if p.is_dir()) if (ref / "study").is_dir() else []
+    studies = sorted(p.parent for p in (ref / "study").glob("*/manifest.json"))
     for study in studies:
         out = study if into is None else into / study.name
         if out != study:  # what summarize reads beside the summary (the saved raw-pixel baseline)
@@ -1728,7 +1730,8 @@ def regenerate_summaries(ref: Path, into: Path | None) -> dict[str, Path]:
             for saved in study.glob("*.json"):
                 shutil.copy2(saved, out / saved.name)
         try:
-            summarize([str(study)], out=str(out), names=study.name in NAMED_STUDIES, log=lambda _text: None)
+            runs, names = manifest_runs(study)
+            summarize(runs, out=str(out), names=names, log=lambda _text: None)
         except EmbedfmError as e:
             raise DocsError(f"summarize {study}: {e}") from None
         dirs[study.name] = out

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 
 import numpy as np
@@ -38,7 +37,7 @@ from embedfm.data import load_fashion_mnist, make_splits
 from embedfm.inference import embed
 from embedfm.models import build_model
 from embedfm.objectives import build_objective
-from embedfm.train import Hooks, Step, compile_model, make_optimizer, train, train_step
+from embedfm.train import Step, compile_model, make_optimizer, train_step
 
 CPU = torch.device("cpu")
 
@@ -49,33 +48,32 @@ def val_acc(model, splits) -> float:
 
 
 def trajectory(a) -> None:
+    """`embedfm.trajectory.run` (the validation points) with EMA copies of the weights updated every step and scored
+    at each check beside the raw weights."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+    from embedfm.trajectory import run
+
     overrides = {k: getattr(a, k) for k in ("lr", "weight_decay") if getattr(a, k) is not None}
-    data = load_fashion_mnist()
     emas: dict[float, AveragedModel] = {}
     decays = [float(s) for s in a.ema.split(",") if s]
     print(json.dumps({"config": {k: v for k, v in vars(a).items() if k != "func"}}), flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(loss=a.loss, seed=a.seed, batch_size=a.batch_size, epochs=a.epochs,
-                          optimizer=a.optimizer, out=tmp, **overrides)  # fmt: skip
-        splits = make_splits(data, cfg.val_size, cfg.limit)
+    def every_step(s: Step) -> None:
+        if not emas:  # BN statistics are averaged too (use_buffers), as timm's ModelEmaV2 does
+            emas.update({d: AveragedModel(s.net, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True)
+                         for d in decays})  # fmt: skip
+        for e in emas.values():
+            e.update_parameters(s.net)
 
-        def on_step(s: Step) -> None:
-            if not emas:  # BN statistics are averaged too (use_buffers), as timm's ModelEmaV2 does
-                emas.update({d: AveragedModel(s.net, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True)
-                             for d in decays})  # fmt: skip
-            for e in emas.values():
-                e.update_parameters(s.net)
-            checks = {round(s.steps * (i + 1) / a.checks_per_epoch) - 1 for i in range(a.checks_per_epoch)}
-            if s.step in checks:
-                row = {"epoch": round(s.epoch + (s.step + 1) / s.steps, 3), "train_s": round(s.train_seconds, 1),
-                       "raw": val_acc(s.net, splits)}  # fmt: skip
-                row.update({f"ema{d}": val_acc(e.module, splits) for d, e in emas.items()})
-                print(json.dumps(row), flush=True)
+    def log(p: dict) -> None:
+        row = {"epoch": p["epoch"], "train_s": round(p["train_s"], 1), "raw": round(p["val_acc"], 4)}
+        print(json.dumps({**row, **{k: v for k, v in p.items() if k.startswith("ema")}}), flush=True)
 
-        train(cfg, data=data, progress=False, log=lambda *a, **k: None, hooks=Hooks(on_step=on_step))
+    cfg = TrainConfig(loss=a.loss, seed=a.seed, batch_size=a.batch_size, epochs=a.epochs, optimizer=a.optimizer,
+                      **overrides)  # fmt: skip
+    run(cfg, load_fashion_mnist(), checks=a.checks_per_epoch, log=log, every_step=every_step,
+        on_check=lambda _s, splits: {f"ema{d}": val_acc(e.module, splits) for d, e in emas.items()})  # fmt: skip
 
 
 def compile_step(a) -> None:

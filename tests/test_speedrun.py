@@ -1,6 +1,7 @@
 """The speed recipe's pieces: --recipe presets, --widths, multi-view test-time augmentation, trajectories."""
 
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,14 @@ def test_unknown_recipe_is_one_line():
 
 
 def test_ablation_rows_add_up_to_the_recipe_and_the_race_runs_it():
-    speedrun, bench = load_script("speedrun"), load_script("bench")
-    rows = speedrun.row_configs()
+    speedrun, bench = runpy.run_path(str(ROOT / "studies" / "speedrun.py")), load_script("bench")
+    rows = [(name, what, speedrun["SETTINGS"][name]) for name, what, _, _ in speedrun["ROWS"]]
     assert rows[0][0] == "demo" and rows[0][2] == {}
     without_name = lambda d: {k: v for k, v in from_dict(with_recipe(d)).to_dict().items() if k != "recipe"}
-    recipe_row = next(settings for name, _, settings in rows if name == speedrun.RECIPE_ROW)
-    assert without_name(recipe_row) == without_name({"recipe": "fast", **speedrun.SHORT})
+    recipe_row = next(settings for name, _, settings in rows if name == speedrun["RECIPE_ROW"])
+    assert without_name(recipe_row) == without_name({"recipe": "fast", **speedrun["SHORT"]})
     race = {name: settings for name, _, settings, _, _ in bench.RACE}
-    assert race["fast"] == {"recipe": "fast"} and race["fast_short"] == {"recipe": "fast", **speedrun.SHORT}
+    assert race["fast"] == {"recipe": "fast"} and race["fast_short"] == {"recipe": "fast", **speedrun["SHORT"]}
     assert race["demo"] == {}
 
 

@@ -1,0 +1,508 @@
+"""Studies as data: a `Study` is a base recipe, methods as config overrides, seeds, held-out classes and the extras
+(ensembles, floor, curve) computed from its runs; this module owns running one and publishing its results.
+
+    python -m embedfm.study run|extras|publish|check studies/NAME.py [--methods A,B] [--seeds 0,1] [--threads N]
+
+A definition file under studies/ builds one `Study` named STUDY. Its stages, each resumable:
+
+- run: every run of the study (`Study.runs`), seed-major, brought to "evaluated" by `commands.ensure_evaluated`
+  under `work` (a run found evaluated is skipped, a started one resumes); a study with a `tune` budget first tunes
+  each method on the validation split and trains from its best_config.json; a study with its own `train` function
+  (the speed run's trajectories) calls that instead.
+- extras: `embedfm ensemble` of the named methods' seeds and `embedfm floor` over every run, into `out` (they read
+  the runs' embeddings, which only `work` has).
+- publish: the evaluated runs copied into `out` (report, history, config: no checkpoints), manifest.json written,
+  then the results rebuilt from the copied run reports alone (`rebuild`): summary.csv/md, paired.json/md, the
+  cross-fitted floor, curve.json.
+- check: `rebuild` into a temp dir from the committed runs, compared byte for byte with the committed results.
+
+manifest.json names every run with its method, seed, held-out classes, run dir and resolved config: the results
+are grouped and labelled from it, never from run-dir names. docs/results/README.md documents the result files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import itertools
+import runpy
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedfm.errors import EmbedfmError
+from embedfm.fileio import atomic_save_figure, atomic_write_json, read_json
+
+MANIFEST = "manifest.json"
+COPIED = ("report.json", "history.json", "config.json")
+STAGES = ("run", "extras", "publish", "check")
+# the files `rebuild` writes, per result (a check compares exactly these)
+RESULTS = {
+    "summary": ("summary.csv", "summary.md"),
+    "paired": ("paired.json", "paired.md"),
+    "crossfit": ("floor/crossfit.json", "floor/crossfit.md"),
+    "curve": ("curve.json",),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a study: what it is (method, seed, held-out classes) and where it lives under out / work."""
+
+    method: str
+    seed: int
+    holdout: tuple[int, ...] = ()
+    dir: str = ""  # relative to the study's out and work dirs
+
+    @property
+    def label(self) -> str:
+        """The method's name in the tables: the method, and its held-out classes where it has some."""
+        return self.method + "".join(f"-h{c}" for c in self.holdout)
+
+
+@dataclass
+class Study:
+    """A study, declared. `methods`: method → train config overrides on top of `base`; `seeds`: of every method
+    unless `only` gives a method its own; `holdout`: (method, held-out classes, seeds) runs instead of
+    methods × seeds; `curve_methods`: methods run like the others but kept under curve/, out of the tables."""
+
+    name: str
+    methods: dict[str, dict]
+    base: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    only: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    holdout: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None
+    curve_methods: dict[str, dict] = field(default_factory=dict)
+    out: str = ""  # published results (default artifacts/reference/study/NAME)
+    work: str = ""  # run dirs with their checkpoints (default artifacts/NAME)
+    labels: str = "names"  # "names": rows are the manifest's methods; "settings": labelled by what differs
+    paired: bool = False
+    ensembles: tuple[str, ...] = ()  # methods whose seeds `extras` ensembles ("best": ranking()'s first)
+    floor: bool = False
+    curve: tuple[tuple[str, str], ...] = ()  # (study out dir, method) whose runs the accuracy-vs-epochs curve reads
+    tune: dict | None = None  # `embedfm tune` budget per method (TuneConfig fields and trial settings)
+    config_file: Callable[[Study, str], str | None] | None = None  # method → the config file its runs start from
+    ranking: Callable[[Study], dict[str, float]] | None = None  # metric methods by a validation figure, best first
+    train: Callable[[Study, Run, dict], None] | None = None  # a run trained otherwise than train + eval
+    after_run: Callable[[Study], None] | None = None  # runs outside the tables (e.g. the loss study's diagnostics)
+    resolve: Callable[[Study, Run], dict] | None = None  # a run's resolved config where its dir records none
+    copied: tuple[str, ...] = COPIED
+    extra_files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # method → further files publish copies
+    protocol: dict | Callable[[Study], dict] | None = None  # written as protocol.json by publish
+    notes: str = ""
+
+    def __post_init__(self):
+        self.out = self.out or f"artifacts/reference/study/{self.name}"
+        self.work = self.work or f"artifacts/{self.name}"
+
+    def runs(self) -> list[Run]:
+        """Every run, seed-major (a study stopped early has every method at its first seeds)."""
+        if self.holdout is not None:
+            plan = [(m, tuple(h), s) for m, h, seeds in self.holdout for s in seeds]
+            plan.sort(key=lambda r: r[2])
+        else:
+            every = {**self.methods, **self.curve_methods}
+            plan = [(m, (), s) for s in sorted({*self.seeds, *itertools.chain(*self.only.values())})
+                    for m in every if s in self.only.get(m, self.seeds)]  # fmt: skip
+        runs = []
+        for m, h, s in plan:
+            name = Run(m, s, h).label + f"_s{s}"
+            runs.append(Run(m, s, h, f"curve/{name}" if m in self.curve_methods else name))
+        return runs
+
+    def settings(self, run: Run) -> dict:
+        """The train config values a run is started with (a config file, where the study has one, comes first)."""
+        cfg = {**self.base, **{**self.methods, **self.curve_methods}[run.method], "seed": run.seed}
+        return {**cfg, "holdout_classes": list(run.holdout)} if run.holdout else cfg
+
+
+def load(path: str | Path) -> Study:
+    """The `STUDY` a definition file builds."""
+    if not Path(path).is_file():
+        raise EmbedfmError(f"{path}: no such study definition (studies/*.py)")
+    study = runpy.run_path(str(path)).get("STUDY")
+    if not isinstance(study, Study):
+        raise EmbedfmError(f"{path}: defines no STUDY = Study(...)")
+    return study
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+def read_manifest(out: str | Path) -> dict:
+    return read_json(Path(out) / MANIFEST, "publish the study (python -m embedfm.study publish studies/NAME.py)")
+
+
+def write_manifest(study: Study, root: Path, stage: str | None = None, machine: dict | None = None) -> dict:
+    """manifest.json in `root`: the study's methods and seeds, every run with its resolved config (its
+    config.json, else its report's), the machine and when each stage last ran (kept from the previous manifest)."""
+    old = read_json(root / MANIFEST) if (root / MANIFEST).is_file() else {}
+    runs = []
+    for r in study.runs():
+        d = root / r.dir
+        if (d / "config.json").is_file():
+            config = read_json(d / "config.json")
+        elif (d / "report.json").is_file():
+            config = next(iter(read_json(d / "report.json")["runs"].values()))["config"]
+        else:
+            config = study.resolve(study, r) if study.resolve else None
+        runs.append({"run": r.dir, "method": r.method, "label": r.label, "seed": r.seed,
+                     "holdout_classes": list(r.holdout), "config": config})  # fmt: skip
+    if machine is None and stage is not None:
+        from embedfm import machine as mach
+
+        machine = mach.describe()
+    manifest = {
+        "study": study.name,
+        "base": study.base,
+        "methods": study.methods,
+        "curve_methods": study.curve_methods,
+        "seeds": list(study.seeds),
+        "labels": study.labels,
+        "runs": runs,
+        "machine": machine if machine is not None else old.get("machine"),
+        "stages": {**old.get("stages", {}), **({stage: now()} if stage else {})},
+        **({"notes": study.notes} if study.notes else {}),
+    }
+    atomic_write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def validation_ranking(study: Study, controls: tuple[str, ...], key: str = "val_knn_acc") -> dict[str, float]:
+    """The study's methods other than `controls` by the mean over their seeds of a final-epoch validation figure,
+    best first (from `work` where the runs are there, else from the published runs): how a study picks "the best
+    metric losses" without reading the test split."""
+    root = Path(study.work) if any(Path(study.work).glob("*_s*/history.json")) else Path(study.out)
+    scores = {}
+    for m in study.methods:
+        if m in controls:
+            continue
+        vals = []
+        for r in (r for r in study.runs() if r.method == m):
+            history = read_json(root / r.dir / "history.json", "run the study first")
+            last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
+            if not isinstance(last.get(key), float):
+                raise EmbedfmError(f"{root / r.dir}/history.json: no final {key}; rerun that run")
+            vals.append(last[key])
+        scores[m] = sum(vals) / len(vals)
+    return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
+
+
+def config_of(study: Study, method: str) -> str | None:
+    return study.config_file(study, method) if study.config_file else None
+
+
+def tune_all(study: Study) -> None:
+    from embedfm.data import load_fashion_mnist
+    from embedfm.tune import TuneConfig, resolve_base, tune
+
+    data = load_fashion_mnist(None)
+    budget = {k: v for k, v in study.tune.items() if k in ("trials", "objective", "pruner", "sampler_seed")}
+    trial = {k: v for k, v in study.tune.items() if k not in budget}
+    for name, settings in study.methods.items():
+        base = resolve_base(None, {**trial, **settings})
+        tune(TuneConfig(base=base, out=str(Path(study.work) / "tune" / name), **budget), data=data, log=say)
+
+
+def run_stage(study: Study, methods: list[str] | None = None, seeds: list[int] | None = None, threads=None) -> None:
+    from embedfm import commands
+
+    if study.tune:
+        tune_all(study)
+    for r in study.runs():
+        if (methods and r.method not in methods) or (seeds is not None and r.seed not in seeds):
+            continue
+        flags = {**study.settings(r), **({"threads": threads} if threads else {})}
+        if study.train:
+            study.train(study, r, flags)
+        else:
+            commands.ensure_evaluated(str(Path(study.work) / r.dir), config_of(study, r.method), flags, say)
+    if study.after_run:
+        study.after_run(study)
+    write_manifest(study, Path(study.work), "run")
+
+
+def evaluated(root: Path, runs: list[Run]) -> list[str]:
+    return [str(root / r.dir) for r in runs if (root / r.dir / "report.json").is_file()]
+
+
+def extras_stage(study: Study) -> None:
+    """Ensembles of the named methods' evaluated seeds and the floor over every evaluated run, into out."""
+    from embedfm.ensemble import ensemble
+    from embedfm.floor import floor
+
+    work, out = Path(study.work), Path(study.out)
+    table = [r for r in study.runs() if r.method in study.methods]
+    for m in study.ensembles:
+        m = next(iter(study.ranking(study))) if m == "best" else m
+        if len(runs := evaluated(work, [r for r in table if r.method == m])) >= 2:
+            ensemble(runs, out=out / f"ensemble_{m}", log=say)
+    if study.floor and len(every := evaluated(work, table)) >= 2:
+        floor(every, out=out / "floor", log=say)
+    write_manifest(study, out, "extras")
+
+
+def copy_runs(study: Study, work: Path, out: Path) -> None:
+    """Every evaluated run of `work` as a committed run dir under `out`: the study's copied files, no checkpoint."""
+    for r in study.runs():
+        if (work / r.dir / "report.json").is_file():
+            (out / r.dir).mkdir(parents=True, exist_ok=True)
+            for f in (*study.copied, *study.extra_files.get(r.method, ())):
+                if (work / r.dir / f).is_file():
+                    shutil.copy2(work / r.dir / f, out / r.dir / f)
+
+
+def publish_stage(study: Study) -> None:
+    work, out = Path(study.work), Path(study.out)
+    if work.is_dir():
+        copy_runs(study, work, out)
+    if study.protocol is not None:
+        protocol = study.protocol(study) if callable(study.protocol) else study.protocol
+        atomic_write_json(out / "protocol.json", protocol)
+    write_manifest(study, out, "publish")
+    rebuild(study, out, out)
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+def rebuild(study: Study, runs_root: Path, dest: Path, log=say) -> list[str]:
+    """Every result of the study from the run reports under `runs_root` (as manifest.json lists them), written into
+    `dest`. Returns the result files written, relative to dest."""
+    from embedfm.floor import crossfit_reports
+    from embedfm.summarize import summarize, summarize_paired
+
+    manifest = read_manifest(runs_root)
+    table = [r for r in manifest["runs"] if r["method"] in manifest["methods"]]
+    # in name order: the order summaries and paired comparisons list methods that tie
+    dirs = sorted(str(runs_root / r["run"]) for r in table if (runs_root / r["run"] / "report.json").is_file())
+    if not dirs:
+        return []
+    names = labels(dirs, table, runs_root) if study.labels == "names" else False
+    quiet = lambda _m: None
+    dest.mkdir(parents=True, exist_ok=True)
+    if (runs_root / "pixels.json").is_file() and runs_root != dest:  # the saved raw-pixel row summarize shows
+        shutil.copy2(runs_root / "pixels.json", dest / "pixels.json")
+    summarize(dirs, out=str(dest), names=names, log=quiet)
+    written = [*RESULTS["summary"]]
+    if study.paired:
+        summarize_paired(dirs, out=str(dest), names=names, log=quiet)
+        written += RESULTS["paired"]
+    if study.floor and len(dirs) >= 2:
+        crossfit_reports(dirs, out=dest / "floor", log=quiet)
+        written += RESULTS["crossfit"]
+    if study.curve:
+        curve([p for root, m in study.curve for p in curve_runs(Path(root), m)], dest)
+        written += RESULTS["curve"]
+    log(f"{study.name}: wrote {', '.join(written)} into {dest}")
+    return written
+
+
+def labels(dirs: list[str], table: list[dict], root: Path) -> dict[str, str]:
+    """report run name → the manifest's method label, for summarize's --names grouping."""
+    by_dir = {str(root / r["run"]): r["label"] for r in table}
+    out = {}
+    for d in dirs:
+        for name in read_json(Path(d) / "report.json")["runs"]:
+            out[name] = by_dir[d]
+    return out
+
+
+def curve_runs(root: Path, method: str) -> list[Path]:
+    """The run dirs of one method of a published study, in its manifest's order (seeds ascending)."""
+    runs = [r for r in read_manifest(root)["runs"] if r["method"] == method]
+    return [root / r["run"] for r in sorted(runs, key=lambda r: r["seed"])]
+
+
+def final_test(run: Path) -> float:
+    """The final epoch's test accuracy (softmax head, the recipe's flip TTA) from a run's report.json."""
+    report = read_json(run / "report.json", "evaluate the run")
+    return float(next(iter(report["runs"].values()))["classifiers"]["softmax"]["accuracy"])
+
+
+def threads_of(run: Path) -> str:
+    """A run's thread setting as its config.json records it ("default": torch's own, the machine's cores)."""
+    threads = read_json(run / "config.json").get("threads")
+    return "default" if threads is None else str(threads)
+
+
+def curve(runs: list[Path], out: Path) -> dict:
+    """The measured points of accuracy against schedule length, nothing fitted: validation accuracy per epoch of
+    every run, then per schedule length the number of runs, the final test accuracy (mean, and sample std where there
+    are two runs or more), the training seconds per epoch grouped by thread setting, and the gain in mean test
+    accuracy from one measured length to the next. Writes curve.json and curve.png into out."""
+    series, by_length = [], {}
+    for run in runs:
+        history = read_json(run / "history.json", "publish the run")
+        epochs, seconds = len(history), float(history[-1]["train_seconds"])
+        s = {"run": str(run), "epochs": epochs, "val_acc": [float(h["val_acc"]) for h in history],
+             "test_acc": final_test(run), "train_seconds": seconds, "seconds_per_epoch": seconds / epochs,
+             "threads": threads_of(run)}  # fmt: skip
+        series.append(s)
+        by_length.setdefault(epochs, []).append(s)
+    lengths = {}
+    for e, ss in sorted(by_length.items()):
+        accs = [s["test_acc"] for s in ss]
+        per_epoch: dict[str, list[float]] = {}
+        for s in ss:
+            per_epoch.setdefault(s["threads"], []).append(s["seconds_per_epoch"])
+        lengths[e] = {
+            "runs": len(ss),
+            "test_acc_mean": statistics.fmean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+            "seconds_per_epoch": {t: {"runs": len(v), "mean": statistics.fmean(v)} for t, v in per_epoch.items()},
+        }
+    gains = [{"from": a, "to": b, "gain": lengths[b]["test_acc_mean"] - lengths[a]["test_acc_mean"]}
+             for a, b in itertools.pairwise(lengths)]  # fmt: skip
+    result = {"series": series, "lengths": lengths, "gains": gains}
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curve(result, out / "curve.png")
+    atomic_write_json(out / "curve.json", result)
+    return result
+
+
+def plot_curve(r: dict, path: Path) -> None:
+    """Left: validation accuracy per epoch of every run; right: final test accuracy of every run against schedule
+    length (log scale), each length's mean marked; measured points only, no line through them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    lengths = {int(e): v for e, v in r["lengths"].items()}
+    palette = {15: "tab:green", 60: "tab:red", 90: "tab:orange", 120: "tab:purple"}  # the same length, the same colour
+    others = {e: palette.get(e, "tab:brown") for e in sorted(lengths) if e != 30}
+    for s in r["series"]:
+        mine = "study/best" in s["run"]
+        colour = others.get(s["epochs"], "tab:blue" if mine else "tab:grey")
+        ax.plot(range(1, s["epochs"] + 1), [100 * v for v in s["val_acc"]], color=colour, lw=1, alpha=0.8)
+        bx.plot([s["epochs"]], [100 * s["test_acc"]], "o", color=colour, ms=5, alpha=0.7)
+    ax.set(xlabel="epoch", ylabel="validation accuracy %", ylim=(88, 96.5))
+    key = ", ".join(f"{c.removeprefix('tab:')}: {e}" for e, c in others.items())
+    ax.set_title(f"validation accuracy per epoch\n30 epochs: blue (best/), grey (study); {key}", fontsize=9)
+    bx.plot(list(lengths), [100 * v["test_acc_mean"] for v in lengths.values()], "k_", ms=18, mew=2, label="mean")
+    for e, v in lengths.items():
+        bx.annotate(f"{v['runs']} run{'s' if v['runs'] > 1 else ''}", (e, 100 * v["test_acc_mean"]),
+                    textcoords="offset points", xytext=(8, -12), fontsize=8)  # fmt: skip
+    bx.set_xscale("log", base=2)
+    ticks = sorted(lengths)
+    bx.set_xticks(ticks, list(map(str, ticks)))
+    bx.set(xlabel="epochs in the schedule (log scale)", ylabel="final test accuracy %")
+    bx.set_xlim(min(ticks) / 1.4, max(ticks) * 1.4)
+    bx.margins(y=0.15)
+    bx.set_title("final test accuracy of each run against schedule length\n(measured points only)", fontsize=9)
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+    bx.legend(fontsize=8, loc="lower right")
+    fig.suptitle("ResNet-20, CE + triplet", fontsize=10)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def check(study: Study, log=say) -> list[str]:
+    """Rebuild the study's results from its committed runs into a temp dir; the committed files that differ."""
+    out = Path(study.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        written = rebuild(study, out, Path(tmp), log=lambda _m: None)
+        differ = [f for f in written if not (out / f).is_file() or not filecmp.cmp(out / f, Path(tmp) / f, False)]
+    for f in written:
+        log(f"{'DIFFERS' if f in differ else 'same'}: {out / f}")
+    return differ
+
+
+# ------------------------------------------------------------------------------------------------ verdicts
+
+
+def first_number(cell: str) -> float:
+    """A summary.csv cell, '12.34 ± 0.56' or '12.34', → 12.34."""
+    return float(cell.split(" ")[0])
+
+
+def verdict(paired: dict, summary: list[dict], control: str, metric: list[str], target: float = 0.15) -> dict:
+    """The loss comparison's questions, answered from paired.json and summary.csv rows: which of the `metric`
+    methods cut the focus-group error by at least `target` relative against `control` *and* earn the paired table's
+    ✓ on it (the Holm-adjusted seed-level test); the largest relative cut; which earn a ✓ (helps) or ✗ (hurts) per
+    figure; which raise shirt recall without a ✓ on the focus-group error; the best mean MAP@R. The relative change
+    is the paired difference (points) over the control's mean focus-group error (%), in %."""
+    vs = {c["method"]: c for c in paired["comparisons"] if c["control"] == control}
+    rows = {r["method"]: r for r in summary}
+    missing = [m for m in [control, *metric] if m not in rows] + [m for m in metric if m not in vs]
+    if missing:
+        raise EmbedfmError(f"no summary row or paired comparison against {control!r} of {missing[0]!r}")
+    base = first_number(rows[control]["focus-group err softmax %"])
+    rel = {m: 100 * (100 * vs[m]["focus_group_error"]["difference"]) / base for m in metric}
+    helps = {f: [m for m in metric if vs[m][f]["helps"]] for f in paired["figures"]}
+    hurts = {f: [m for m in metric if vs[m][f]["hurts"]] for f in paired["figures"]}
+    return {
+        "control": control,
+        "target": target,
+        "control_focus_error": base,
+        "relative": rel,
+        "meets": [m for m in metric if rel[m] <= -100 * target and vs[m]["focus_group_error"]["helps"]],
+        "largest_cut": min(metric, key=lambda m: rel[m]),
+        "helps": helps,
+        "hurts": hurts,
+        "shirt_only": [m for m in helps.get("shirt_recall", []) if m not in helps["focus_group_error"]],
+        "best_map": max(metric, key=lambda m: first_number(rows[m]["MAP@R"])),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="embedfm study", description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("definitions", nargs="+", help="studies/NAME.py")
+    p.add_argument("--methods", default=None, help="run: comma-separated methods (default: every one)")
+    p.add_argument("--seeds", default=None, help="run: comma-separated seeds (default: every one)")
+    p.add_argument("--threads", type=int, default=None, help="run: torch threads of every run")
+    a = p.parse_args(argv)
+    try:
+        differ = []
+        for path in a.definitions:
+            study = load(path)
+            if a.stage == "run":
+                methods = a.methods.split(",") if a.methods else None
+                unknown = set(methods or ()) - {*study.methods, *study.curve_methods}
+                if unknown:
+                    raise EmbedfmError(f"--methods: unknown method {sorted(unknown)[0]!r} of study {study.name}")
+                seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
+                run_stage(study, methods, seeds, a.threads)
+            elif a.stage == "extras":
+                extras_stage(study)
+            elif a.stage == "publish":
+                publish_stage(study)
+            else:
+                differ += [f"{study.out}/{f}" for f in check(study)]
+    except EmbedfmError as e:
+        print(f"embedfm study: error: {e}", file=sys.stderr)
+        return 2
+    if differ:
+        print(f"{len(differ)} result files differ from their rebuild: " + ", ".join(differ), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # the definitions import embedfm.study, not __main__: run that module's main
+    from embedfm.study import main as study_main
+
+    raise SystemExit(study_main())

@@ -1,0 +1,10 @@
+"""The `lenet` backbone's seed baseline (docs/results/study.md): CE against CE + triplet, three seeds, 10 epochs."""
+
+from embedfm.study import Study
+
+STUDY = Study(
+    name="lenet",
+    base={"backbone": "lenet", "epochs": 10},
+    methods={"ce": {"loss": "ce"}, "triplet": {"loss": "triplet"}},
+    labels="settings",
+)
