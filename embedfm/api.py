@@ -11,12 +11,12 @@
 
 A thin layer over the modules the commands use: `inference` runs the network (BN folded, channels-last, bf16 on
 CUDA, flip averaging of the logits where the run was trained with it), `knn.KNNClassifier` classifies, `index`
-loads and checks an index, `data.load_image` makes an image file look like Fashion-MNIST. So `m.predict(test)`
+loads and checks an index, `images.load_image` makes an image file look like Fashion-MNIST. So `m.predict(test)`
 equals `embedfm eval`'s `pred_softmax`, `m.predict(test, classifier="knn")` its `pred_knn`, and `m.search` finds
 what `embedfm search` finds.
 
 Images are given as uint8 arrays (N, 28, 28) (or one (28, 28) image), or as image file paths (one path or a
-list), which are converted like Fashion-MNIST (`data.load_image`: grey, inverted when the background is light,
+list), which are converted like Fashion-MNIST (`images.load_image`: grey, inverted when the background is light,
 cropped, centred, 28 × 28).
 """
 
@@ -75,8 +75,8 @@ def as_images(images) -> np.ndarray:
     """Images as given to the API → uint8 (N, 28, 28).
 
     Accepts a uint8 array (N, 28, 28) or (28, 28) (NumPy, a CPU torch tensor or nested lists), an image file
-    path, or a list of paths (each converted like Fashion-MNIST by `data.load_image`)."""
-    from embedfm.data import load_image
+    path, or a list of paths (each converted like Fashion-MNIST by `images.load_image`)."""
+    from embedfm.images import load_image
 
     if isinstance(images, (str, os.PathLike)):
         images = [images]
@@ -252,7 +252,8 @@ class Model:
         if name not in SPLITS:
             raise EmbedfmError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
         if self._splits is None:
-            from embedfm.data import load_fashion_mnist, make_splits
+            from embedfm.data import load_fashion_mnist
+            from embedfm.sampling import make_splits
 
             data = load_fashion_mnist(self.data_dir or self.config.data_dir)
             if "data" in self._ckpt and self._ckpt["data"] != data.fingerprint():

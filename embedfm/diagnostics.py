@@ -53,8 +53,8 @@ def fixed_batches(labels, cfg: TrainConfig):
     generator of its own. None where the split cannot fill one balanced batch (a tiny --limit)."""
     import torch
 
-    from embedfm.data import balanced_batches
     from embedfm.errors import DataError
+    from embedfm.sampling import balanced_batches
 
     gen = torch.Generator().manual_seed((cfg.seed ^ _SEED) % 2**63)
     try:

@@ -31,3 +31,10 @@ class BusyError(EmbedfmError):
 
 class NonFiniteError(EmbedfmError):
     """Training diverged: a loss, weight, buffer, logit or embedding stopped being a finite number."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception from a library as a short single line, for inside an error message (its own text may span
+    lines or run to kilobytes)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

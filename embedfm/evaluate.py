@@ -22,7 +22,7 @@ import numpy as np
 
 from embedfm import CLASS_NAMES, checkpoint, rundir
 from embedfm.config import from_dict
-from embedfm.data import load_fashion_mnist, make_splits
+from embedfm.data import load_fashion_mnist
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_npz
 from embedfm.gallery import most_confused
@@ -31,6 +31,7 @@ from embedfm.knn import KNNClassifier
 from embedfm.metrics import ap_at_r, classifier_metrics, retrieval_metrics
 from embedfm.report import is_number
 from embedfm.rundir import default_out, run_names
+from embedfm.sampling import make_splits
 from embedfm.unseen import unseen_figures
 
 # ----------------------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ import faiss
 import numpy as np
 
 from embedfm import CLASS_NAMES, rundir
-from embedfm.data import IMAGE_SUFFIXES, load_fashion_mnist, load_image, read_idx
+from embedfm.data import load_fashion_mnist, read_idx
 from embedfm.errors import DataError, EmbedfmError
 from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json, read_npz
+from embedfm.images import IMAGE_SUFFIXES, load_image
 from embedfm.inference import embed_images, load_run_model
 
 INDEX_FILE, CATALOGUE_FILE, META_FILE = "index.faiss", "catalogue.npz", "index.json"

@@ -540,7 +540,7 @@ def add_files(run_dir: str, paths: list[str], index_dir: str | None = None, ids=
         if p.is_dir():
             im, lab, src = folder_catalogue(p)
         else:
-            from embedfm.data import load_image
+            from embedfm.images import load_image
 
             im, lab, src = load_image(p)[None], np.array([-1]), np.array([str(p)])
         images.append(im)

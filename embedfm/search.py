@@ -1,7 +1,7 @@
 """Image search: `embedfm search RUN QUERY...` finds the k nearest catalogue items of each query.
 
 A QUERY is an image file (any size and format PIL reads; made to look like Fashion-MNIST, see
-`data.to_fashion_mnist`) or `test:N`, the N-th test image. The run's model embeds the queries, the
+`images.to_fashion_mnist`) or `test:N`, the N-th test image. The run's model embeds the queries, the
 index built by `embedfm index` answers them; results are printed as a table and drawn as a PNG grid
 (one row per query: the query, then its neighbours nearest first, labels and similarity in titles).
 """
@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from embedfm import CLASS_NAMES
-from embedfm.data import load_fashion_mnist, load_image
+from embedfm.data import load_fashion_mnist
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure
+from embedfm.images import load_image
 from embedfm.inference import embed_images, load_run_model
 from embedfm.live import LiveIndex
 

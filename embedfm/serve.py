@@ -8,7 +8,7 @@
     GET    /docs          the OpenAPI page
 
 Searches and changes go through `live.LiveIndex` (the path `embedfm search` and `Model.search` take), images
-through `data.decode_image` (the decoder of `embedfm search`'s files) and `inference.embed_images`. The service
+through `images.decode_image` (the decoder of `embedfm search`'s files) and `inference.embed_images`. The service
 is the index dir's one writer (its lock, as for runs). Every bad request is a 4xx with one line,
 {"error": "..."}; nothing a client sends stops the service. The limits below are stated in /info and the docs.
 
@@ -71,7 +71,7 @@ class Service:
         self.class_names = CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(map(str, range(10)))
 
     def decode(self, data: bytes, name: str) -> np.ndarray:
-        from embedfm.data import decode_image
+        from embedfm.images import decode_image
 
         return decode_image(data, name, MAX_PIXELS)
 
@@ -150,7 +150,7 @@ def _max_k() -> int:
 
 
 def _status(e: EmbedfmError) -> int:
-    from embedfm.data import ImageTooLarge
+    from embedfm.images import ImageTooLarge
     from embedfm.live import DuplicateItem, UnknownItem
 
     return {UnknownItem: 404, DuplicateItem: 409, ImageTooLarge: 413}.get(type(e), 400)

@@ -167,9 +167,10 @@ def figures(r: dict) -> dict:
 
 def pixel_baseline(data_dir: str | None = None) -> dict:
     """FAISS kNN (k=10, L2) on raw pixels: train split as reference, the test set as queries."""
-    from embedfm.data import load_fashion_mnist, make_splits
+    from embedfm.data import load_fashion_mnist
     from embedfm.knn import KNNClassifier
     from embedfm.metrics import classifier_metrics
+    from embedfm.sampling import make_splits
 
     s = make_splits(load_fashion_mnist(data_dir), TrainConfig().val_size)
     ref = s.train_x.reshape(len(s.train_x), -1).float().numpy() / 255

@@ -40,16 +40,7 @@ from tqdm import tqdm
 
 from embedfm import checkpoint, diagnostics, distributed, rundir
 from embedfm.config import TrainConfig, from_dict
-from embedfm.data import (
-    FashionMNIST,
-    Splits,
-    augment,
-    balanced_batches,
-    load_fashion_mnist,
-    make_splits,
-    shuffled_batches,
-    to_float,
-)
+from embedfm.data import FashionMNIST, load_fashion_mnist, to_float
 from embedfm.errors import EmbedfmError, NonFiniteError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 from embedfm.inference import autocast, embed, select_device
@@ -57,6 +48,7 @@ from embedfm.knn import KNNClassifier
 from embedfm.metrics import focus_group_error
 from embedfm.models import build_model, count_macs, count_params
 from embedfm.objectives import average_loss_grads, build_objective, loss_parameters
+from embedfm.sampling import Splits, augment, balanced_batches, make_splits, shuffled_batches
 
 
 class Step(NamedTuple):

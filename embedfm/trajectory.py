@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from embedfm.config import TrainConfig
-from embedfm.data import FashionMNIST, load_fashion_mnist, make_splits
+from embedfm.data import FashionMNIST, load_fashion_mnist
 from embedfm.inference import embed
+from embedfm.sampling import make_splits
 from embedfm.train import Hooks, Step, train
 
 CPU = torch.device("cpu")

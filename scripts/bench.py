@@ -46,10 +46,11 @@ import torch
 
 from embedfm import machine
 from embedfm.config import TrainConfig
-from embedfm.data import FILES, augment, data_files, find_data_dir, load_fashion_mnist, make_splits, to_float
+from embedfm.data import FILES, data_files, find_data_dir, load_fashion_mnist, to_float
 from embedfm.knn import KNNClassifier, vote
 from embedfm.models import build_model, count_macs
 from embedfm.objectives import build_objective
+from embedfm.sampling import augment, make_splits
 from embedfm.train import make_optimizer, prepare_batch, train_step
 
 ROOT = Path.cwd()  # run from the repository root: paths below (artifacts/...) are relative to it

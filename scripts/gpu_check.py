@@ -37,9 +37,10 @@ import torch
 import embedfm
 from embedfm import checkpoint, knn, machine
 from embedfm.config import TrainConfig
-from embedfm.data import load_fashion_mnist, make_splits
+from embedfm.data import load_fashion_mnist
 from embedfm.errors import EmbedfmError
 from embedfm.inference import embed
+from embedfm.sampling import make_splits
 from embedfm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

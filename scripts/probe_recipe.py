@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from embedfm.config import TrainConfig
-from embedfm.data import load_fashion_mnist, make_splits
+from embedfm.data import load_fashion_mnist
 from embedfm.inference import embed
 from embedfm.models import build_model
 from embedfm.objectives import build_objective
+from embedfm.sampling import make_splits
 from embedfm.train import Step, compile_model, make_optimizer, train_step
 
 CPU = torch.device("cpu")

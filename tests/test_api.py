@@ -66,7 +66,7 @@ def test_docs_examples_run(demo_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_embed_of_file_paths_equals_embed_of_the_loaded_arrays(model, tmp_path):
-    from embedfm.data import load_image
+    from embedfm.images import load_image
     from embedfm.inference import embed_images
 
     images, _ = model.split("test")

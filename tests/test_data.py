@@ -5,19 +5,16 @@ import pytest
 import torch
 from conftest import idx_bytes, make_fake_dataset, write_idx
 
-from embedfm.data import (
-    FILES,
+from embedfm.data import FILES, find_data_dir, load_fashion_mnist, read_idx
+from embedfm.errors import DataError
+from embedfm.sampling import (
     augment,
     balanced_batches,
     class_counts_per_batch,
-    find_data_dir,
-    load_fashion_mnist,
     make_splits,
-    read_idx,
     shuffled_batches,
     stratified_split,
 )
-from embedfm.errors import DataError
 
 
 def test_read_idx_roundtrip(tmp_path):
@@ -114,7 +111,7 @@ def test_augment_identity_and_flip():
 
 
 def test_random_erasing_sets_one_rectangle_per_chosen_image():
-    from embedfm.data import ERASE_AREA, ERASE_FILL, random_erase
+    from embedfm.sampling import ERASE_AREA, ERASE_FILL, random_erase
 
     x = torch.full((2000, 28, 28), 255, dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)

@@ -21,7 +21,8 @@ from PIL import Image
 from embedfm import CLASS_NAMES
 from embedfm.cli import main
 from embedfm.data import FILES, SYSTEM_DIR
-from embedfm.explore import SIDE, THUMB_LADDER, Explore, neighbor_sprite, page_html, png_bytes, sprite, sprite_cols
+from embedfm.explore import Explore
+from embedfm.explore_page import SIDE, THUMB_LADDER, neighbor_sprite, page_html, png_bytes, sprite, sprite_cols
 from embedfm.gallery import confused_pairs, most_confused
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -186,8 +187,9 @@ def explore_runs(tmp_path_factory, request):
 @pytest.mark.slow
 def test_prepare_neighbours_are_the_nearest_training_images(explore_runs):
     from embedfm.checkpoint import load_checkpoint
-    from embedfm.data import load_fashion_mnist, make_splits
+    from embedfm.data import load_fashion_mnist
     from embedfm.explore import _train_split_ids, prepare
+    from embedfm.sampling import make_splits
 
     ce, trip, data_dir = explore_runs
     ex = prepare([str(ce), str(trip)], k=5, max_points=300, log=lambda *_: None)

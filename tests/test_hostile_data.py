@@ -18,8 +18,9 @@ import pytest
 from conftest import idx_bytes, make_fake_dataset, write_idx
 from PIL import Image
 
-from embedfm.data import FILES, MAX_IMAGE_PIXELS, find_data_dir, load_fashion_mnist, load_image, read_idx
+from embedfm.data import FILES, find_data_dir, load_fashion_mnist, read_idx
 from embedfm.errors import DataError
+from embedfm.images import MAX_IMAGE_PIXELS, load_image
 
 N_MUTATIONS = 220  # per format through the single-file reader; the data-set loader adds more per IDX format
 

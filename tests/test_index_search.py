@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from embedfm.cli import main
-from embedfm.data import to_fashion_mnist
+from embedfm.images import to_fashion_mnist
 from embedfm.index import load, make_index, set_search_params
 
 

@@ -8,10 +8,11 @@ import torch
 from conftest import TINY
 
 from embedfm.config import TrainConfig, class_counts
-from embedfm.data import balanced_batches, load_fashion_mnist, make_splits
+from embedfm.data import load_fashion_mnist
 from embedfm.errors import ConfigError
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import retrieval_metrics, retrieval_per_query
+from embedfm.sampling import balanced_batches, make_splits
 from embedfm.unseen import few_shot, unseen_figures
 
 

@@ -1,0 +1,130 @@
+"""Images from outside the data set (search queries, catalogues, uploads) → (28, 28) uint8 like Fashion-MNIST's.
+
+What this module owns: reading and decoding PNG, JPEG, BMP, GIF, WebP and TIFF (only those decoders are let near a
+file), with a pixel limit checked before any pixel is decoded, and converting any image to Fashion-MNIST's format
+(grey, light garment on black, trimmed, longest side 28, centred).
+
+Every image read here may come from a stranger: a bad one is one `DataError` line, never a traceback, a hang or a
+decompression bomb.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from embedfm.errors import DataError, one_line
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Only these decoders are let near a stranger's file: Pillow knows dozens more formats, some with little-used
+# parsers and EPS handing the file to Ghostscript, and a query image has no business being one of them.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+# 40 M pixels is more than any photo a user would search with; a decompression bomb (a few KB that decode
+# to gigabytes) declares far more. Checked on the declared size, before any pixel is decoded.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def _grey(img):
+    """A PIL image, upright per its EXIF orientation, as 8-bit grey ("L").
+
+    16-bit grey (mode I;16, e.g. from TIFF or PNG) is scaled to 8 bits: PIL's own convert clips it at
+    255, which would turn almost every pixel white."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16"):
+        a = np.asarray(img).astype(np.uint32)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))  # round(v / 257)
+    return img.convert("L")
+
+
+def _fit(g) -> np.ndarray:
+    """A grey PIL image → (28, 28) uint8 framed the way Fashion-MNIST's images are."""
+    from PIL import Image, ImageOps
+
+    a = np.asarray(g, dtype=np.uint8)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if border.mean() > 127:  # product photo on white: Fashion-MNIST is negated
+        g = ImageOps.invert(g)
+        a = 255 - a
+    ys, xs = np.nonzero(a > 32)
+    if len(ys):  # trim to the object (the originals were trimmed before resizing)
+        g = g.crop((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    w, h = g.size
+    s = 28 / max(w, h)
+    g = g.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+    canvas = Image.new("L", (28, 28), 0)
+    canvas.paste(g, ((28 - g.size[0]) // 2, (28 - g.size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def to_fashion_mnist(img) -> np.ndarray:
+    """A PIL image of any size and mode → (28, 28) uint8 the way Fashion-MNIST's were made: grey,
+    light garment on a black background (photos on a light background are inverted), trimmed to
+    the garment, longest side resized to 28, centred."""
+    return _fit(_grey(img))
+
+
+class ImageTooLarge(DataError):
+    """An image declares more pixels than the limit it is read under."""
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image file → (28, 28) uint8, or one DataError line (never a traceback, a hang or a bomb)."""
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, not an image file")
+    if not p.exists():  # also a dangling or looping symlink: exists() follows links and says False
+        what = "broken or looping symlink" if p.is_symlink() else "image file not found"
+        raise DataError(f"{p}: {what}")
+    if not p.is_file():  # a FIFO or device would block or never end
+        raise DataError(f"{p}: not a regular file")
+    try:
+        empty = p.stat().st_size == 0
+    except OSError as e:
+        raise DataError(f"{p}: not a readable image ({type(e).__name__}: {one_line(e)})") from None
+    if empty:
+        raise DataError(f"{p}: empty file, not an image")
+    return decode_image(p, str(p), max_pixels)
+
+
+def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file's path, or its bytes (an upload), → (28, 28) uint8, or one DataError line naming `name`.
+
+    The one decoder of outside images (`load_image`, `embedfm serve`): only IMAGE_FORMATS, the declared size
+    checked against `max_pixels` before any pixel is decoded."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise DataError(f"{name}: empty file, not an image")
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            # PIL's notes on odd files (corrupt EXIF, unknown TIFF tags) would print source lines around
+            # a usable result; its bomb warning (between its own limit and twice that) is no stop, so make it one
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source, formats=IMAGE_FORMATS) as img:
+                w, h = img.size
+                if w * h == 0:
+                    raise DataError(f"{name}: image of {w}x{h} pixels has no pixels")
+                if w * h > max_pixels:
+                    raise ImageTooLarge(f"{name}: image of {w}x{h} pixels is over the {max_pixels:,}-pixel limit")
+                img.load()
+                grey = _grey(img)
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image embedfm reads ({', '.join(IMAGE_FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{name}: image too large ({one_line(e)})") from None
+    except Exception as e:  # a corrupt file raises whatever PIL's decoder hits (OSError, SyntaxError,
+        # ValueError, struct.error, ...); only decoding and mode conversion are in this block, not our geometry
+        raise DataError(f"{name}: not a readable image ({type(e).__name__}: {one_line(e)})") from None
+    return _fit(grey)
