@@ -63,12 +63,13 @@ def load(run_dir: str | os.PathLike, device=None, data_dir: str | os.PathLike | 
     the Fashion-MNIST files are, for `split` and for the kNN references when the run has no `embeddings.npz`
     (default: where the run was trained). A bad run fails with one `EmbedfmError` line.
     """
-    from embedfm.inference import load_run_model, select_device
+    from embedfm.inference import select_device
+    from embedfm.run import Run
 
     if device is None or (isinstance(device, str) and device in ("auto", "cuda")):
         device = select_device(device or "auto")
-    network, ckpt = load_run_model(run_dir, device)
-    return Model(network, ckpt, run_dir, data_dir=data_dir)
+    run = Run.open(run_dir)
+    return Model(run.model(device), run, data_dir=data_dir)
 
 
 def as_images(images) -> np.ndarray:
@@ -100,23 +101,17 @@ def as_images(images) -> np.ndarray:
 class Model:
     """A trained run's network with the run's settings; made by `embedfm.load`.
 
-    Attributes: `run_dir`, `config` (the run's `TrainConfig`), `class_names` (C,), `embedding_dim` (D),
-    `num_classes` (C), `device`, `network` (the torch module, eval mode)."""
+    Attributes: `run_dir`, `run` (its `run.Run`), `config` (the run's `TrainConfig`), `class_names` (C,),
+    `embedding_dim` (D), `num_classes` (C), `device`, `network` (the torch module, eval mode)."""
 
-    def __init__(self, network, ckpt: dict, run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None):
-        from embedfm.config import from_dict
-
-        p = Path(run_dir)
-        self.run_dir = p.parent if p.is_file() else p
+    def __init__(self, network, run, data_dir: str | os.PathLike | None = None):
+        self.run = run
+        self.run_dir = run.dir
         self.network = network
         self.device = next(network.parameters()).device
-        self._ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng")}  # no weights twice
-        try:
-            self.config = from_dict(ckpt["config"], source=f"{self.run_dir}/{rundir.CHECKPOINT}")
-        except EmbedfmError as e:
-            raise EmbedfmError(f"{self.run_dir}: checkpoint holds an incompatible config ({e})") from None
-        self.embedding_dim = int(ckpt["model_args"].get("embedding_dim", 64))
-        self.num_classes = int(ckpt["model_args"].get("num_classes", 10))
+        self.config = run.config
+        self.embedding_dim = run.embedding_dim
+        self.num_classes = run.num_classes
         self.class_names = (
             CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(map(str, range(self.num_classes)))
         )
@@ -227,17 +222,15 @@ class Model:
         return self._reference
 
     def _saved_reference(self) -> tuple[np.ndarray, np.ndarray] | None:
-        from embedfm.checkpoint import checkpoint_path
-
         path = self.run_dir / rundir.EMBEDDINGS
         try:
-            if path.stat().st_mtime < checkpoint_path(self.run_dir).stat().st_mtime:
+            if path.stat().st_mtime < self.run.path.stat().st_mtime:
                 return None  # evaluated before the checkpoint changed: stale
             with np.load(path, allow_pickle=False) as z:
                 emb, labels = z["train_embeddings"], z["train_labels"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, EmbedfmError):
             return None
-        n_train = self._ckpt.get("splits", {}).get("n_train", len(emb))
+        n_train = self.run.splits.get("n_train", len(emb))
         if emb.ndim != 2 or emb.shape != (n_train, self.embedding_dim) or labels.shape != (n_train,):
             return None
         return emb.astype(np.float32), labels.astype(np.int64)
@@ -256,8 +249,7 @@ class Model:
             from embedfm.sampling import make_splits
 
             data = load_fashion_mnist(self.data_dir or self.config.data_dir)
-            if "data" in self._ckpt and self._ckpt["data"] != data.fingerprint():
-                raise EmbedfmError(f"{self.run_dir}: trained on different data than {data.source} holds")
+            self.run.check_data(data)
             self._splits = make_splits(
                 data, self.config.val_size, self.config.limit, holdout=self.config.holdout_classes
             )

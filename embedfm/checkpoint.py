@@ -106,6 +106,27 @@ def checkpoint_path(run_dir: str | Path) -> Path:
     raise CheckpointError(f"{p}: no checkpoint ({CHECKPOINT}) in this run dir; train it first")
 
 
+def read_meta(run_dir: str | Path) -> dict:
+    """The checkpoint's JSON document alone (config, model_args, epoch, history, data fingerprint, splits), read from
+    the safetensors header without the tensors: what describing a run needs (`run.Run`). Checked as `load_checkpoint`
+    checks it; damage to the tensors shows when they are loaded."""
+    p = checkpoint_path(run_dir)
+    try:
+        with p.open("rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            # a hostile length must not become an allocation: it is bounded by the file and by safetensors' own limit
+            if len(head) < 8 or not 0 < n <= min(p.stat().st_size - 8, HEADER_LIMIT):
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        meta = json.loads((header.get("__metadata__") or {}).get(META_KEY, "null"))
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{p}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
+    return _checked_meta(meta, p)
+
+
 def load_checkpoint(run_dir: str | Path) -> dict:
     """Load a run's checkpoint into the dict `save_checkpoint` was given, with one clear line for each way it
     can be unusable: missing, old format, truncated or corrupt, newer than this embedfm, or missing keys."""
@@ -120,6 +141,23 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise CheckpointError(f"{p}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
         raise CheckpointError(f"{p}: corrupt or unreadable checkpoint ({type(e).__name__})") from None
+    ckpt = dict(_checked_meta(meta, p))
+    ckpt["model"] = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        if "optimizer" in meta:
+            ckpt["optimizer"] = _join_optimizer(tensors, meta["optimizer"])
+        if "rng" in meta:
+            ckpt["rng"] = _join_rng(tensors, meta["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise CheckpointError(f"{p}: checkpoint's training state is malformed ({_first_line(e)})") from None
+    return ckpt
+
+
+HEADER_LIMIT = 100_000_000  # bytes: the largest safetensors header safetensors itself reads
+
+
+def _checked_meta(meta, p: Path) -> dict:
+    """The checkpoint's JSON document, or one line: not embedfm's, a format newer than this embedfm, keys missing."""
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise CheckpointError(f"{p}: not an embedfm checkpoint")
     version = meta["format_version"]
@@ -132,16 +170,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     for key, kind in (("model_args", dict), ("config", dict)):
         if not isinstance(meta.get(key), kind):
             raise CheckpointError(f"{p}: checkpoint lacks {key!r}")
-    ckpt = dict(meta)
-    ckpt["model"] = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    try:
-        if "optimizer" in meta:
-            ckpt["optimizer"] = _join_optimizer(tensors, meta["optimizer"])
-        if "rng" in meta:
-            ckpt["rng"] = _join_rng(tensors, meta["rng"])
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-        raise CheckpointError(f"{p}: checkpoint's training state is malformed ({_first_line(e)})") from None
-    return ckpt
+    return meta
 
 
 def _metadata(raw: bytes) -> dict:
@@ -173,13 +202,12 @@ def _first_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the network from the checkpoint alone; returns (model in eval mode, checkpoint)."""
+def model_args(meta: dict, where: str | Path) -> dict:
+    """The checkpoint's arguments of `models.build_model`, checked (a known backbone, sizes in range, only
+    --widths as backbone arguments) and ready to pass; one line if they are not."""
     from embedfm.config import BACKBONES
-    from embedfm.models import build_model
 
-    ckpt = load_checkpoint(run_dir)
-    args = ckpt["model_args"]
+    args = meta["model_args"]
     try:
         if args.get("backbone") not in BACKBONES or set(args) - {
             "backbone",
@@ -199,13 +227,30 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
                 raise ValueError(f"unknown backbone arguments {args['backbone_kwargs']}")
             args = {**args, "backbone_kwargs": {"widths": tuple(widths)}}
         sizes = [args.get(k, 10) for k in ("embedding_dim", "num_classes")]
-        if not all(isinstance(n, int) and 2 <= n <= 4096 for n in sizes):
+        if not all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 4096 for n in sizes):
             raise ValueError(f"model sizes out of range: {args}")
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: checkpoint does not match its model config ({_first_line(e)})") from None
+    return args
+
+
+def build_network(ckpt: dict, where: str | Path, device: str | torch.device = "cpu"):
+    """The network of a loaded checkpoint, its weights in, in eval mode on `device`; one line if they do not fit."""
+    from embedfm.models import build_model
+
+    args = model_args(ckpt, where)
+    try:
         model = build_model(**args)
         model.load_state_dict(ckpt["model"])
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir}: checkpoint does not match its model config ({_first_line(e)})") from None
-    return model.to(device).eval(), ckpt
+        raise CheckpointError(f"{where}: checkpoint does not match its model config ({_first_line(e)})") from None
+    return model.to(device).eval()
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the network from the checkpoint alone; returns (model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(run_dir)
+    return build_network(ckpt, run_dir, device), ckpt
 
 
 # ----------------------------------------------------------------------------------------------

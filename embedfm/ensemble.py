@@ -23,6 +23,7 @@ from embedfm import rundir
 from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_json, atomic_write_text
+from embedfm.run import EvaluatedRuns
 
 KEYS = ("test_probs", "train_embeddings", "test_embeddings")
 
@@ -37,18 +38,14 @@ def concatenated(runs: list[dict], split: str) -> np.ndarray:
 
 
 def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, log=print) -> dict:
-    from embedfm.evaluate import read_embeddings
     from embedfm.floor import focus_of
     from embedfm.knn import KNNClassifier
     from embedfm.metrics import classifier_metrics, retrieval_metrics
 
     if len(run_dirs) < 2:
         raise EmbedfmError("an ensemble needs at least 2 evaluated runs")
-    runs = [read_embeddings(r, KEYS) for r in run_dirs]
+    runs = EvaluatedRuns.open(run_dirs, KEYS, references=True).arrays  # the same data, test and train images
     labels, train_labels = runs[0]["test_labels"], runs[0]["train_labels"]
-    for name, r in zip(run_dirs[1:], runs[1:]):
-        if not (np.array_equal(r["test_labels"], labels) and np.array_equal(r["train_labels"], train_labels)):
-            raise EmbedfmError(f"{name} was evaluated on other images than {run_dirs[0]}: rerun `embedfm eval`")
     focus = focus_of(run_dirs[0])
 
     softmax = np.mean([r["test_probs"] for r in runs], axis=0).argmax(1)

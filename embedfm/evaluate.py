@@ -14,14 +14,12 @@ Outputs: `report.json`, `report.md`, confusion PNGs in the report dir; `embeddin
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from embedfm import CLASS_NAMES, checkpoint, rundir
-from embedfm.config import from_dict
+from embedfm import CLASS_NAMES, rundir
 from embedfm.data import load_fashion_mnist
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_npz
@@ -29,7 +27,7 @@ from embedfm.gallery import most_confused
 from embedfm.inference import embed, select_device
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import ap_at_r, classifier_metrics, retrieval_metrics
-from embedfm.report import is_number
+from embedfm.run import Run, check_same_data, read_embeddings  # noqa: F401 — read_embeddings: evaluate's reader
 from embedfm.rundir import default_out, run_names
 from embedfm.sampling import make_splits
 from embedfm.unseen import unseen_figures
@@ -45,27 +43,18 @@ def evaluate_run(
     metric: str = "cosine",
     focus: tuple[int, ...] | None = None,
     progress: bool = True,
+    run: Run | None = None,
 ) -> tuple[dict, dict]:
-    """Evaluate one run. Returns (report entry, arrays for embeddings.npz)."""
-    model, ckpt = checkpoint.load_model(run_dir)
-    try:
-        cfg = from_dict(ckpt["config"], source=f"{run_dir}/{rundir.CHECKPOINT}")
-    except EmbedfmError as e:
-        raise EmbedfmError(f"{run_dir}: checkpoint holds an incompatible config ({e})") from None
-    history = ckpt.get("history", [])
-    last = history[-1] if isinstance(history, list) and history else {}
-    if not (
-        isinstance(history, list)
-        and all(isinstance(h, dict) for h in history)
-        and (last.get("train_seconds") is None or is_number(last["train_seconds"]))
-    ):
-        raise EmbedfmError(f"{run_dir}: checkpoint's history is malformed (not a list of epochs with figures)")
+    """Evaluate one run (`run`: the run dir's `Run` where it is already open). Returns (report entry, arrays for
+    embeddings.npz)."""
+    run = run or Run.open(run_dir)
+    cfg, history = run.config, run.history
+    last = history[-1] if history else {}
     focus = tuple(focus or cfg.focus_classes)
     device = select_device("auto")
-    model.to(device)
+    model = run.model(device)
     data = data or load_fashion_mnist(cfg.data_dir)
-    if "data" in ckpt and ckpt["data"] != data.fingerprint():
-        raise EmbedfmError(f"{run_dir}: trained on different data than {data.source} holds; cannot evaluate it here")
+    run.check_data(data)
     splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     if k > len(splits.train_y):
         raise EmbedfmError(f"k={k} is larger than the number of reference embeddings ({len(splits.train_y)})")
@@ -102,7 +91,7 @@ def evaluate_run(
         "embedding_dim": cfg.embedding_dim,
         "epochs": len(history),
         "train_seconds": last.get("train_seconds"),
-        "complete": rundir.is_done(run_dir),
+        "complete": rundir.is_done(run.dir),
         "config": cfg.to_dict(),
         "classifiers": classifiers,
         "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
@@ -143,36 +132,6 @@ def save_embeddings(run_dir: str | Path, arrays: dict) -> None:
     atomic_save_npz(Path(run_dir) / rundir.EMBEDDINGS, arrays)
 
 
-def read_embeddings(run_dir: str | Path, keys: tuple[str, ...]) -> dict:
-    """The named arrays of a run's embeddings.npz (`fileio.read_npz`: no pickles, sizes checked before
-    allocating), each checked against what `evaluate_run` writes: labels and predictions (N,) class ids,
-    embeddings (N, D) finite with one D for train and test, test_probs (N, 10) finite. One line if not."""
-    from embedfm.fileio import read_npz
-
-    path = Path(run_dir) / rundir.EMBEDDINGS
-    rerun = f"rerun `embedfm eval {run_dir}`"
-    a = read_npz(path, ("test_labels", "train_labels", *keys), rerun, what="embeddings file")
-    if any(v.ndim == 0 for v in a.values()):
-        raise EmbedfmError(f"{path}: arrays of the wrong shapes, types or values; {rerun}")
-    n = {"test": len(a["test_labels"]), "train": len(a["train_labels"])}
-    C = len(CLASS_NAMES)
-    ids = lambda v, rows: v.shape == (rows,) and v.dtype.kind in "iu" and ((v >= 0) & (v < C)).all()
-    ok = ids(a["test_labels"], n["test"]) and ids(a["train_labels"], n["train"])
-    dims = set()
-    for key, v in a.items():
-        split = "train" if key.startswith("train_") else "test"
-        if key.startswith("pred_"):
-            ok = ok and ids(v, n["test"])
-        elif key.endswith("_embeddings"):
-            ok = ok and v.ndim == 2 and len(v) == n[split] and v.dtype.kind == "f" and bool(np.isfinite(v).all())
-            dims.add(v.shape[-1] if v.ndim == 2 else None)
-        elif key == "test_probs":
-            ok = ok and v.shape == (n["test"], C) and v.dtype.kind == "f" and bool(np.isfinite(v).all())
-    if not ok or len(dims) > 1:
-        raise EmbedfmError(f"{path}: arrays of the wrong shapes, types or values; {rerun}")
-    return a
-
-
 def evaluate(
     run_dirs: list[str],
     out: str | Path | None = None,
@@ -188,19 +147,16 @@ def evaluate(
 
     names = run_names(run_dirs)
     # fail on a bad run dir, or runs that cannot be compared, before spending minutes on the others
-    fingerprints = {
-        name: json.dumps(checkpoint.load_checkpoint(r).get("data"), sort_keys=True) for name, r in zip(names, run_dirs)
-    }
-    if len(set(fingerprints.values())) > 1:
-        raise EmbedfmError(
-            "these runs were trained on different data and cannot be compared: " + ", ".join(fingerprints)
-        )
+    opened = [Run.open(r) for r in run_dirs]
+    for run in opened:
+        run.verify()
+    check_same_data(opened, names)
     out = Path(out) if out else default_out(run_dirs)
     with rundir.lock(out, "eval", log):  # one writer per report dir
         data = load_fashion_mnist(data_dir) if data_dir else None
         runs, preds = {}, {}
-        for name, r in zip(names, run_dirs):
-            entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress)
+        for name, r, run in zip(names, run_dirs, opened):
+            entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress, run=run)
             save_embeddings(r, arrays)
             runs[name], preds[name], labels = entry, arrays["pred_knn"], arrays["test_labels"]
             sm, kn = entry["classifiers"]["softmax"], entry["classifiers"]["knn"]
@@ -212,10 +168,10 @@ def evaluate(
                 f"focus-group error {sm['focus_group_error']:.4f} / {kn['focus_group_error']:.4f}, "
                 f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)"
             )
-        focus_used = tuple(focus or next(iter(runs.values()))["config"]["focus_classes"])
+        focus_used = tuple(focus or opened[0].config.focus_classes)
         report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
         # the faces behind the focus-class confusions: the test images of each confusion, run by run
-        data = data or load_fashion_mnist(next(iter(runs.values()))["config"]["data_dir"])
+        data = data or load_fashion_mnist(opened[0].config.data_dir)
         most_confused(data.test_images.numpy(), labels, preds, focus_used, out / "most_confused.png")
         write_report(report, out)
     log(f"report: {out / 'report.md'}")

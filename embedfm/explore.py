@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from embedfm import CLASS_NAMES, checkpoint, rundir
+from embedfm import CLASS_NAMES, rundir
 from embedfm.errors import EmbedfmError
 from embedfm.explore_page import page_html
 from embedfm.fileio import atomic_write_text
+from embedfm.run import Run, check_comparable, read_embeddings
 
 NEIGHBORS = 10  # training neighbours shown per run
 CLASSIFIERS = ("knn", "softmax", "knn_flip")  # the predictions in embeddings.npz (`pred_<name>`)
@@ -83,8 +84,6 @@ def _train_split_ids(data, cfg: dict) -> np.ndarray:
 
 
 def _read_npz(run_dir: str | Path, classifier: str) -> dict:
-    from embedfm.evaluate import read_embeddings
-
     try:
         return read_embeddings(run_dir, ("train_embeddings", "test_embeddings", f"pred_{classifier}"))
     except EmbedfmError as e:
@@ -118,18 +117,14 @@ def prepare(
     names = rundir.run_names(run_dirs)
     configs = [load_test_embeddings(r)[2] for r in run_dirs]  # computes embeddings.npz where missing
     arrays = [_read_npz(r, classifier) for r in run_dirs]
+    check_comparable(run_dirs, [a["test_labels"] for a in arrays])
     labels = arrays[0]["test_labels"].astype(np.int64)
-    for name, a in zip(names[1:], arrays[1:]):
-        if not np.array_equal(a["test_labels"], labels):
-            raise EmbedfmError(f"{names[0]} and {name} were evaluated on different test sets; rerun `embedfm eval`")
     focus = tuple(focus or configs[0]["focus_classes"])
     if not all(0 <= c < len(CLASS_NAMES) for c in focus):
         raise EmbedfmError(f"focus classes must be class ids 0-{len(CLASS_NAMES) - 1}, got {list(focus)}")
     data = load_fashion_mnist(data_dir or configs[0]["data_dir"])
-    for name, r in zip(names, run_dirs):
-        trained_on = checkpoint.load_checkpoint(r).get("data")
-        if trained_on is not None and trained_on != data.fingerprint():
-            raise EmbedfmError(f"{name}: trained on different data than {data.source} holds; pass --data-dir")
+    for r in run_dirs:
+        Run.open(r).check_data(data)
     if len(data.test_labels) != len(labels) or not np.array_equal(data.test_labels.numpy(), labels):
         raise EmbedfmError(f"{data.source}: test labels differ from {names[0]}'s embeddings.npz; pass --data-dir")
 

@@ -49,22 +49,27 @@ from embedfm import CLASS_NAMES, rundir
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
 from embedfm.report import is_number
+from embedfm.run import EvaluatedRuns, check_comparable
 
 GALLERY = 64
 KEYS = ("test_labels", "test_probs", "pred_softmax", "train_embeddings", "train_labels")
 
 
-def read_run(run_dir: str | Path) -> dict:
-    """A run's arrays (KEYS, checked by `evaluate.read_embeddings`) and its final validation accuracy."""
-    from embedfm.evaluate import read_embeddings
-
+def read_runs(run_dirs: list[str]) -> list[dict]:
+    """The runs' arrays (KEYS, checked by `run.read_embeddings`; the runs checked to be comparable by
+    `run.EvaluatedRuns`), each with its final validation accuracy and name."""
     try:
-        a = read_embeddings(run_dir, KEYS)
+        evaluated = EvaluatedRuns.open(run_dirs, KEYS)
     except EmbedfmError as e:
         if "lacks test_probs" in str(e):
             raise EmbedfmError(f"{e} (eval saves the test probabilities since 2026-11-27)") from None
         raise
-    return {**a, "val_acc": final_val_acc(run_dir), "name": Path(run_dir).name}
+    return [{**a, "val_acc": final_val_acc(r), "name": Path(r).name} for r, a in zip(run_dirs, evaluated.arrays)]
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """One run's arrays (KEYS) with its final validation accuracy and name."""
+    return read_runs([run_dir])[0]
 
 
 def final_val_acc(run_dir: str | Path) -> float:
@@ -262,9 +267,8 @@ def crossfit_reports(run_dirs: list[str], out: str | Path | None = None, log=pri
     if len(run_dirs) < 2:
         raise EmbedfmError("embedfm floor needs at least 2 evaluated runs (one in each half of the cross-fit)")
     read = [report_predictions(r) for r in run_dirs]
+    check_comparable(run_dirs, [y for y, _ in read])
     labels = read[0][0]
-    if any(not np.array_equal(y, labels) for y, _ in read):
-        raise EmbedfmError("these runs were evaluated on different test images and cannot be compared")
     focus = focus_of(run_dirs[0])
     names = [Path(r).name for r in run_dirs]
     result = crossfit(labels, np.stack([p for _, p in read]), names, focus, [final_val_acc(r) for r in run_dirs])
@@ -317,10 +321,8 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
         raise EmbedfmError("embedfm floor needs at least 2 evaluated runs (errors shared by every run)")
     if k < 1:
         raise EmbedfmError(f"--k must be at least 1, got {k}")
-    runs = [read_run(r) for r in run_dirs]
+    runs = read_runs(run_dirs)
     labels = runs[0]["test_labels"]
-    if any(not np.array_equal(r["test_labels"], labels) for r in runs):
-        raise EmbedfmError("these runs were evaluated on different test images and cannot be compared")
     focus = focus_of(run_dirs[0])
     preds = np.stack([r["pred_softmax"] for r in runs])
     probs_each = np.stack([r["test_probs"] for r in runs])

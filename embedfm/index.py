@@ -32,7 +32,8 @@ from embedfm.data import load_fashion_mnist, read_idx
 from embedfm.errors import DataError, EmbedfmError
 from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json, read_npz
 from embedfm.images import IMAGE_SUFFIXES, load_image
-from embedfm.inference import embed_images, load_run_model
+from embedfm.inference import embed_images, select_device
+from embedfm.run import Run
 
 INDEX_FILE, CATALOGUE_FILE, META_FILE = "index.faiss", "catalogue.npz", "index.json"
 # the files of one state of an index dir, as index.json names them (never a path: a hostile index.json cannot point
@@ -176,10 +177,11 @@ def build(
     log=print,
 ) -> dict:
     """Embed `catalogue` with the run's model, build the index, save it. Returns index.json's dict."""
-    model, ckpt = load_run_model(run_dir)  # a bad run or index type fails before minutes of embedding
+    run = Run.open(run_dir)  # a bad run or index type fails before minutes of embedding
+    model = run.model(select_device("auto"))
     out = Path(out) if out else Path(run_dir) / "index"
     images, labels, sources = catalogue_from(catalogue, data_dir, labels_file)
-    empty_index(factory, ckpt["model_args"]["embedding_dim"], len(images))
+    empty_index(factory, run.embedding_dim, len(images))
     t0 = time.perf_counter()
     emb = embed_images(model, images, progress, desc="embed catalogue")  # (N, D)
     t_embed = time.perf_counter() - t0

@@ -532,9 +532,10 @@ def add_files(run_dir: str, paths: list[str], index_dir: str | None = None, ids=
     """Embed image files (a folder: its images, labels from sub-folder names) with the run's model and add them.
     ids: one per image (default: after the largest id there is). Returns the ids added."""
     from embedfm.index import folder_catalogue
-    from embedfm.inference import embed_images, load_run_model
+    from embedfm.inference import embed_images, select_device
+    from embedfm.run import Run
 
-    network, _ = load_run_model(run_dir)
+    network = Run.open(run_dir).model(select_device("auto"))
     images, labels, sources = [], [], []
     for p in map(Path, paths):
         if p.is_dir():

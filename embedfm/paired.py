@@ -44,6 +44,7 @@ import numpy as np
 
 from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
+from embedfm.run import check_same_images
 
 FIGURES = ("accuracy", "focus_group_error", "shirt_recall", "map_at_r")
 LOWER_IS_BETTER = {"focus_group_error"}
@@ -62,6 +63,7 @@ class Scored:
     den: np.ndarray  # (N, len(FIGURES))
     focus_wrong: np.ndarray  # (N,) bool: a focus-class image called another focus class (a focus-group error)
     val: dict = field(default_factory=dict)  # final-epoch validation figures (VAL_FIGURES' keys), where known
+    labels: np.ndarray | None = None  # (N,) the test labels in image order, to check that runs compared share them
 
 
 def decode(digits: str, where: str) -> np.ndarray:
@@ -91,7 +93,7 @@ def score(run: dict, classifier: str, focus: tuple[int, ...], where: str) -> Sco
     val = run.get("val") if isinstance(run.get("val"), dict) else {}
     val = {k: float(val[k]) for k in VAL_FIGURES.values() if isinstance(val.get(k), (int, float)) and
            math.isfinite(val[k])}  # fmt: skip
-    return Scored(int(run.get("seed", 0)), num, den, wrong_within, val)
+    return Scored(int(run.get("seed", 0)), num, den, wrong_within, val, y)
 
 
 def sign_flip_p(b: int, c: int) -> float:
@@ -184,8 +186,10 @@ def t_interval(
 def compare(method: list[Scored], control: list[Scored], draws: int = 2000, seed: int = 0) -> dict:
     """The paired statistics of `method` against `control` (lists of seeds' scored runs on the same images), before
     any correction for multiple comparisons (`adjust` adds it)."""
-    if {s.num.shape[0] for s in method + control} != {method[0].num.shape[0]}:
-        raise EmbedfmError("the runs were evaluated on different numbers of test images: not a paired comparison")
+    runs = method + control
+    # where a run's labels are not known, its number of images stands in for them (-1 each)
+    names = [f"the method's seed {s.seed}" for s in method] + [f"the control's seed {s.seed}" for s in control]
+    check_same_images(names, [s.labels if s.labels is not None else np.full(len(s.num), -1) for s in runs])
     by_seed = {s.seed: s for s in control}
     pairs = [(m, by_seed[m.seed]) for m in method if m.seed in by_seed]
     if not pairs:

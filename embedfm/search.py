@@ -19,8 +19,9 @@ from embedfm.data import load_fashion_mnist
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure
 from embedfm.images import load_image
-from embedfm.inference import embed_images, load_run_model
+from embedfm.inference import embed_images, select_device
 from embedfm.live import LiveIndex
+from embedfm.run import Run
 
 TEST_QUERY = re.compile(r"^test:(\d+)$")
 
@@ -64,7 +65,7 @@ def search(
     log=print,
 ) -> list[dict]:
     """Search each query; print a table, write the grid PNG. Returns one dict per query."""
-    model, _ = load_run_model(run_dir)  # a bad run fails before the index is read
+    model = Run.open(run_dir).model(select_device("auto"))  # a bad run fails before the index is read
     live = LiveIndex.open(index_dir or Path(run_dir) / "index")  # the build plus what was added and removed since
     if k < 1 or k > live.size:
         raise EmbedfmError(f"--k must be in 1..{live.size} (catalogue size), got {k}")

@@ -65,9 +65,9 @@ def check_token(host: str, token: str | None) -> str | None:
 class Service:
     """A run's model and a writable live index: what the endpoints call."""
 
-    def __init__(self, run_dir: str, network, ckpt: dict, live, token: str | None):
-        self.run_dir, self.network, self.ckpt, self.live, self.token = run_dir, network, ckpt, live, token
-        self.num_classes = int(ckpt["model_args"].get("num_classes", 10))
+    def __init__(self, run_dir: str, network, run, live, token: str | None):
+        self.run_dir, self.network, self.run, self.live, self.token = run_dir, network, run, live, token
+        self.num_classes = run.num_classes
         self.class_names = CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(map(str, range(10)))
 
     def decode(self, data: bytes, name: str) -> np.ndarray:
@@ -120,19 +120,19 @@ class Service:
         return {"k": k, "hits": rows, "vote": vote}
 
     def info(self) -> dict:
-        cfg = self.ckpt.get("config", {})
+        cfg = self.run.config
         return {
             "embedfm": __version__,
             "run": str(self.run_dir),
             "model": {
-                "backbone": cfg.get("backbone"),
-                "loss": cfg.get("loss"),
-                "embedding_dim": int(self.ckpt["model_args"].get("embedding_dim", 64)),
+                "backbone": cfg.backbone,
+                "loss": cfg.loss,
+                "embedding_dim": self.run.embedding_dim,
                 "num_classes": self.num_classes,
-                "epoch": self.ckpt.get("epoch"),
+                "epoch": self.run.epoch,
             },
             "index": self.live.info(),
-            "data": self.ckpt.get("data"),
+            "data": self.run.data_fingerprint,
             "limits": {
                 "max_body_bytes": MAX_BODY,
                 "max_pixels": MAX_PIXELS,
@@ -341,8 +341,9 @@ def serve(
         import uvicorn
     except ImportError as e:
         raise EmbedfmError(f"embedfm serve needs {e.name}: pip install 'embedfm[serve]'") from None
-    from embedfm.inference import load_run_model
+    from embedfm.inference import select_device
     from embedfm.live import LiveIndex
+    from embedfm.run import Run
 
     token = check_token(host, token)
     if not 0 < port < 65536:
@@ -355,14 +356,15 @@ def serve(
     # per request would only contend with them (and, on a busy machine, wait on a descheduled thread)
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
-    network, ckpt = load_run_model(run_dir)
+    run = Run.open(run_dir)
+    network = run.model(select_device("auto"))
     d = Path(index_dir) if index_dir else Path(run_dir) / "index"
     live = LiveIndex.open(d, writable=True, command="serve", log=log)
     try:
-        dim = int(ckpt["model_args"].get("embedding_dim", 64))
+        dim = run.embedding_dim
         if live.dim != dim:
             raise EmbedfmError(f"{d}: the index holds {live.dim}-d embeddings but this run makes {dim}-d ones")
-        app = create_app(Service(str(run_dir), network, ckpt, live, token))
+        app = create_app(Service(str(run_dir), network, run, live, token))
         log(f"serving {d} ({live.size:,} items, {live.meta['factory']}) with {run_dir}'s model on "
             f"http://{host}:{port} (API docs: /docs){'; writes need the token' if token else ''}")  # fmt: skip
         sys.stdout.flush()

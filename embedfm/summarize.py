@@ -28,6 +28,7 @@ from embedfm.config import FIELDS, FOCUS_CLASSES, SHIRT, TrainConfig, resolved_s
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 from embedfm.report import read_json, require
+from embedfm.run import check_same_images
 
 PIXELS = "pixels.json"
 # settings a CE run never reads (the metric group): left out of CE rows' labels
@@ -281,6 +282,7 @@ def summarize_paired(
         raise EmbedfmError(f"no CE runs under {', '.join(paths)}: --paired compares every method with the CE controls")
     focus = tuple(json.loads(keys[0])["focus_classes"])
     scored = {k: [score(r, "softmax", focus, f"run {r['name']!r}") for r in groups[k]] for k in keys}
+    check_same_images([r["name"] for k in keys for r in groups[k]], [s.labels for k in keys for s in scored[k]])
     labels = labels_of(groups, names)
     results = []
     for i, ctrl in enumerate(controls):

@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embedfm import checkpoint, diagnostics, distributed, rundir
-from embedfm.config import TrainConfig, from_dict
+from embedfm.config import TrainConfig
 from embedfm.data import FashionMNIST, load_fashion_mnist, to_float
 from embedfm.errors import EmbedfmError, NonFiniteError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -48,6 +48,7 @@ from embedfm.knn import KNNClassifier
 from embedfm.metrics import focus_group_error
 from embedfm.models import build_model, count_macs, count_params
 from embedfm.objectives import average_loss_grads, build_objective, loss_parameters
+from embedfm.run import Run
 from embedfm.sampling import Splits, augment, balanced_batches, make_splits, shuffled_batches
 
 
@@ -207,12 +208,13 @@ def train(
     rundir.check_not_busy(cfg.out)  # another process training into this dir is the first thing to say
     old = None
     if resume:
-        old = checkpoint.load_checkpoint(cfg.out)
+        old = Run.open(cfg.out)
         # the run continues where it is now, whatever dir it was trained in (run dirs are moved and shared)
-        cfg = from_dict({**old["config"], "out": cfg.out}, source=f"{cfg.out}/{rundir.CHECKPOINT}")
+        cfg = replace(old.config, out=cfg.out)
         if rundir.is_done(cfg.out):
             log(f"{cfg.out}: already finished, nothing to resume")
-            return {"run_dir": cfg.out, "history": old["history"], "seconds": 0.0}
+            return {"run_dir": cfg.out, "history": old.history, "seconds": 0.0}
+        old.load()  # weights and training state: a damaged file is one line before the run dir is touched
     # everything that can fail on bad input happens before the run dir is touched
     rundir.check_writable(cfg.out, overwrite, resume)
     set_deterministic(cfg.deterministic)  # before the first CUDA work
@@ -255,13 +257,13 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
     if old is not None:
         try:
             history, start_epoch = _resumable(old, cfg, opt)
-            net.load_state_dict(old["model"])
+            net.load_state_dict(old.weights())
             if loss_params:  # saved as JSON numbers: float32 → float64 → float32 is exact
-                saved = {k: torch.tensor(v, dtype=torch.float32) for k, v in old["objective"].items()}
+                saved = {k: torch.tensor(v, dtype=torch.float32) for k, v in old.objective_state().items()}
                 objective.load_state_dict(saved)
-            opt.load_state_dict(old["optimizer"])
-            sched.load_state_dict(old["scheduler"])
-            set_rng_state(old["rng"], gen)
+            opt.load_state_dict(old.optimizer_state())
+            sched.load_state_dict(old.scheduler_state())
+            set_rng_state(old.rng_state(), gen)
         except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, AttributeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EmbedfmError(f"{run}: checkpoint does not fit this run's model or optimizer ({first})") from None
@@ -383,10 +385,10 @@ def _table(history: list[dict]) -> list[dict]:
     return [{k: row.get(k) for k in keys} for row in history]
 
 
-def _resumable(old: dict, cfg: TrainConfig, opt) -> tuple[list, int]:
+def _resumable(old: Run, cfg: TrainConfig, opt) -> tuple[list, int]:
     """(history, first epoch to run) of a checkpoint to resume, after checking that its training state has the
     shape this run's own would have: raises ValueError naming the first thing that does not fit."""
-    epoch, history = old["epoch"], old["history"]
+    epoch, history = old.epoch, old.history
     if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < cfg.epochs:
         raise ValueError(f"epoch {epoch!r} is not one of this run's {cfg.epochs} epochs")
     if not (isinstance(history, list) and len(history) == epoch + 1 and all(isinstance(r, dict) for r in history)):
@@ -394,7 +396,7 @@ def _resumable(old: dict, cfg: TrainConfig, opt) -> tuple[list, int]:
     seconds = history[-1].get("train_seconds")
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
         raise ValueError("the history's train_seconds is not a number")
-    groups, fresh = old["optimizer"]["param_groups"], opt.state_dict()["param_groups"]
+    groups, fresh = old.optimizer_state()["param_groups"], opt.state_dict()["param_groups"]
     if not isinstance(groups, list) or len(groups) != len(fresh):
         raise ValueError("the optimizer's parameter groups differ")
     for g, f in zip(groups, fresh):  # every hyper-parameter of the type this run's optimizer uses

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from embedfm import CLASS_NAMES, checkpoint, rundir
+from embedfm import CLASS_NAMES, rundir
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json
+from embedfm.run import Run, read_embeddings
 
 NUMBA_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedfm" / "numba"
 FOCUS_COLORS = {0: "#1f77b4", 2: "#2ca02c", 4: "#d62728", 6: "#ff7f0e"}
@@ -91,14 +92,9 @@ def umap_2d(
 def load_test_embeddings(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(test embeddings (N, D), test labels (N,), checkpoint config) of a run; a damaged or hostile
     embeddings.npz or config is one line (the file is read without pickles, its arrays checked)."""
-    from embedfm.config import from_dict
-    from embedfm.evaluate import evaluate_run, read_embeddings, save_embeddings
+    from embedfm.evaluate import evaluate_run, save_embeddings
 
-    ckpt = checkpoint.load_checkpoint(run_dir)
-    try:
-        cfg = from_dict(ckpt["config"], source=f"{run_dir}/{rundir.CHECKPOINT}").to_dict()
-    except EmbedfmError as e:
-        raise EmbedfmError(f"{run_dir}: checkpoint holds an incompatible config ({e})") from None
+    cfg = Run.open(run_dir).config.to_dict()  # the checkpoint's header only: no weights unless eval must run
     path = Path(run_dir) / rundir.EMBEDDINGS
     if not path.exists():
         _, arrays = evaluate_run(run_dir, progress=False)
