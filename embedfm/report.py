@@ -14,6 +14,7 @@ from embedfm import CLASS_NAMES, fileio
 from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text
+from embedfm.markdown import md_table
 
 EVAL_AGAIN = "rerun `embedfm eval`"
 
@@ -88,33 +89,31 @@ def _label(clf: str, c: dict) -> str:
 
 def summary_table(report: dict) -> list[str]:
     """One row per run and classifier (softmax, kNN, and kNN with flip-averaged queries where evaluated)."""
-    lines = [
-        "| run | loss | classifier | accuracy | focus-group error | shirt recall | P@1 | MAP@R |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for name, r in report["runs"].items():
         for clf, c in r["classifiers"].items():
-            label = _label(clf, c)
             ret = r["retrieval"]
-            lines.append(
-                f"| {name} | {r['loss']} | {label} | {_pct(c['accuracy'])} | {_pct(c['focus_group_error'])} | "
-                f"{c['per_class'][str(SHIRT)]['recall']:.3f} | {ret['precision_at_1']:.4f} | {ret['map_at_r']:.4f} |"
-            )
-    return lines
+            shirt = c["per_class"][str(SHIRT)]["recall"]
+            rows.append(
+                [name, r["loss"], _label(clf, c), _pct(c["accuracy"]), _pct(c["focus_group_error"]), f"{shirt:.3f}",
+                 f"{ret['precision_at_1']:.4f}", f"{ret['map_at_r']:.4f}"]
+            )  # fmt: skip
+    header = ["run", "loss", "classifier", "accuracy", "focus-group error", "shirt recall", "P@1", "MAP@R"]
+    return md_table(header, rows).split("\n")
 
 
 def per_class_table(report: dict) -> list[str]:
     focus = set(report["focus_classes"])
     cols = [(n, clf) for n in report["runs"] for clf in ("softmax", "knn")]
-    lines = ["| class | " + " | ".join(f"{n} {c}" for n, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    rows = []
     for c in range(10):
         name = f"**{c} {CLASS_NAMES[c]}**" if c in focus else f"{c} {CLASS_NAMES[c]}"
         cells = []
         for n, clf in cols:
             pc = report["runs"][n]["classifiers"][clf]["per_class"][str(c)]
             cells.append(f"{pc['precision']:.3f} / {pc['recall']:.3f} / {pc['f1']:.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([name, *cells])
+    return md_table(["class", *(f"{n} {c}" for n, c in cols)], rows).split("\n")
 
 
 def unseen_table(report: dict) -> list[str]:
@@ -131,7 +130,7 @@ def unseen_table(report: dict) -> list[str]:
                     for n, f in u["few_shot"].items()
                 )
                 rows.append(
-                    f"| {name} | {c} {CLASS_NAMES[int(c)]} | {u['map_at_r']:.4f} | {u['r_precision']:.4f} | {shots} |"
+                    [name, f"{c} {CLASS_NAMES[int(c)]}", f"{u['map_at_r']:.4f}", f"{u['r_precision']:.4f}", shots]
                 )
             except (KeyError, TypeError, ValueError, IndexError):
                 raise EmbedfmError(f"run {name!r}: unseen-class figures damaged; {EVAL_AGAIN}") from None
@@ -144,9 +143,7 @@ def unseen_table(report: dict) -> list[str]:
         "images; few-shot kNN: recall of the class (and overall accuracy) when n of its train images join the kNN "
         "references, mean ± std over draws.",
         "",
-        "| run | held-out class | MAP@R | R-precision | few-shot kNN recall |",
-        "|---|---|---|---|---|",
-        *rows,
+        *md_table(["run", "held-out class", "MAP@R", "R-precision", "few-shot kNN recall"], rows).split("\n"),
         "",
     ]
 

@@ -28,6 +28,7 @@ from embedfm.config import TrainConfig, flag, setting
 from embedfm.errors import ConfigError, EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
 from embedfm.losstable import SETTINGS, SPECS, LossSpec
+from embedfm.markdown import md_table
 
 # name: (kind, low, high) for floats ("log" = log-uniform) or ("choice", [values]). A metric loss's own settings are
 # searched over the range its loss declares (embedfm.losstable), a miner's over MINER_SPACE.
@@ -498,21 +499,21 @@ def trials_markdown(rows: list[dict], tc: TuneConfig) -> str:
     lines = [
         f"# Study {tc.name}: {tc.objective}, {tc.base.epochs} epochs × {tc.base.limit or 'all'} images per trial",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
     ]
+    body = []
     for r in rows:
-        cells = [
-            f"{r['number']}{' (defaults)' if r['defaults'] else ''}",
-            r["state"],
-            _cell(r["val_acc"], 4),
-            _cell(r["val_focus_err"], 4),
-            _cell(r["epochs"]),
-            _cell(r["train_seconds"], 0),
-            *(_cell(r[p], 3) for p in params),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(
+            [
+                f"{r['number']}{' (defaults)' if r['defaults'] else ''}",
+                r["state"],
+                _cell(r["val_acc"], 4),
+                _cell(r["val_focus_err"], 4),
+                _cell(r["epochs"]),
+                _cell(r["train_seconds"], 0),
+                *(_cell(r[p], 3) for p in params),
+            ]
+        )
+    return "\n".join([*lines, md_table(head, body)]) + "\n"
 
 
 def _cell(v, digits: int | None = None) -> str:

@@ -48,6 +48,7 @@ from embedfm import machine
 from embedfm.config import TrainConfig
 from embedfm.data import FILES, data_files, find_data_dir, load_fashion_mnist, to_float
 from embedfm.knn import KNNClassifier, vote
+from embedfm.markdown import md_table
 from embedfm.models import build_model, count_macs
 from embedfm.objectives import build_objective
 from embedfm.sampling import augment, make_splits
@@ -608,9 +609,9 @@ def write_outputs(out: Path, results: dict, only: set[str]) -> list[str]:
     kept = []
     if partial and (out / "bench.md").exists():
         kept = [ln for ln in (out / "bench.md").read_text().splitlines()[2:] if ln.split()[1] not in redone]
-    new = [f"| {a} | {b} | {c} |" for a, b, c in ROWS]
+    header, rule, *new = md_table(["section", "measurement", "figures"], ROWS).split("\n")
     body = sorted(kept + new, key=lambda ln: ln.split()[1])  # stable: keeps each section's row order
-    md = ["| section | measurement | figures |", "|---|---|---|", *body]
+    md = [header, rule, *body]
     (out / "bench.md").write_text("\n".join(md) + "\n")
     return md
 

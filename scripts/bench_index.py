@@ -29,6 +29,7 @@ import numpy as np
 
 from embedfm import machine
 from embedfm.index import index_bytes, make_index, set_search_params
+from embedfm.markdown import md_table
 
 ROOT = Path.cwd()  # run from the repository root: artifacts/... paths are relative to it
 
@@ -126,26 +127,18 @@ def markdown(result: dict) -> str:
         f"Index benchmark, {result['date']}, {result['machine']}, faiss {result['faiss']}, "
         f"{result['threads']} threads. Command: `{result['command']}`",
         "",
-        "| data | n | index | search | build s | B/vector | queries/s | recall@10 | precision@10 |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in result["rows"]:
         setting = " ".join(f"{k}={r[k]}" for k in ("nprobe", "ef_search") if k in r) or "exact"
-        lines.append(
-            f"| {r['data']} | {r['n']:,} | {r['factory']} | {setting} | {r['build_s']} | "
-            f"{r['bytes_per_vector']} | {r['qps']:,} | {r['recall_at_10']:.4f} | "
-            f"{r.get('precision_at_10', '–')} |"
-        )
-    lines += [
-        "",
-        f"Sizing for {result['sizing_n']:,} × 64-d (arithmetic):",
-        "",
-        "| index | bytes/vector | total GiB | layout |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {s['factory']} | {s['bytes_per_vector']} | {s['total_gib']} | {s['layout']} |" for s in result["sizing"]
-    ]
+        rows.append(
+            [r["data"], f"{r['n']:,}", r["factory"], setting, r["build_s"], r["bytes_per_vector"], f"{r['qps']:,}",
+             f"{r['recall_at_10']:.4f}", r.get("precision_at_10", "–")]
+        )  # fmt: skip
+    head = ["data", "n", "index", "search", "build s", "B/vector", "queries/s", "recall@10", "precision@10"]
+    lines += [md_table(head, rows), "", f"Sizing for {result['sizing_n']:,} × 64-d (arithmetic):", ""]
+    sizing = [[s["factory"], s["bytes_per_vector"], s["total_gib"], s["layout"]] for s in result["sizing"]]
+    lines.append(md_table(["index", "bytes/vector", "total GiB", "layout"], sizing))
     return "\n".join(lines) + "\n"
 
 
