@@ -3,18 +3,22 @@
     .venv/bin/python scripts/make_docs.py            # rewrite the table blocks in place (`make docs`)
     .venv/bin/python scripts/make_docs.py --check    # write nothing; exit 1 and name the files that would change
 
-Every table that holds a measurement sits between two marker lines,
+Every table that holds a measurement sits between two marker lines, and only the text between them is rewritten
+(the prose around the markers is hand-written and left alone). The opening marker names either results files and a
+template table (`embedfm.tables` renders it; its docstring has the syntax), e.g.
 
-    <!-- table: NAME -->
-    ... generated ...
+    <!-- table: study/fastcnn/summary.csv "where=method!~^kNN on raw pixels"
+    | method | test acc % | shirt recall |
+    | {method} | {test acc softmax %} | {recall 6:.3f} |
+    -->
+    ... generated, then "Source:" and links to the files read ...
     <!-- /table -->
 
-and only the text between them is rewritten: the prose around the markers is hand-written and left alone. The
-study summaries (artifacts/reference/study/*/summary.md and .csv) are first regenerated from their runs'
-report.json files with `embedfm.summarize`; every results table is then rendered from JSON, CSV and JSON-lines files
-under artifacts/reference/, and the flag and search-space tables of the user docs from the config schema and
-`embedfm.tune.SPACE` (TABLES names each table's source). The output depends on those alone: running it twice, or on
-a fresh clone, changes nothing. It needs no dataset and trains nothing; it takes a few seconds.
+or, where a table needs code (joins across files, verdicts in words), a renderer of TABLES: `<!-- table: NAME -->`.
+The study summaries (artifacts/reference/study/*/summary.md and .csv) are first regenerated from their runs'
+report.json files with `embedfm.summarize`; then every block is rendered from files under artifacts/reference/, or
+from the config schema and `embedfm.tune.SPACE` for the flag and search-space tables. The output depends on those
+alone: running it twice, or on a fresh clone, changes nothing. It needs no dataset and trains nothing.
 """
 
 from __future__ import annotations
@@ -33,16 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedfm import CLASS_NAMES
+from embedfm import CLASS_NAMES, tables
 from embedfm.config import FIELDS, GROUPS
 from embedfm.errors import EmbedfmError
 from embedfm.floor import per_run_span
 from embedfm.markdown import md_table as table
-from embedfm.study import first_number, verdict
+from embedfm.study import verdict
 from embedfm.summarize import summarize
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"^(<!-- table: ([\w-]+) -->\n)(.*?)^(<!-- /table -->)$", re.S | re.M)
+BLOCK = re.compile(r"^(<!-- table: (.*?)-->\n)(.*?)^(<!-- /table -->)$", re.S | re.M)
 PIXEL_ROW = "kNN on raw pixels"
 
 
@@ -61,6 +65,13 @@ class Ctx:
     def link(self, path: Path, text: str | None = None) -> str:
         rel = os.path.relpath(path, self.here).replace(os.sep, "/")
         return f"[{text or path.name}]({rel})"
+
+    def open_as(self, rel: str) -> Path:
+        """A file a marker names: a study summary as regenerated this run, anything else as committed."""
+        parts = rel.split("/")
+        if len(parts) == 3 and parts[0] == "study" and parts[2].startswith("summary.") and parts[1] in self.summaries:
+            return self.summaries[parts[1]] / parts[2]
+        return self.ref / rel
 
     def summary(self, backbone: str) -> list[dict[str, str]]:
         path = self.summaries.get(backbone, self.ref / "study" / backbone) / "summary.csv"
@@ -342,60 +353,9 @@ def t_demo_time(ctx: Ctx) -> str:
 
 # ------------------------------------------------------------------------------------------------- study
 
-FASTCNN_COLUMNS = [
-    ("method", "method"),
-    ("seeds", "seeds"),
-    ("val acc %", "val acc %"),
-    ("val focus err %", "val focus err %"),
-    ("test acc softmax %", "test acc softmax %"),
-    ("test acc kNN %", "test acc kNN %"),
-    ("focus-group err softmax %", "focus-group err softmax %"),
-    ("focus-group err kNN %", "focus-group err kNN %"),
-    ("recall 6", "shirt recall"),
-    ("shirt recall kNN", "shirt recall kNN"),
-    ("MAP@R", "MAP@R"),
-    ("train s/run", "train s/run"),
-]
-BACKBONE_COLUMNS = [
-    ("method", "method"),
-    ("seeds", "seeds"),
-    ("val acc %", "val acc %"),
-    ("test acc softmax %", "test acc softmax %"),
-    ("test acc kNN %", "test acc kNN %"),
-    ("focus-group err softmax %", "focus-group err softmax %"),
-    ("recall 6", "shirt recall"),
-    ("MAP@R", "MAP@R"),
-    ("train s/run", "train s/run"),
-]
-KNN_FLIP_COLUMNS = [
-    ("method", "method"),
-    ("seeds", "seeds"),
-    ("test acc softmax %", "test acc softmax %"),
-    ("test acc kNN %", "test acc kNN %"),
-    ("test acc kNN flip-avg %", "test acc kNN flip-avg %"),
-    ("focus-group err kNN flip-avg %", "focus-group err kNN flip-avg %"),
-    ("shirt recall kNN flip-avg", "shirt recall kNN flip-avg"),
-]
-
 
 def summary_links(ctx: Ctx, backbones: list[str]) -> str:
     return ", ".join(ctx.link(ctx.ref / "study" / b / "summary.md", f"study/{b}/summary.md") for b in backbones)
-
-
-def t_study_fastcnn(ctx: Ctx) -> str:
-    rows = select(ctx, "fastcnn", FASTCNN_COLUMNS)
-    return table([h for _, h in FASTCNN_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, ["fastcnn"])
-
-
-def t_study_backbones(ctx: Ctx) -> str:
-    backbones = ["linear", "mlp", "lenet", "fastcnn", "resnet20"]
-    rows = [r for b in backbones for r in select(ctx, b, BACKBONE_COLUMNS, skip_pixels=True)]
-    return table([h for _, h in BACKBONE_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, backbones)
-
-
-def t_study_resnet20_knn(ctx: Ctx) -> str:
-    rows = select(ctx, "resnet20", KNN_FLIP_COLUMNS)
-    return table([h for _, h in KNN_FLIP_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, ["resnet20"])
 
 
 def t_study_resnet20_runs(ctx: Ctx) -> str:
@@ -521,45 +481,6 @@ def t_bench_meta(ctx: Ctx) -> str:
     return table(["item", "value"], rows) + "\n\nSource: " + ctx.link(ctx.ref / "bench.json")
 
 
-def t_bench(ctx: Ctx) -> str:
-    path = ctx.ref / "bench.md"
-    if not path.is_file():
-        raise DocsError(f"{path} is missing: run `.venv/bin/python scripts/bench.py --reference`")
-    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
-    source = f"{ctx.link(path)} (written with {ctx.link(ctx.ref / 'bench.json')})"
-    return "\n".join(lines) + "\n\nSource: " + source
-
-
-def t_checkpoint_format(ctx: Ctx) -> str:
-    path = ctx.ref / "checkpoint_format.json"
-    b = load(path)
-    rows = []
-    for r in b["rows"]:
-        kb = {k: f"{v / 1024:,.0f}" for k, v in r["bytes"].items()}
-        ms = {k: {f: f"{v * 1e3:.1f}" for f, v in r[k].items()} for k in ("save_s", "load_full_s", "load_model_s")}
-        rows.append([f"`{r['backbone']}` ({r['parameters']:,} parameters)", f"{kb['safetensors']} / {kb['pickle']}",
-                     f"{ms['save_s']['safetensors']} / {ms['save_s']['pickle']}",
-                     f"{ms['load_full_s']['safetensors']} / {ms['load_full_s']['pickle']}",
-                     f"{ms['load_model_s']['safetensors']} / {ms['load_model_s']['pickle']}"])  # fmt: skip
-    header = ["backbone", "size KiB, safetensors / pickle", "save ms", "full load ms (resume)",
-              "model load ms (eval)"]  # fmt: skip
-    return (table(header, rows) + f"\n\nBest of {b['reps']} each, {b['date']}, {b['machine']}. Source: "
-            + ctx.link(path))  # fmt: skip
-
-
-def t_export_speed(ctx: Ctx) -> str:
-    path = ctx.ref / "export.json"
-    b = load(path)
-    rows = [[f"torch {b['torch']} (`inference.embed`: BN folded, channels-last, fp32)", f"{b['torch_images_per_s']:,}"],
-            [f"onnxruntime {b['onnxruntime']} (CPUExecutionProvider)",
-             f"{b['onnxruntime_images_per_s']:,} (× {b['onnxruntime_speedup']:.2f})"]]  # fmt: skip
-    load_avg = " → ".join(f"{x:.1f}" for x in b.get("load_average_1min", []))
-    note = f"; 1-minute load average {load_avg}" if load_avg else ""
-    return (table(["runtime", "images/s"], rows) + f"\n\n`{b['backbone']}`, {b['images']:,} images in batches of "
-            f"{b['batch_size']}, best of {b['repeats']}, {b['threads']} threads each; largest output difference "
-            f"{b['max_abs_diff']:.1e}. {b['date']}, {b['machine']}{note}. Source: " + ctx.link(path))  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------ index scaling
 
 
@@ -583,26 +504,6 @@ def t_index_meta(ctx: Ctx) -> str:
     return table(["item", "value"], rows) + "\n\nSource: " + ctx.link(path)
 
 
-def t_index_scaling(ctx: Ctx) -> str:
-    path = ctx.ref / "bench_index.json"
-    header = ["data", "n", "index", "search", "build s", "B/vector", "queries/s", "recall@10", "precision@10"]
-    rows = [
-        [
-            r["data"],
-            f"{r['n']:,}",
-            r["factory"],
-            search_setting(r),
-            f"{r['build_s']:.2f}",
-            f"{r['bytes_per_vector']:.1f}",
-            f"{r['qps']:,}",
-            f"{r['recall_at_10']:.4f}",
-            f"{r['precision_at_10']:.4f}" if "precision_at_10" in r else "–",
-        ]
-        for r in load(path)["rows"]
-    ]
-    return table(header, rows) + "\n\nSource: " + ctx.link(path)
-
-
 def t_index_compact(ctx: Ctx) -> str:
     path = ctx.ref / "bench_index.json"
     groups: dict[tuple, list[dict]] = {}
@@ -623,39 +524,6 @@ def t_index_compact(ctx: Ctx) -> str:
         for (data, n, factory), rs in groups.items()
     ]
     return table(header, rows) + "\n\nSource: " + ctx.link(path)
-
-
-def t_index_sizing(ctx: Ctx) -> str:
-    path = ctx.ref / "bench_index.json"
-    b = load(path)
-    header = ["index", "bytes/vector", f"GiB for {b['sizing_n']:,} vectors", "layout"]
-    rows = [[s["factory"], f"{s['bytes_per_vector']:g}", f"{s['total_gib']:.1f}", s["layout"]] for s in b["sizing"]]
-    note = "Arithmetic from the bytes per vector, not a measured run. Source: " + ctx.link(path)
-    return table(header, rows) + "\n\n" + note
-
-
-def t_serve_load(ctx: Ctx) -> str:
-    """embedfm serve under load: searches/s and latency percentiles per index, clients and concurrent adds."""
-    path = ctx.ref / "bench_serve.json"
-    b = load(path)
-    header = ["data", "n", "index", "clients", "adds meanwhile", "searches", "searches/s", "p50 ms", "p95 ms",
-              "p99 ms", "in-process p50 ms (served ×)"]  # fmt: skip
-    rows = []
-    for ix in b["indexes"]:
-        for c in ix["cells"]:
-            first = c["clients"] == 1 and not c["concurrent_adds"]
-            rows.append([ix["data"], f"{ix['n']:,}", ix["factory"], str(c["clients"]),
-                         f"{c['adds']} adds ({c['adds_per_s']:.0f}/s)" if c["concurrent_adds"] else "–",
-                         f"{c['requests']:,}", f"{c['searches_per_s']:,.0f}", f"{c['p50_ms']:.1f}",
-                         f"{c['p95_ms']:.1f}", f"{c['p99_ms']:.1f}",
-                         f"{ix['in_process']['p50_ms']:.1f} (× {ix['served_over_in_process_p50']:.2f})" if first
-                         else ""])  # fmt: skip
-    load_avg = " → ".join(f"{x:.1f}" for x in b.get("load_average_1min", []))
-    calls = b["indexes"][0]["in_process"]["requests"]
-    return (table(header, rows) + f"\n\n{b['query']}; at most {b['max_requests_per_cell']} searches or "
-            f"{b['max_seconds_per_cell']:g} s a cell; in-process: `Model.search` of {calls} "
-            f"single images. {b['date']}, {b['machine']}, faiss {b['faiss']}; 1-minute load average {load_avg}; "
-            f"{b['seconds']} s in all. Source: " + ctx.link(path))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ tuning
@@ -767,15 +635,6 @@ def t_probe_trajectory(ctx: Ctx) -> str:
     return table(header, rows) + "\n\n" + note
 
 
-def t_probe_adamw(ctx: Ctx) -> str:
-    path = ctx.ref / "probe" / "ce_adamw_s0.jsonl"
-    _, *points = jsonl(path)
-    keys = [k for k in points[0] if k not in ("epoch", "train_s")]
-    header = ["epoch", "training s", *[("raw weights" if k == "raw" else f"EMA {k[3:]}") + " val %" for k in keys]]
-    rows = [[f"{p['epoch']:.2f}", f"{p['train_s']:.1f}", *[pct(p[k]) for k in keys]] for p in points]
-    return table(header, rows) + "\n\nSource: " + ctx.link(path)
-
-
 def t_probe_knn_flip(ctx: Ctx) -> str:
     path = ctx.ref / "probe" / "knn_flip.jsonl"
     keys = [
@@ -788,24 +647,6 @@ def t_probe_knn_flip(ctx: Ctx) -> str:
     rows = [[run_label(ctx, r["run"]), *[pct(r[k]) for k, _ in keys]] for r in jsonl(path)]
     header = ["run (validation accuracy, %)", *[h for _, h in keys]]
     return table(header, rows) + "\n\nSource: " + ctx.link(path)
-
-
-def t_probe_compile(ctx: Ctx) -> str:
-    paths = sorted((ctx.ref / "probe").glob("compile_*.json"))
-    rows = []
-    for path in paths:
-        c = load(path)
-        rows.append(
-            [
-                f"`{c['backbone']}`",
-                str(c["img_per_s"]["eager"]),
-                str(c["img_per_s"]["compiled"]),
-                f"×{c['compiled_over_eager']:.2f}",
-                f"{c['compile_s']:.0f}",
-            ]
-        )
-    header = ["backbone", "eager img/s", "compiled img/s", "compiled / eager", "compiling s"]
-    return table(header, rows) + "\n\nSource: " + ", ".join(ctx.link(p) for p in paths)
 
 
 # ------------------------------------------------------------------------------------------------- usage
@@ -1023,11 +864,6 @@ def t_losses_tune(ctx: Ctx) -> str:
     return table(["method", "trials", "defaults val acc %", "best val acc %", "best trial", "tuned settings"], rows) + (
         "\n\n" + note
     )
-
-
-def t_losses_summary(ctx: Ctx) -> str:
-    rows = select(ctx, "losses", LOSS_COLUMNS)
-    return table([h for _, h in LOSS_COLUMNS], rows) + "\n\nSource: " + summary_links(ctx, ["losses"])
 
 
 def t_losses_paired(ctx: Ctx) -> str:
@@ -1666,28 +1502,17 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "demo-runs": t_demo_runs,  # demo/report.json, demo/umap.json
     "demo-history": t_demo_history,  # demo/*_history.json
     "demo-time": t_demo_time,  # demo/make_demo_time.txt
-    "study-fastcnn": t_study_fastcnn,  # study/fastcnn/summary.csv
     "study-contrasts": t_study_contrasts,  # study/*/*/report.json
-    "study-backbones": t_study_backbones,  # study/*/summary.csv
     "study-levers": t_study_levers,  # study/fastcnn/*_s0/report.json, history.json
-    "study-resnet20-knn": t_study_resnet20_knn,  # study/resnet20/summary.csv
     "study-resnet20-runs": t_study_resnet20_runs,  # study/resnet20/*/report.json, history.json
     "study-resnet20-umap": t_study_resnet20_umap,  # study/resnet20/umap.json
     "bench-meta": t_bench_meta,  # bench.json
-    "bench": t_bench,  # bench.md (written from bench.json by scripts/bench.py)
-    "checkpoint-format": t_checkpoint_format,  # checkpoint_format.json (scripts/bench_checkpoint.py)
-    "export-speed": t_export_speed,  # export.json (scripts/bench_export.py)
     "index-meta": t_index_meta,  # bench_index.json
-    "index-scaling": t_index_scaling,  # bench_index.json
     "index-compact": t_index_compact,  # bench_index.json
-    "index-sizing": t_index_sizing,  # bench_index.json
-    "serve-load": t_serve_load,  # bench_serve.json (scripts/bench_serve.py)
     "tune-summary": t_tune_summary,  # tune/triplet/summary.json, trials.csv
     "tune-trials": t_tune_trials,  # tune/triplet/trials.csv
     "probe-trajectory": t_probe_trajectory,  # probe/ce_*.jsonl
-    "probe-adamw": t_probe_adamw,  # probe/ce_adamw_s0.jsonl
     "probe-knn-flip": t_probe_knn_flip,  # probe/knn_flip.jsonl
-    "probe-compile": t_probe_compile,  # probe/compile_*.json
     "speedrun-ablation": t_speedrun_ablation,  # speedrun/ablation.jsonl (scripts/speedrun.py)
     "speedrun-race": t_speedrun_race,  # speedrun.json (scripts/bench.py --only speedrun)
     "speedrun-targets": t_speedrun_targets,  # speedrun.json
@@ -1696,7 +1521,6 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-caveats": t_losses_caveats,  # study/losses/*_s0/config.json, tune/*/trials.csv, protocol.json
     "losses-protocol": t_losses_protocol,  # study/losses/protocol.json (scripts/loss_study.py)
     "losses-tune": t_losses_tune,  # study/losses/tune/*/summary.json
-    "losses-summary": t_losses_summary,  # study/losses/summary.csv
     "losses-paired": t_losses_paired,  # study/losses/paired.json
     "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
     "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
@@ -1720,12 +1544,19 @@ def fill(text: str, ctx: Ctx, source: Path) -> str:
     """The text with every marked table block re-rendered; everything outside the markers kept as it is."""
 
     def render(m: re.Match) -> str:
-        name = m.group(2)
-        if name not in TABLES:
-            raise DocsError(f"{source}: unknown table {name!r} (known: {', '.join(TABLES)})")
-        return f"{m.group(1)}\n{TABLES[name](ctx)}\n\n{m.group(4)}"
+        name = m.group(2).strip()
+        if re.fullmatch(r"[\w-]+", name):
+            if name not in TABLES:
+                raise DocsError(f"{source}: unknown table {name!r} (known: {', '.join(TABLES)})")
+            return f"{m.group(1)}\n{TABLES[name](ctx)}\n\n{m.group(4)}"
+        try:
+            text = tables.render(name, ctx.ref, ctx.here, ctx.open_as)
+        except (tables.TableError, OSError, ValueError) as e:
+            raise DocsError(f"{source}: table {name.splitlines()[0]!r}: {e}") from None
+        return f"{m.group(1)}\n{text}\n\n{m.group(4)}"
 
-    return BLOCK.sub(render, text)
+    parts = re.split(r"(^```.*?^```$)", text, flags=re.S | re.M)  # a marker inside a code block is an example
+    return "".join(p if i % 2 else BLOCK.sub(render, p) for i, p in enumerate(parts))
 
 
 def doc_files(root: Path) -> list[Path]:

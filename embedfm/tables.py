@@ -1,0 +1,215 @@
+"""File-driven results tables: a doc's table marker names results files under artifacts/reference/ and gives a
+template table; `render` fills the template from the files' rows and appends the source line
+(scripts/make_docs.py calls it for every marker that names a file rather than a renderer).
+
+    <!-- table: bench_index.json#rows where=data~^Fashion
+    | data | n | search | recall@10 |
+    | `{data}` | {n:,} | nprobe={nprobe} ?? efSearch={ef_search} ?? exact | {recall_at_10:.4f} |
+    Free text after the template, formatted with the first file's top-level fields ({date}).
+    -->
+
+First line: one or more file globs (relative to artifacts/reference/, matches in name order, rows concatenated),
+each optionally `#a.b` to take the list or dict at that key path (a dict's entries become rows, the key as `_key`);
+then options, shell-quoted: `where=FIELD~REGEX` keeps the rows whose field matches, `where=FIELD!~REGEX` drops them
+(repeatable); `source=GLOB,GLOB` links those files instead of the ones read. A CSV's or JSON-lines file's rows are
+its lines; a JSON document without `#` is one row; a `.md` file contributes its table lines unchanged.
+
+The template: a header line, then one row template applied to every row, or several, each applied once to the
+single row (a record shown as item / value lines). A cell is str.format over the row, with `.` reaching into
+nested fields (`{classifiers.softmax.accuracy}`), conversions `!p` (× 100, a fraction shown in percent), `!k`
+(/ 1024) and `!m` (× 1000), numeric format specs applied to CSV strings as numbers, and alternatives separated by
+` ?? `: the first whose fields all exist and are not null; "–" when none does. Every row gets `_file` (its file,
+relative to artifacts/reference/) and `_dir` (that file's dir name).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import string
+from collections.abc import Callable
+from pathlib import Path
+
+from embedfm.markdown import md_table
+
+MISSING = "–"
+ALTERNATIVE = " ?? "
+
+
+class TableError(Exception):
+    """A marker that cannot be rendered: no such file, field or option."""
+
+
+class Missing(Exception):
+    """A field a cell names is absent or null (the cell tries its next alternative)."""
+
+
+class Row(dict):
+    """A row whose nested fields a format field reaches with dots ({a.b.6})."""
+
+    def __getattr__(self, key):
+        try:
+            return wrap(self[key])
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class Seq(list):
+    """A list whose items a format field reaches by position ({load_average.0})."""
+
+    def __getattr__(self, key):
+        try:
+            return wrap(self[int(key)])
+        except (ValueError, IndexError):
+            raise AttributeError(key) from None
+
+
+def wrap(v):
+    if isinstance(v, dict) and not isinstance(v, Row):
+        return Row(v)
+    return Seq(v) if isinstance(v, list) and not isinstance(v, Seq) else v
+
+
+class Cells(string.Formatter):
+    def get_value(self, key, args, kwargs):
+        if key not in kwargs:
+            raise Missing(key)
+        return wrap(kwargs[key])
+
+    def get_field(self, field_name, args, kwargs):
+        if field_name in kwargs:  # a key that holds a dot itself ({ema0.99})
+            return self.get_field_value(kwargs[field_name], field_name)
+        try:
+            obj, used = super().get_field(field_name, args, kwargs)
+        except (AttributeError, KeyError, IndexError):
+            raise Missing(field_name) from None
+        if obj is None or obj == "":
+            raise Missing(field_name)
+        return obj, used
+
+    def get_field_value(self, obj, field_name):
+        if obj is None or obj == "":
+            raise Missing(field_name)
+        return wrap(obj), field_name
+
+    def convert_field(self, value, conversion):
+        scale = {"p": 100, "k": 1 / 1024, "m": 1000}.get(conversion)
+        return scale * float(value) if scale else super().convert_field(value, conversion)
+
+    def format_field(self, value, format_spec):
+        if isinstance(value, str) and format_spec[-1:] in ("d", "f", "g", "e", "%", ","):
+            value = int(value) if re.fullmatch(r"-?\d+", value) else float(value)
+        return super().format_field(value, format_spec)
+
+
+CELLS = Cells()
+
+
+def cell(template: str, row: dict) -> str:
+    """One template cell over one row: its first alternative whose fields are all there."""
+    for alt in template.split(ALTERNATIVE):
+        try:
+            return CELLS.vformat(alt, (), row)
+        except Missing:
+            continue
+    return MISSING
+
+
+def read(path: Path) -> object:
+    if path.suffix == ".csv":
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".md":
+        return [line for line in path.read_text().splitlines() if line.startswith("|")]
+    return json.loads(path.read_text())
+
+
+def rows_of(doc, keys: str, where: str) -> list:
+    for k in filter(None, keys.split(".")):
+        if not isinstance(doc, dict) or k not in doc:
+            raise TableError(f"{where}: no field {keys!r}")
+        doc = doc[k]
+    if isinstance(doc, dict) and keys:
+        return [{**v, "_key": k} if isinstance(v, dict) else {"_key": k, "value": v} for k, v in doc.items()]
+    return doc if isinstance(doc, list) else [doc]
+
+
+def keep(row: dict, rule: str) -> bool:
+    m = re.fullmatch(r"(.+?)(!?)~(.*)", rule)
+    if not m:
+        raise TableError(f"where={rule!r}: expected FIELD~REGEX or FIELD!~REGEX")
+    field, negate, pattern = m.groups()
+    return bool(re.search(pattern, str(row.get(field, "")))) != bool(negate)
+
+
+def parse(spec: str) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
+    """A marker's text → (file globs, options, template lines, note lines)."""
+    first, *rest = spec.strip().splitlines()
+    globs, options = [], {}
+    for token in shlex.split(first):
+        key, eq, value = token.partition("=")
+        if eq and re.fullmatch(r"[a-z]+", key):
+            options.setdefault(key, []).append(value)
+        else:
+            globs.append(token)
+    unknown = set(options) - {"where", "source"}
+    if unknown:
+        raise TableError(f"unknown option {sorted(unknown)[0]!r} (where, source)")
+    lines = [line.strip() for line in rest if line.strip()]
+    template = [line for line in lines if line.startswith("|")]
+    return globs, options, template, [line for line in lines if not line.startswith("|")]
+
+
+def split_row(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+
+def render(spec: str, ref: Path, here: Path, open_as: Callable[[str], Path] | None = None) -> str:
+    """The Markdown a file-driven marker stands for: the filled table, the note, then `Source:` and links to the
+    files read, relative to `here` (the doc's dir). `open_as` maps a file (relative to ref) to the path read instead
+    (make_docs --check renders the study summaries it regenerated into a temp dir)."""
+    globs, options, template, note = parse(spec)
+    if not globs:
+        raise TableError("a file-driven table names at least one file under artifacts/reference/")
+    files, rows, first = [], [], None
+    for g in globs:
+        pattern, _, keys = g.partition("#")
+        matched = sorted(p.relative_to(ref).as_posix() for p in ref.glob(pattern) if p.is_file())
+        if not matched:
+            raise TableError(f"no file matches {ref / pattern}")
+        for rel in matched:
+            doc = read(open_as(rel) if open_as else ref / rel)
+            first = doc if first is None else first
+            files.append(rel)
+            for r in rows_of(doc, keys, rel):
+                rows.append({**r, "_file": rel, "_dir": Path(rel).parent.name} if isinstance(r, dict) else r)
+    for rule in options.get("where", []):
+        rows = [r for r in rows if keep(r, rule)]
+    top = first if isinstance(first, dict) else {}
+    if all(isinstance(r, str) for r in rows) and not template:  # a Markdown table included as it is
+        text = "\n".join(rows)
+    else:
+        if len(template) < 2:
+            raise TableError("the template needs a header line and at least one row line")
+        header, cells = [cell(h, top) for h in split_row(template[0])], [split_row(t) for t in template[1:]]
+        if any(len(c) != len(header) for c in cells):
+            raise TableError(f"a template row has another number of cells than the header {template[0]!r}")
+        if len(cells) > 1 and len(rows) != 1:
+            raise TableError(f"{len(cells)} row templates need exactly one row, got {len(rows)}")
+        body = [[cell(t, rows[0]) for t in c] for c in cells] if len(cells) > 1 else []
+        body = body or [[cell(t, r) for t in cells[0]] for r in rows]
+        text = md_table(header, body)
+    links = [link(ref / rel, here, rel) for g in ",".join(options.get("source", [])).split(",") if g
+             for rel in sorted(p.relative_to(ref).as_posix() for p in ref.glob(g))] or [link(ref / f, here, f)
+             for f in files]  # fmt: skip
+    lead = " ".join(cell(line, top) for line in note)
+    return text + "\n\n" + (lead + " " if lead else "") + "Source: " + ", ".join(links)
+
+
+def link(path: Path, here: Path, text: str) -> str:
+    return f"[{text}]({os.path.relpath(path, here).replace(os.sep, '/')})"

@@ -1,0 +1,64 @@
+"""embedfm.tables: file-driven tables rendered from hand-made results files, checked against hand-written Markdown."""
+
+import json
+
+import pytest
+
+from embedfm.tables import TableError, render
+
+
+@pytest.fixture
+def ref(tmp_path):
+    ref = tmp_path / "ref"
+    (ref / "study" / "a").mkdir(parents=True)
+    (ref / "study" / "a" / "summary.csv").write_text("method,seeds,recall 6\nce,3,0.750\nkNN on raw pixels,1,0.5\n")
+    (ref / "bench.json").write_text(json.dumps({
+        "date": "2026-01-02", "n": 100000, "load": [3.84, 5.51],
+        "rows": [{"name": "Flat", "qps": 13050, "acc": 0.91234, "nprobe": 8, "cpu": {"ms": 0.0123}},
+                 {"name": "HNSW", "qps": 900, "acc": 0.5, "ef_search": None, "cpu": {"ms": 0.5}}],
+        "runs": {"ce": {"acc": 0.9}, "triplet": {"acc": 0.95}},
+    }))  # fmt: skip
+    (ref / "log.jsonl").write_text('{"config": {}}\n{"epoch": 1, "ema0.99": 0.5}\n')
+    (ref / "bench.md").write_text("# x\n\n| a |\n|---|\n| 1 |\n")
+    return ref
+
+
+def test_rows_of_a_json_list_with_formats_alternatives_and_a_note(ref):
+    spec = """bench.json#rows
+    | index | queries/s | acc % | search | ms | {n:,} vectors |
+    | `{name}` | {qps:,} | {acc!p:.2f} | nprobe={nprobe} ?? efSearch={ef_search} ?? exact | {cpu.ms!m:.1f} | x |
+    Measured {date}, load {load.0:.1f} → {load.1:.1f}."""
+    assert render(spec, ref, ref / "docs") == (
+        "| index | queries/s | acc % | search | ms | 100,000 vectors |\n|---|---|---|---|---|---|\n"
+        "| `Flat` | 13,050 | 91.23 | nprobe=8 | 12.3 | x |\n| `HNSW` | 900 | 50.00 | exact | 500.0 | x |\n\n"
+        "Measured 2026-01-02, load 3.8 → 5.5. Source: [bench.json](../bench.json)"
+    )
+
+
+def test_csv_rows_filtered_and_renamed_and_a_dict_of_runs(ref):
+    spec = 'study/a/summary.csv "where=method!~^kNN on raw"\n| method | shirt recall |\n| {method} | {recall 6:.2f} |'
+    assert render(spec, ref, ref) == (
+        "| method | shirt recall |\n|---|---|\n| ce | 0.75 |\n\nSource: [study/a/summary.csv](study/a/summary.csv)"
+    )
+    runs = render("bench.json#runs\n| run | acc |\n| {_key} | {acc!p:.1f} |", ref, ref)
+    assert runs.startswith("| run | acc |\n|---|---|\n| ce | 90.0 |\n| triplet | 95.0 |\n\n")
+
+
+def test_a_record_as_fixed_rows_a_dotted_key_a_markdown_include_and_source_override(ref):
+    fixed = render("bench.json\n| item | value |\n| date | {date} |\n| n | {n:,} |", ref, ref)
+    assert fixed.startswith("| item | value |\n|---|---|\n| date | 2026-01-02 |\n| n | 100,000 |\n\n")
+    jsonl = render("log.jsonl where=epoch~.\n| epoch | EMA |\n| {epoch} | {ema0.99!p:.0f} |", ref, ref)
+    assert jsonl.startswith("| epoch | EMA |\n|---|---|\n| 1 | 50 |\n\n")
+    md = render("bench.md source=bench.md,bench.json", ref, ref)
+    assert md == "| a |\n|---|\n| 1 |\n\nSource: [bench.md](bench.md), [bench.json](bench.json)"
+
+
+def test_errors_name_what_is_wrong(ref):
+    with pytest.raises(TableError, match="no file matches"):
+        render("nope.json\n| a |\n| {a} |", ref, ref)
+    with pytest.raises(TableError, match="unknown option 'sort'"):
+        render("bench.json sort=a\n| a |\n| {a} |", ref, ref)
+    with pytest.raises(TableError, match="number of cells"):
+        render("bench.json#rows\n| a | b |\n| {name} |", ref, ref)
+    with pytest.raises(TableError, match="no field 'nothing'"):
+        render("bench.json#nothing\n| a |\n| {a} |", ref, ref)
