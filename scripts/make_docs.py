@@ -526,6 +526,30 @@ def t_index_compact(ctx: Ctx) -> str:
     return table(header, rows) + "\n\nSource: " + ctx.link(path)
 
 
+def t_serve_load(ctx: Ctx) -> str:
+    """embedfm serve under load: searches/s and latency percentiles per index, clients and concurrent adds."""
+    path = ctx.ref / "bench_serve.json"
+    b = load(path)
+    header = ["data", "n", "index", "clients", "adds meanwhile", "searches", "searches/s", "p50 ms", "p95 ms",
+              "p99 ms", "in-process p50 ms (served ×)"]  # fmt: skip
+    rows = []
+    for ix in b["indexes"]:
+        for c in ix["cells"]:
+            first = c["clients"] == 1 and not c["concurrent_adds"]
+            rows.append([ix["data"], f"{ix['n']:,}", ix["factory"], str(c["clients"]),
+                         f"{c['adds']} adds ({c['adds_per_s']:.0f}/s)" if c["concurrent_adds"] else "–",
+                         f"{c['requests']:,}", f"{c['searches_per_s']:,.0f}", f"{c['p50_ms']:.1f}",
+                         f"{c['p95_ms']:.1f}", f"{c['p99_ms']:.1f}",
+                         f"{ix['in_process']['p50_ms']:.1f} (× {ix['served_over_in_process_p50']:.2f})" if first
+                         else ""])  # fmt: skip
+    load_avg = " → ".join(f"{x:.1f}" for x in b.get("load_average_1min", []))
+    calls = b["indexes"][0]["in_process"]["requests"]
+    return (table(header, rows) + f"\n\n{b['query']}; at most {b['max_requests_per_cell']} searches or "
+            f"{b['max_seconds_per_cell']:g} s a cell; in-process: `Model.search` of {calls} "
+            f"single images. {b['date']}, {b['machine']}, faiss {b['faiss']}; 1-minute load average {load_avg}; "
+            f"{b['seconds']} s in all. Source: " + ctx.link(path))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ tuning
 
 
@@ -1509,6 +1533,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "bench-meta": t_bench_meta,  # bench.json
     "index-meta": t_index_meta,  # bench_index.json
     "index-compact": t_index_compact,  # bench_index.json
+    "serve-load": t_serve_load,  # bench_serve.json (scripts/bench_serve.py)
     "tune-summary": t_tune_summary,  # tune/triplet/summary.json, trials.csv
     "tune-trials": t_tune_trials,  # tune/triplet/trials.csv
     "probe-trajectory": t_probe_trajectory,  # probe/ce_*.jsonl
