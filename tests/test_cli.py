@@ -1,5 +1,6 @@
 """Through the command line: the train → eval → viz path on a small real subset, and bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -193,3 +194,86 @@ def test_help_does_not_import_torch():
     code = "import sys; from embedfm.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def _subcommands():
+    from embedfm.cli import build_parser
+
+    return next(a for a in build_parser()._actions if a.dest == "command").choices
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "viz", "tune", "index", "search", "serve", "summarize",
+                                     "convert", "export", "explore", "floor", "ensemble"])  # fmt: skip
+def test_every_command_answers_help(command, capsys):
+    """Each command's --help exits 0 with its usage (in-process: main parses like the embedfm program)."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and f"usage: embedfm {command}" in capsys.readouterr().out
+
+
+def test_no_flag_is_declared_twice():
+    """Every flag literal in cli.py is added once; a flag that two commands take outside the config schema comes
+    from SHARED (argparse parents), so its declaration is one."""
+    import ast
+    from collections import Counter
+    from pathlib import Path
+
+    import embedfm.cli as cli
+    from embedfm.config import FIELDS
+    from embedfm.tune import BASE_FLAGS, TuneConfig
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    literals = Counter(
+        call.args[0].value
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call)
+        and getattr(call.func, "attr", None) == "add_argument"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+        and str(call.args[0].value).startswith("--")
+    )
+    assert literals and max(literals.values()) == 1, literals.most_common(3)
+    assert not set(literals) & set(cli.SHARED), "a SHARED flag is also added on its own"
+
+    schema = {"train": set(FIELDS), "tune": {*BASE_FLAGS, *(f.name for f in dataclasses.fields(TuneConfig))}}
+    takers: dict[str, set[str]] = {}
+    for name, parser in _subcommands().items():
+        for action in parser._actions:
+            if action.dest not in schema.get(name, ()) and action.dest != "help":
+                for option in action.option_strings:
+                    takers.setdefault(option, set()).add(name)
+    for option, commands in takers.items():
+        assert len(commands) == 1 or option in cli.SHARED, (option, commands)
+    for name, command in cli.COMMANDS.items():  # and every command takes the shared flags it names
+        shared = command.shared() if callable(command.shared) else command.shared
+        assert set(shared) <= {o for a in _subcommands()[name]._actions for o in a.option_strings}, name
+
+
+def test_a_command_is_one_table_entry(monkeypatch, capsys):
+    """A new command needs only its COMMANDS entry: the parser, the shared flags, --help and dispatch follow."""
+    import embedfm.cli as cli
+
+    seen = {}
+    entry = cli.Command(
+        lambda p: p.add_argument("thing", help="what to act on"),
+        lambda args: seen.update(vars(args)),
+        "act on a thing",
+        "Act on a thing, for the test.",
+        {"--out": "where the result goes", "--data-dir": None, "--no-progress": None},
+    )
+    monkeypatch.setitem(cli.COMMANDS, "act", entry)
+    assert main(["act", "x", "--out", "o", "--no-progress"]) == 0
+    assert (seen["command"], seen["thing"], seen["out"], seen["data_dir"], seen["no_progress"]) == (
+        "act",
+        "x",
+        "o",
+        None,
+        True,
+    )
+    with pytest.raises(SystemExit):
+        main(["act", "--help"])
+    out = capsys.readouterr().out
+    assert "where the result goes" in out and "where the Fashion-MNIST IDX files are" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "act on a thing" in capsys.readouterr().out
