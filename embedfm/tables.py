@@ -14,12 +14,13 @@ then options, shell-quoted: `where=FIELD~REGEX` keeps the rows whose field match
 (repeatable); `source=GLOB,GLOB` links those files instead of the ones read. A CSV's or JSON-lines file's rows are
 its lines; a JSON document without `#` is one row; a `.md` file contributes its table lines unchanged.
 
-The template: a header line, then one row template applied to every row, or several, each applied once to the
-single row (a record shown as item / value lines). A cell is str.format over the row, with `.` reaching into
-nested fields (`{classifiers.softmax.accuracy}`), conversions `!p` (× 100, a fraction shown in percent), `!k`
-(/ 1024) and `!m` (× 1000), numeric format specs applied to CSV strings as numbers, and alternatives separated by
-` ?? `: the first whose fields all exist and are not null; "–" when none does. Every row gets `_file` (its file,
-relative to artifacts/reference/) and `_dir` (that file's dir name).
+The template: a header line (formatted with the first file's top-level fields), then one row template applied to
+every row, or several, each applied once to the single row (a record shown as item / value lines). A cell is
+str.format over the row, with `.` reaching into nested fields (`{classifiers.softmax.accuracy}`), conversions `!p`
+(× 100, a fraction shown in percent), `!k` (/ 1024), `!m` (× 1000), `!j` (a list's items joined with commas) and
+`!c` (the same, each in backticks), numeric format specs applied to CSV strings as numbers, and alternatives
+separated by ` ?? `: the first whose fields all exist and are not null; "–" when none does. Every row gets `_file`
+(its file, relative to artifacts/reference/) and `_dir` (that file's dir name).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class Cells(string.Formatter):
         return wrap(obj), field_name
 
     def convert_field(self, value, conversion):
+        if conversion in ("j", "c"):  # a list: its items joined, in backticks with !c
+            return ", ".join(f"`{v}`" if conversion == "c" else str(v) for v in value)
         scale = {"p": 100, "k": 1 / 1024, "m": 1000}.get(conversion)
         return scale * float(value) if scale else super().convert_field(value, conversion)
 

@@ -110,13 +110,6 @@ def column(row: dict[str, str], name: str, source: str) -> str:
     return row[name]
 
 
-def select(ctx: Ctx, backbone: str, columns: list[tuple[str, str]], skip_pixels: bool = False) -> list[list[str]]:
-    """Rows of a study summary, the given (csv column, shown header) pairs only, values as summarize wrote them."""
-    src = f"study/{backbone}/summary.csv"
-    rows = [r for r in ctx.summary(backbone) if not (skip_pixels and r["method"].startswith(PIXEL_ROW))]
-    return [[column(r, c, src) for c, _ in columns] for r in rows]
-
-
 def find_row(ctx: Ctx, backbone: str, prefix: str) -> dict[str, str]:
     rows = [r for r in ctx.summary(backbone) if r["method"].startswith(prefix)]
     if len(rows) != 1:
@@ -854,22 +847,6 @@ def study_protocol(ctx: Ctx, study: str) -> tuple[Path, dict]:
     return root, load(root / "protocol.json")
 
 
-def t_losses_protocol(ctx: Ctx) -> str:
-    root, p = study_protocol(ctx, "losses")
-    t = p["tune"]
-    rows = [
-        ["methods", ", ".join(f"`{m}`" for m in p["methods"])],
-        ["backbone", f"`{t['backbone']}`, default augmentation, every method (the metric losses' searches tune the "
-         "embedding size: see the caveats under the conclusion)"],
-        ["search (`embedfm tune`), per method", f"{t['trials']} trials (trial 0 = the defaults, then TPE), "
-         f"{t['pruner']} pruning, objective `{t['objective']}`, each trial {t['epochs']} epochs on "
-         f"{t['limit']:,} train images, seed {t['seed']}"],
-        ["final runs", f"the best trial's settings, {p['final_epochs']} epochs on the whole train split (a "
-         f"short-training screen), seeds {', '.join(map(str, p['seeds']))}, evaluated on the test split"],
-    ]  # fmt: skip
-    return table(["", "setting"], rows) + "\n\nSource: " + ctx.link(root / "protocol.json")
-
-
 def t_losses_tune(ctx: Ctx) -> str:
     root, p = study_protocol(ctx, "losses")
     rows = []
@@ -1544,7 +1521,6 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "speedrun-recipe": t_speedrun_recipe,  # embedfm.config.RECIPES (the schema, not a measurement)
     "losses-verdict": t_losses_verdict,  # study/losses/paired.json, summary.csv; study/unseen/*/report.json
     "losses-caveats": t_losses_caveats,  # study/losses/*_s0/config.json, tune/*/trials.csv, protocol.json
-    "losses-protocol": t_losses_protocol,  # study/losses/protocol.json (scripts/loss_study.py)
     "losses-tune": t_losses_tune,  # study/losses/tune/*/summary.json
     "losses-paired": t_losses_paired,  # study/losses/paired.json
     "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json

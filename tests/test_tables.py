@@ -62,3 +62,9 @@ def test_errors_name_what_is_wrong(ref):
         render("bench.json#rows\n| a | b |\n| {name} |", ref, ref)
     with pytest.raises(TableError, match="no field 'nothing'"):
         render("bench.json#nothing\n| a |\n| {a} |", ref, ref)
+
+
+def test_lists_joined(ref):
+    (ref / "p.json").write_text(json.dumps({"methods": ["ce", "triplet"], "seeds": [0, 1]}))
+    out = render("p.json\n| | x |\n| methods | {methods!c} |\n| seeds | {seeds!j} |", ref, ref)
+    assert out.startswith("|  | x |\n|---|---|\n| methods | `ce`, `triplet` |\n| seeds | 0, 1 |\n\n")
