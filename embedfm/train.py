@@ -16,8 +16,8 @@ step only the (B,) crop offsets and flip bits come from the host); step statisti
 and read once an epoch. On CUDA the miner's random stream is re-seeded every step (`step_seed`).
 
 This is the one training loop: `embedfm tune`, the benchmarks and the recipe probes drive it through `Hooks`
-(per step and per epoch) or reuse its pieces (`prepare_batch`, `train_step`, `make_optimizer`), so a
-measured recipe is the shipped recipe.
+(per step and per epoch) or reuse its pieces (`TrainState` and `run_epoch`, `prepare_batch`, `train_step`,
+`make_optimizer`), so a measured recipe is the shipped recipe.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,6 +74,51 @@ class Hooks:
 
     on_step: Callable[[Step], None] | None = None
     on_epoch: Callable[[dict], None] | None = None
+
+
+@dataclass
+class TrainState:
+    """What the epochs carry from one to the next, and where they run: `TrainState.start` builds it from a config,
+    `_loop` restores a checkpoint into it and wraps the model, `run_epoch` steps it (a probe may build its own)."""
+
+    model: torch.nn.Module  # what a step calls: `net`, or its DDP / compiled wrapper sharing net's parameters
+    net: torch.nn.Module  # the plain model: validation, checkpoints, hooks
+    objective: torch.nn.Module  # (logits, embeddings, labels) → (loss, stats); may have parameters of its own
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler  # stepped once a step
+    gen: torch.Generator  # the data generator: batch plans and augmentation, the same on every rank
+    splits: Splits  # train_x (N, 28, 28) uint8, train_y (N,): held where batches are gathered (`Splits.train_on`)
+    device: torch.device
+    dd: distributed.Dist = field(default_factory=distributed.Dist)
+    hooks: Hooks = field(default_factory=Hooks)
+    progress: bool = False  # a progress bar per epoch
+
+    @classmethod
+    def start(
+        cls,
+        cfg: TrainConfig,
+        splits: Splits,
+        steps: int,
+        device: torch.device,
+        dd: distributed.Dist | None = None,
+        hooks: Hooks | None = None,
+        progress: bool = False,
+    ) -> TrainState:
+        """A fresh run's state, `steps` steps per epoch: every random stream seeded, then (in this order, which
+        fixes what each draws) the network, the objective, the optimizer and its one-cycle schedule."""
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        gen = seed_everything(cfg.seed)
+        # channels_last: oneDNN's fastest conv layout on CPU
+        net = build_model(**cfg.model_args).to(device, memory_format=torch.channels_last)
+        objective = build_objective(cfg)  # a loss with parameters draws them here, after the weights
+        if isinstance(objective, torch.nn.Module):
+            objective.to(device)
+        opt, sched = make_optimizer(net, cfg, cfg.epochs * steps, loss_parameters(objective))
+        # the uint8 train split beside the model (the CPU: the split itself)
+        train_splits = splits.train_on(device)
+        dd, hooks = dd or distributed.Dist(), hooks or Hooks()
+        return cls(net, net, objective, opt, sched, gen, train_splits, device, dd, hooks, progress)
 
 
 VAL_KNN_REFS = 5_000  # train images used as kNN reference for the per-epoch validation kNN (cheap)
@@ -233,26 +278,20 @@ def train(
                 rundir.prepare(cfg.out, overwrite, resume)
             dd.barrier()
             main_log = log if dd.main else quiet
-            return _loop(cfg, data, splits, steps, device, dd, progress and dd.main, main_log, hooks, old)
+            state = TrainState.start(cfg, splits, steps, device, dd, hooks, progress and dd.main)
+            return _loop(state, cfg, data, splits, old, main_log)
         finally:
             distributed.close(dd)
 
 
-def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> dict:
+def _loop(state: TrainState, cfg: TrainConfig, data: FashionMNIST, splits: Splits, old: Run | None, log) -> dict:
+    """The epochs of `train`, from a fresh state or, with `old`, after its last checkpointed epoch. `splits` are
+    the CPU splits (validation, the probe); `state.splits` the train split where batches are gathered."""
     run = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    gen = seed_everything(cfg.seed)
-    model_args = cfg.model_args
-    # channels_last: oneDNN's fastest conv layout on CPU
-    net = build_model(**model_args).to(device, memory_format=torch.channels_last)
-    objective = build_objective(cfg)  # a loss with parameters draws them here, after the weights
-    if isinstance(objective, torch.nn.Module):
-        objective.to(device)
+    net, objective, opt, sched = state.net, state.objective, state.opt, state.sched
+    gen, device, dd = state.gen, state.device, state.dd
     loss_params = loss_parameters(objective)
-    opt, sched = make_optimizer(net, cfg, cfg.epochs * steps, loss_params)
     diag_batches = diagnostics.fixed_batches(splits.train_y, cfg) if dd.main else None
-    train_splits = splits.train_on(device)  # the uint8 train split beside the model (the CPU: the split itself)
     history, start_epoch = [], 0
     if old is not None:
         try:
@@ -269,9 +308,10 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
             raise EmbedfmError(f"{run}: checkpoint does not fit this run's model or optimizer ({first})") from None
         log(f"resuming {run} after epoch {start_epoch}/{cfg.epochs}")
     # DDP averages gradients over processes; `net` stays the plain model for validation and checkpoints
-    model = torch.nn.parallel.DistributedDataParallel(net) if dd.enabled else net
+    if dd.enabled:
+        state.model = torch.nn.parallel.DistributedDataParallel(net)
     if cfg.compile:  # shares net's parameters; batches have one fixed shape, so it compiles once
-        model = compile_model(model)
+        state.model = compile_model(state.model)
 
     procs = f", {dd.world} processes" if dd.enabled else ""
     log(
@@ -284,9 +324,7 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
     train_seconds = history[-1]["train_seconds"] if history else 0.0
 
     for epoch in range(start_epoch, cfg.epochs):
-        stats = run_epoch(
-            model, net, objective, opt, sched, train_splits, cfg, gen, device, epoch, progress, dd, hooks, train_seconds
-        )
+        stats = run_epoch(state, cfg, epoch, train_seconds)
         train_seconds += stats.pop("seconds")
         # a NaN or infinity anywhere stops the run before this epoch's checkpoint: the last one saved stays good
         try:
@@ -315,7 +353,7 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
             run,
             {
                 **own,
-                "model_args": model_args,
+                "model_args": cfg.model_args,
                 "model": net.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
@@ -330,8 +368,8 @@ def _loop(cfg, data, splits, steps, device, dd, progress, log, hooks, old) -> di
         atomic_write_json(run / rundir.HISTORY, history)
         atomic_write_csv(run / rundir.SUMMARY, _table(history))
         dd.barrier()
-        if hooks.on_epoch is not None:
-            hooks.on_epoch(row)
+        if state.hooks.on_epoch is not None:
+            state.hooks.on_epoch(row)
     if dd.main:
         try:  # a plot is not worth leaving a finished run unfinished for
             diagnostics.plot(run)
@@ -455,26 +493,12 @@ def train_step(
     return loss.detach(), parts, logits.detach()
 
 
-def run_epoch(
-    model,
-    net,
-    objective,
-    opt,
-    sched,
-    splits: Splits,
-    cfg: TrainConfig,
-    gen: torch.Generator,
-    device: torch.device,
-    epoch: int,
-    progress: bool,
-    dd: distributed.Dist | None = None,
-    hooks: Hooks | None = None,
-    seconds_before: float = 0.0,
-) -> dict:
+def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: float = 0.0) -> dict:
     """One pass over the planned batches; returns the epoch's mean train figures (over all ranks) and "seconds",
-    its training time with the hooks' time taken out. `splits.train_x` / `train_y` may be held on the device
-    (`Splits.train_on`): batches are gathered there."""
-    dd, hooks = dd or distributed.Dist(), hooks or Hooks()
+    its training time with the hooks' time taken out (`seconds_before`: the run's training time before this epoch,
+    for the hooks' `Step`). `state.splits.train_x` / `train_y` may be held on the device (`Splits.train_on`):
+    batches are gathered there."""
+    model, splits, gen, device, dd, hooks = state.model, state.splits, state.gen, state.device, state.dd, state.hooks
     model.train()
     # planned on the CPU from the CPU generator (the same plan on any device), then moved once an epoch to where
     # the images are; on the CPU both moves are no-ops
@@ -489,7 +513,7 @@ def run_epoch(
     bar = tqdm(
         batches,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not progress,
+        disable=not state.progress,
         leave=False,
         file=sys.stderr,
         dynamic_ncols=True,
@@ -500,7 +524,7 @@ def run_epoch(
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(step_seed(cfg.seed, epoch, step, dd.rank))
         try:
-            loss, parts, logits = train_step(model, objective, opt, sched, x, y, device, dd)
+            loss, parts, logits = train_step(model, state.objective, state.opt, state.sched, x, y, device, dd)
         except FloatingPointError as e:
             raise NonFiniteError(
                 f"{e} at epoch {epoch + 1}, step {step + 1}; stopped, the last good checkpoint is "
@@ -513,10 +537,10 @@ def run_epoch(
         if hooks.on_step is not None:
             th = time.perf_counter()
             elapsed = th - t0 - hook_seconds
-            hooks.on_step(Step(epoch, step, len(batches), net, float(loss), seconds_before + elapsed))
+            hooks.on_step(Step(epoch, step, len(batches), state.net, float(loss), seconds_before + elapsed))
             model.train()  # a hook may have validated the model
             hook_seconds += time.perf_counter() - th
-        if progress and step % 10 == 0:
+        if state.progress and step % 10 == 0:
             bar.set_postfix(
                 loss=f"{sums['train_loss'].item() / (step + 1):.3f}",
                 acc=f"{correct.item() / seen:.3f}",

@@ -1,4 +1,4 @@
-"""train.py pieces: the learning-rate schedule at any step count."""
+"""train.py pieces: the learning-rate schedule at any step count, the state a probe drives `run_epoch` with."""
 
 import pytest
 import torch
@@ -171,3 +171,36 @@ def test_the_probe_refuses_a_non_finite_embedding_in_one_line():
     with pytest.raises(EmbedfmError, match=r"^non-finite embeddings in the diagnostics probe$"):
         diagnostics.probe(NaNNet(), images, torch.arange(100) % 10, batches, cfg, torch.device("cpu"),
                           build_objective(cfg))  # fmt: skip
+
+
+def test_a_state_built_outside_the_loop_trains_the_loops_epoch(tmp_path, fake_data_dir):
+    """How a probe drives the loop's pieces: `TrainState.start` + `run_epoch` on the same config give the weights
+    `train` checkpoints after its first epoch, bit for bit (same process, same kernels)."""
+    from embedfm import checkpoint as ckpt_io
+    from embedfm.data import load_fashion_mnist
+    from embedfm.sampling import make_splits
+    from embedfm.train import TrainState, run_epoch, steps_per_epoch, train
+
+    cfg = TrainConfig(loss="triplet", epochs=2, limit=200, val_size=50, batch_size=50, m_per_class=4,
+                      data_dir=str(fake_data_dir), out=str(tmp_path / "run"))  # fmt: skip
+    steps_seen = []
+    with pytest.raises(KeyboardInterrupt):  # stopped after epoch 1's checkpoint
+        train(cfg, progress=False, log=lambda *a: None, hooks=_stop_after_epoch_1(steps_seen))
+    splits = make_splits(load_fashion_mnist(cfg.data_dir), cfg.val_size, cfg.limit)
+    state = TrainState.start(cfg, splits, steps_per_epoch(cfg, len(splits.train_y)), torch.device("cpu"))
+    stats = run_epoch(state, cfg, 0)
+    saved = ckpt_io.load_checkpoint(tmp_path / "run")
+    assert saved["epoch"] == 0 and stats["train_loss"] == saved["history"][0]["train_loss"]
+    assert len(steps_seen) == 3  # 150 train images, batches of 50
+    weights = state.net.state_dict()
+    assert weights.keys() == saved["model"].keys()
+    assert all(torch.equal(weights[k], saved["model"][k]) for k in weights)
+
+
+def _stop_after_epoch_1(steps_seen):
+    from embedfm.train import Hooks
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    return Hooks(on_step=lambda s: steps_seen.append(s.step), on_epoch=stop)
