@@ -230,7 +230,7 @@ class LiveIndex:
                 wanted = np.isin(self.labels.view, np.asarray(list(classes), dtype=np.int64)) & self.alive.view
                 selector = _bitmap_selector(wanted)
             params = self._params(selector, nprobe, ef_search)
-            sims, slots = self.index.search(x, k, params=params) if params else self.index.search(x, k)
+            sims, slots = _faiss_search(self.index, x, k, params)
             found = slots >= 0
             safe = np.where(found, slots, 0)
             sources = [[self.sources[s] if s >= 0 else "" for s in row] for row in slots.tolist()]
@@ -478,6 +478,14 @@ class UnknownItem(EmbedfmError):
 
 class DuplicateItem(EmbedfmError):
     """An item with this id is already in the index."""
+
+
+def _faiss_search(index, x: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+    """index.search on NumPy queries, with search parameters where given. faiss.contrib.torch_utils (imported by
+    pytorch-metric-learning's inference utilities) replaces Index.search with a wrapper that takes no `params`
+    and keeps the original as `search_numpy`: call that one where it is there."""
+    search = getattr(index, "search_numpy", index.search)
+    return search(x, k, params=params) if params is not None else search(x, k)
 
 
 def _bitmap_selector(mask: np.ndarray):

@@ -75,6 +75,18 @@ def test_adds_and_removals_survive_reopening_and_match_brute_force(index_dir):
     assert not any(n in names for n in ("index.faiss", "catalogue.npz")), names  # the build's files are gone
 
 
+def test_a_class_filter_searches_after_faiss_torch_utils_wraps_index_search(index_dir):
+    """pytorch-metric-learning's inference utilities import faiss.contrib.torch_utils, which replaces every faiss
+    Index.search with a wrapper that takes no search parameters; a filtered search must still work after it."""
+    import faiss.contrib.torch_utils  # noqa: F401  (the import is the point: it patches faiss for this process)
+
+    rng = np.random.default_rng(2)
+    live = LiveIndex.open(index_dir)
+    q = unit(rng, 3, live.dim)
+    only = live.search(q, 3, classes=[6])
+    assert np.array_equal(only.ids, brute(live, q, 3, classes=[6])) and (only.labels == 6).all()
+
+
 def test_a_torn_last_record_is_dropped_and_damage_before_whole_records_is_one_line(index_dir):
     rng = np.random.default_rng(1)
     live = LiveIndex.open(index_dir, writable=True)
