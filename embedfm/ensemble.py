@@ -23,6 +23,7 @@ from embedfm import rundir
 from embedfm.config import SHIRT
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_json, atomic_write_text
+from embedfm.markdown import md_table
 from embedfm.run import EvaluatedRuns
 
 KEYS = ("test_probs", "train_embeddings", "test_embeddings")
@@ -84,9 +85,10 @@ def markdown(r: dict) -> str:
     lines = [
         f"# Ensemble of {len(r['runs'])} runs",
         "",
-        "| classifier | test accuracy % | focus-group error % | shirt recall |",
-        "|---|---|---|---|",
-        *(f"| {n} | {100 * a:.2f} | {100 * f:.2f} | {'–' if s is None else f'{s:.3f}'} |" for n, a, f, s in rows),
+        md_table(
+            ["classifier", "test accuracy %", "focus-group error %", "shirt recall"],
+            [[n, f"{100 * a:.2f}", f"{100 * f:.2f}", "–" if s is None else f"{s:.3f}"] for n, a, f, s in rows],
+        ),
         "",
         f"MAP@R of the concatenated embeddings: {r['retrieval_concatenated']['map_at_r']:.4f}. Runs: "
         + ", ".join(f"`{x}`" for x in r["runs"]),

@@ -48,6 +48,7 @@ import numpy as np
 from embedfm import CLASS_NAMES, rundir
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
+from embedfm.markdown import md_table
 from embedfm.report import is_number
 from embedfm.run import EvaluatedRuns, check_comparable
 
@@ -384,26 +385,45 @@ def markdown(r: dict) -> str:
     lines = [
         f"# The four-class floor over {n} runs",
         "",
-        "| figure | value |",
-        "|---|---|",
-        f"| focus-class test images | {s['focus_images']:,} |",
-        f"| wrong in every run (softmax) | {s['all_wrong']:,} |",
-        f"| wrong in every run, with the same predicted class | {s['all_wrong_same_way']:,} |",
-        f"| suspected test label issues in the focus classes (cleanlab) | {t['count']:,} "
-        f"({', '.join(f'{c} {v}' for c, v in t['by_class'].items())}) |",
-        "| of the images every run gets wrong the same way, suspected issues | "
-        f"{t['all_wrong_same_way_among_them']:,} |",
-        f"| suspected train label issues in the focus classes (kNN leave-one-out, k = {tr['k']}, `{tr['from_run']}`) "
-        f"| {tr['count']:,} ({', '.join(f'{c} {v}' for c, v in tr['by_class'].items())}) |",
-        f"| best run by validation accuracy | `{b['name']}` ({100 * b['val_acc']:.2f} % val) |",
-        f"| its focus-group error | {100 * b['focus_error']:.2f} % ({b['focus_errors']:,} images) |",
-        f"| its focus-group errors on suspected issues (in-sample) | {b['errors_on_suspected_issues']:,} "
-        f"({100 * b['share_on_suspected_issues']:.1f} %) |",
-        f"| its focus-group error on the other focus images (in-sample) | {100 * b['focus_error_on_the_rest']:.2f} % |",
-        "| every run: share of its focus-group errors on suspected issues (in-sample) | "
-        f"{per_run_span(r, 'share_on_suspected_issues')} |",
-        "| every run: focus-group error on the other focus images (in-sample) | "
-        f"{per_run_span(r, 'focus_error_on_the_rest')} |",
+        md_table(
+            ["figure", "value"],
+            [
+                ["focus-class test images", f"{s['focus_images']:,}"],
+                ["wrong in every run (softmax)", f"{s['all_wrong']:,}"],
+                ["wrong in every run, with the same predicted class", f"{s['all_wrong_same_way']:,}"],
+                [
+                    "suspected test label issues in the focus classes (cleanlab)",
+                    f"{t['count']:,} ({', '.join(f'{c} {v}' for c, v in t['by_class'].items())})",
+                ],
+                [
+                    "of the images every run gets wrong the same way, suspected issues",
+                    f"{t['all_wrong_same_way_among_them']:,}",
+                ],
+                [
+                    f"suspected train label issues in the focus classes (kNN leave-one-out, k = {tr['k']}, "
+                    f"`{tr['from_run']}`)",
+                    f"{tr['count']:,} ({', '.join(f'{c} {v}' for c, v in tr['by_class'].items())})",
+                ],
+                ["best run by validation accuracy", f"`{b['name']}` ({100 * b['val_acc']:.2f} % val)"],
+                ["its focus-group error", f"{100 * b['focus_error']:.2f} % ({b['focus_errors']:,} images)"],
+                [
+                    "its focus-group errors on suspected issues (in-sample)",
+                    f"{b['errors_on_suspected_issues']:,} ({100 * b['share_on_suspected_issues']:.1f} %)",
+                ],
+                [
+                    "its focus-group error on the other focus images (in-sample)",
+                    f"{100 * b['focus_error_on_the_rest']:.2f} %",
+                ],
+                [
+                    "every run: share of its focus-group errors on suspected issues (in-sample)",
+                    per_run_span(r, "share_on_suspected_issues"),
+                ],
+                [
+                    "every run: focus-group error on the other focus images (in-sample)",
+                    per_run_span(r, "focus_error_on_the_rest"),
+                ],
+            ],
+        ),
         "",
         "Images wrong in exactly k of the runs (k = 0 … " + f"{n}): " + ", ".join(map(str, s["wrong_in_k_runs"])),
         "",
@@ -419,8 +439,8 @@ def crossfit_markdown(r: dict) -> str:
     first = rules[cols[0]]
     a_n, b_n = len(first["halves"]["A"]), len(first["halves"]["B"])
 
-    def row(label: str, f) -> str:
-        return f"| {label} | " + " | ".join(f(rules[c]) for c in cols) + " |"
+    def row(label: str, f) -> list[str]:
+        return [label, *(f(rules[c]) for c in cols)]
 
     cf = lambda rule, key: rule["per_run"][b]["cross_fitted"][key]
     lines = [
@@ -431,34 +451,38 @@ def crossfit_markdown(r: dict) -> str:
         "Cross-fitted: each run's focus-group errors split on the suspects of the *other* half; in-sample: on its "
         "own half's suspects.",
         "",
-        "| figure | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
-        row(f"suspects from half A ({a_n} runs)", lambda x: f"{x['suspects']['A']:,}"),
-        row(f"suspects from half B ({b_n} runs)", lambda x: f"{x['suspects']['B']:,}"),
-        row("suspects of both halves", lambda x: f"{x['suspects']['both']:,}"),
-        row(
-            f"best run by validation accuracy `{b}`: share of its focus-group errors on suspects (cross-fitted)",
-            lambda x: f"{100 * cf(x, 'share_on_suspected_issues'):.1f} %",
-        ),
-        row(
-            "… its focus-group error on the rest (cross-fitted)",
-            lambda x: f"{100 * cf(x, 'focus_error_on_the_rest'):.2f} %",
-        ),
-        row(
-            "every run: share of its focus-group errors on suspects (cross-fitted)",
-            lambda x: per_run_span(x, "share_on_suspected_issues", "cross_fitted"),
-        ),
-        row(
-            "every run: focus-group error on the rest (cross-fitted)",
-            lambda x: per_run_span(x, "focus_error_on_the_rest", "cross_fitted"),
-        ),
-        row(
-            "every run: share of its focus-group errors on suspects (in-sample, own half)",
-            lambda x: per_run_span(x, "share_on_suspected_issues", "in_sample"),
-        ),
-        row(
-            "every run: focus-group error on the rest (in-sample, own half)",
-            lambda x: per_run_span(x, "focus_error_on_the_rest", "in_sample"),
+        md_table(
+            ["figure", *cols],
+            [
+                row(f"suspects from half A ({a_n} runs)", lambda x: f"{x['suspects']['A']:,}"),
+                row(f"suspects from half B ({b_n} runs)", lambda x: f"{x['suspects']['B']:,}"),
+                row("suspects of both halves", lambda x: f"{x['suspects']['both']:,}"),
+                row(
+                    f"best run by validation accuracy `{b}`: "
+                    "share of its focus-group errors on suspects (cross-fitted)",
+                    lambda x: f"{100 * cf(x, 'share_on_suspected_issues'):.1f} %",
+                ),
+                row(
+                    "… its focus-group error on the rest (cross-fitted)",
+                    lambda x: f"{100 * cf(x, 'focus_error_on_the_rest'):.2f} %",
+                ),
+                row(
+                    "every run: share of its focus-group errors on suspects (cross-fitted)",
+                    lambda x: per_run_span(x, "share_on_suspected_issues", "cross_fitted"),
+                ),
+                row(
+                    "every run: focus-group error on the rest (cross-fitted)",
+                    lambda x: per_run_span(x, "focus_error_on_the_rest", "cross_fitted"),
+                ),
+                row(
+                    "every run: share of its focus-group errors on suspects (in-sample, own half)",
+                    lambda x: per_run_span(x, "share_on_suspected_issues", "in_sample"),
+                ),
+                row(
+                    "every run: focus-group error on the rest (in-sample, own half)",
+                    lambda x: per_run_span(x, "focus_error_on_the_rest", "in_sample"),
+                ),
+            ],
         ),
         "",
         *(f"- {c}: {rules[c]['rule']}" for c in cols),

@@ -27,6 +27,7 @@ from embedfm import rundir
 from embedfm.config import FIELDS, FOCUS_CLASSES, SHIRT, TrainConfig, resolved_sampler, run_keys
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
+from embedfm.markdown import md_table
 from embedfm.report import read_json, require
 from embedfm.run import check_same_images
 
@@ -254,10 +255,10 @@ def summarize(
         for key in ("acc_knn", "focus_err_knn", f"recall_{SHIRT}_knn"):
             require(b, (key,), "number", str(out_dir / PIXELS), again)
         rows.append(pixel_row(b))
-    md = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in rows]
-    atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+    md = md_table(HEADER, rows)
+    atomic_write_text(out_dir / "summary.md", md + "\n")
     atomic_write_csv(out_dir / "summary.csv", rows, header=HEADER)
-    log("\n".join(md))
+    log(md)
     return rows
 
 
