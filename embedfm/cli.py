@@ -42,6 +42,20 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+def _names(s: str) -> list[str]:
+    names = [x.strip() for x in s.split(",") if x.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names like ce,triplet, got {s!r}")
+    return names
+
+
+def _seeds(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds like 0,1,2, got {s!r}") from None
+
+
 # a field's annotation (a string under `from __future__ import annotations`) → (argparse type, metavar)
 _TYPES = {
     "int": (int, "N"),
@@ -104,6 +118,7 @@ SHARED: dict[str, dict] = {
     "--index": {"help": "index dir (default RUN/index)"},
     "--nprobe": {"type": int, "help": "IVF lists to search (default: as saved)"},
     "--ef-search": {"type": int, "help": "HNSW search breadth (default: as saved)"},
+    "--threads": {"type": int, "help": "threads (default: all cores)"},
 }
 
 
@@ -171,7 +186,6 @@ def add_index(p: argparse.ArgumentParser) -> None:
         default="Flat",
         help="faiss factory string, e.g. Flat, IVF256,Flat, HNSW32, IVF256,PQ16",
     )
-    p.add_argument("--threads", type=int, help="faiss threads (default: all cores)")
     change = p.add_argument_group("change an existing index without a rebuild (logged, as `embedfm serve` does)")
     change.add_argument("--add", nargs="+", metavar="IMAGE", help="image files or folders to add")
     change.add_argument("--ids", type=_classes, metavar="N,N,...", help="ids of the added images (default: next free)")
@@ -275,6 +289,21 @@ def add_explore(p: argparse.ArgumentParser) -> None:
         default="knn",
         help="whose predictions the page shows (as eval saved them)",
     )
+
+
+def add_study(p: argparse.ArgumentParser) -> None:
+    from embedfm.study import STAGES
+
+    p.add_argument(
+        "stage",
+        choices=STAGES,
+        help="run: train and evaluate every run; extras: ensembles and the floor from the runs' embeddings; "
+        "publish: copy the runs (no checkpoints), write manifest.json, rebuild the results; check: rebuild the "
+        "results into a temporary dir and compare them byte for byte with the published ones",
+    )
+    p.add_argument("definitions", nargs="+", metavar="STUDY", help="study definition files (studies/NAME.py)")
+    p.add_argument("--methods", type=_names, metavar="M,M,...", help="run: only these methods (default: every one)")
+    p.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="run: only these seeds (default: every one)")
 
 
 # ---------------------------------------------------------------------------------------------- running each command
@@ -438,19 +467,26 @@ def cmd_explore(args) -> None:
     )
 
 
+def cmd_study(args) -> int:
+    from embedfm.study import run_command
+
+    return run_command(args.stage, args.definitions, args.methods, args.seeds, args.threads)
+
+
 # ---------------------------------------------------------------------------------------------- the command table
 
 
 @dataclass(frozen=True)
 class Command:
-    """One `embedfm` command. add: adds its own arguments; run: runs it on the parsed arguments; help: its line in
+    """One `embedfm` command. add: adds its own arguments; run: runs it on the parsed arguments (returning None, or
+    the exit status where it can be other than 0 without an error); help: its line in
     `embedfm --help`; description: the top of `embedfm COMMAND --help`; shared: the SHARED flags it takes, each
     mapped to its help there, keywords to change, or None (as declared), or a function returning that mapping (for
     help that reads a command module's constants when the parser is built); show_defaults: "(default: X)" after each
     flag's help (off where the help shows [defaults] from a schema, or there are none)."""
 
     add: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], None]
+    run: Callable[[argparse.Namespace], int | None]
     help: str
     description: str
     shared: dict[str, str | dict | None] | Callable[[], dict] = field(default_factory=dict)
@@ -517,6 +553,7 @@ COMMANDS: dict[str, Command] = {
             "--out": "index dir (default RUN/index)",
             "--nprobe": "IVF lists searched by default (saved with the index)",
             "--ef-search": "HNSW search breadth by default (saved with the index)",
+            "--threads": "faiss threads (default: all cores)",
             "--data-dir": "where the Fashion-MNIST IDX files are",
             "--no-progress": None,
         },
@@ -623,6 +660,15 @@ COMMANDS: dict[str, Command] = {
             "--k": "neighbours of the kNN over the concatenated embeddings",
         },
     ),
+    "study": Command(
+        add_study,
+        cmd_study,
+        "a study from its definition under studies/: train its runs, their extras, publish and check the results",
+        "Run one stage of each study (studies/NAME.py: a base recipe, methods as config overrides, seeds, held-out "
+        "classes, extras; docs/results/README.md#studies). Each stage resumes: run skips evaluated runs and "
+        "continues started ones. check exits with 1 where a published result differs from its rebuild.",
+        {"--threads": "run: torch CPU threads of every run (default: each run's config)"},
+    ),
 }
 
 
@@ -661,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.command].run
     try:
-        command(args)
+        status = command(args)
     except EmbedfmError as e:
         if args.debug:
             raise
@@ -670,4 +716,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"\ninterrupted; {e}" if str(e) else "\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
+    return status or 0

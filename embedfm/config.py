@@ -44,7 +44,7 @@ SHIRT = 6  # the focus class every classifier recalls worst: its recall is repor
 
 # --recipe: presets that sit between the field defaults and --config / flags. `fast` is the speed-run recipe for
 # about 10 minutes of training on two CPU cores, chosen on the validation split (docs/results/speedrun.md,
-# scripts/speedrun.py): at a fixed budget more epochs of the default network beat a wider network, random crops
+# studies/speedrun.py): at a fixed budget more epochs of the default network beat a wider network, random crops
 # and shifted test-time views, so it is the default recipe trained for 9 epochs.
 RECIPES: dict[str, dict] = {
     "default": {},

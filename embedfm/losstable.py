@@ -4,7 +4,8 @@
   with their defaults, help and checks) from it;
 - `tune` takes the search range of each setting, and searches a loss's settings with it;
 - `objectives` builds a loss by looking its name up in `objectives.BUILDERS` (the one part that needs torch);
-- the loss comparison (scripts/loss_study.py) takes its metric-loss methods from `study_methods()`.
+- the loss comparison (`embedfm study run studies/losses.py`) takes its metric-loss methods from `study_methods()`
+  and the losses whose diagnostics it plots from `HINGE_LOSSES`.
 
 A new metric loss is a `LossSpec` in `SPECS` below, a builder in `objectives.BUILDERS` and its row in
 docs/losses.md (CONTRIBUTING.md, "Add a loss"). This module does not import torch: `--help` and config validation

@@ -1,9 +1,10 @@
 """Studies as data: a `Study` is a base recipe, methods as config overrides, seeds, held-out classes and the extras
 (ensembles, floor, curve) computed from its runs; this module owns running one and publishing its results.
 
-    python -m embedfm.study run|extras|publish|check studies/NAME.py [--methods A,B] [--seeds 0,1] [--threads N]
+    embedfm study run|extras|publish|check studies/NAME.py [--methods A,B] [--seeds 0,1] [--threads N]
 
-A definition file under studies/ builds one `Study` named STUDY. Its stages, each resumable:
+A definition file under studies/ builds one `Study` named STUDY (`python -m embedfm.study ...` is the same
+command). Its stages, each resumable:
 
 - run: every run of the study (`Study.runs`), seed-major, brought to "evaluated" by `commands.ensure_evaluated`
   under `work` (a run found evaluated is skipped, a started one resumes); a study with a `tune` budget first tunes
@@ -22,7 +23,6 @@ are grouped and labelled from it, never from run-dir names. docs/results/README.
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import itertools
 import runpy
@@ -468,38 +468,41 @@ def verdict(paired: dict, summary: list[dict], control: str, metric: list[str], 
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="embedfm study", description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=STAGES)
-    p.add_argument("definitions", nargs="+", help="studies/NAME.py")
-    p.add_argument("--methods", default=None, help="run: comma-separated methods (default: every one)")
-    p.add_argument("--seeds", default=None, help="run: comma-separated seeds (default: every one)")
-    p.add_argument("--threads", type=int, default=None, help="run: torch threads of every run")
-    a = p.parse_args(argv)
-    try:
-        differ = []
-        for path in a.definitions:
-            study = load(path)
-            if a.stage == "run":
-                methods = a.methods.split(",") if a.methods else None
-                unknown = set(methods or ()) - {*study.methods, *study.curve_methods}
-                if unknown:
-                    raise EmbedfmError(f"--methods: unknown method {sorted(unknown)[0]!r} of study {study.name}")
-                seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
-                run_stage(study, methods, seeds, a.threads)
-            elif a.stage == "extras":
-                extras_stage(study)
-            elif a.stage == "publish":
-                publish_stage(study)
-            else:
-                differ += [f"{study.out}/{f}" for f in check(study)]
-    except EmbedfmError as e:
-        print(f"embedfm study: error: {e}", file=sys.stderr)
-        return 2
+def run_command(
+    stage: str,
+    definitions: list[str],
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    threads: int | None = None,
+) -> int:
+    """`embedfm study STAGE DEFINITION...` (its arguments are declared in embedfm.cli): the stage of each study in
+    turn. Returns 0, or 1 where `check` finds result files that differ from their rebuild; a definition that is not
+    there or a method the study does not have raises EmbedfmError."""
+    differ = []
+    for path in definitions:
+        study = load(path)
+        if stage == "run":
+            unknown = set(methods or ()) - {*study.methods, *study.curve_methods}
+            if unknown:
+                raise EmbedfmError(f"--methods: unknown method {sorted(unknown)[0]!r} of study {study.name}")
+            run_stage(study, methods, seeds, threads)
+        elif stage == "extras":
+            extras_stage(study)
+        elif stage == "publish":
+            publish_stage(study)
+        else:
+            differ += [f"{study.out}/{f}" for f in check(study)]
     if differ:
         print(f"{len(differ)} result files differ from their rebuild: " + ", ".join(differ), file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m embedfm.study ...`: the same as `embedfm study ...`."""
+    from embedfm.cli import main as cli_main
+
+    return cli_main(["study", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # the definitions import embedfm.study, not __main__: run that module's main

@@ -22,8 +22,8 @@ Sections (each prints absolute figures and the ratio, all measured in this one p
                         output dir
   7. threads            (only with `--only threads`: about 2 minutes) one epoch of the ResNet-20 CE + triplet
                         recipe on 8,000 images (2,000 with --quick): one process with 2 torch threads against
-                        two processes with 1 thread each, side by side (how scripts/best_study.py trains two
-                        methods at once): training images/s of each and in all
+                        two processes with 1 thread each, side by side (as `embedfm study run studies/best.py`
+                        trains two methods at once, `--threads 1` each): training images/s of each and in all
 Writes bench.json (and bench.md) into --out, or artifacts/reference/ with `--reference`. `--only knn` (etc.)
 re-measures some sections and updates their rows and fields in the existing files, noting the date of each
 section in "section_dates".
@@ -505,7 +505,7 @@ def plot_speedrun(race: dict, png: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ 7
 
-# The study's recipe (scripts/best_study.py), one epoch: small convolutions that a second thread speeds up poorly.
+# The best study's recipe (studies/best.py), one epoch: small convolutions that a second thread speeds up poorly.
 THREADS_RECIPE = ["--backbone", "resnet20", "--crop-pad", "2", "--loss", "triplet", "--epochs", "1"]
 
 

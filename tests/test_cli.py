@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SUBSET, make_fake_dataset, write_idx
+from conftest import ROOT, SUBSET, make_fake_dataset, write_idx
 
 from embedfm.cli import main
 from embedfm.data import FILES
@@ -203,7 +203,7 @@ def _subcommands():
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "viz", "tune", "index", "search", "serve", "summarize",
-                                     "convert", "export", "explore", "floor", "ensemble"])  # fmt: skip
+                                     "convert", "export", "explore", "floor", "ensemble", "study"])  # fmt: skip
 def test_every_command_answers_help(command, capsys):
     """Each command's --help exits 0 with its usage (in-process: main parses like the embedfm program)."""
     with pytest.raises(SystemExit) as done:
@@ -277,3 +277,30 @@ def test_a_command_is_one_table_entry(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "act on a thing" in capsys.readouterr().out
+
+
+def test_study_is_a_command(monkeypatch, capsys):
+    """`embedfm study STAGE studies/NAME.py` runs embedfm.study's stages (check: seconds for the mlp study), with
+    check's exit status; `python -m embedfm.study` is the same command."""
+    import embedfm.study as study
+
+    monkeypatch.chdir(ROOT)
+    assert main(["study", "check", "studies/mlp.py"]) == 0
+    assert "same: artifacts/reference/study/mlp/summary.csv" in capsys.readouterr().out
+    assert study.main(["check", "studies/mlp.py"]) == 0
+    monkeypatch.setattr(study, "check", lambda s: ["summary.md"])
+    assert main(["study", "check", "studies/mlp.py"]) == 1
+    assert (
+        "1 result files differ from their rebuild: artifacts/reference/study/mlp/summary.md" in capsys.readouterr().err
+    )
+
+    seen = {}
+    monkeypatch.setattr(study, "run_stage", lambda s, methods, seeds, threads: seen.update(
+        study=s.name, methods=methods, seeds=seeds, threads=threads))  # fmt: skip
+    assert main(["study", "run", "studies/mlp.py", "--methods", "triplet", "--seeds", "0,2", "--threads", "1"]) == 0
+    assert seen == {"study": "mlp", "methods": ["triplet"], "seeds": [0, 2], "threads": 1}
+    assert main(["study", "run", "studies/mlp.py", "--methods", "arcface"]) == 2
+    assert "embedfm study: error: --methods: unknown method 'arcface'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["study", "run", "studies/mlp.py", "--seeds", "a"])
+    assert done.value.code == 2
