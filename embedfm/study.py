@@ -13,8 +13,8 @@ command). Its stages, each resumable:
 - extras: `embedfm ensemble` of the named methods' seeds and `embedfm floor` over every run, into `out` (they read
   the runs' embeddings, which only `work` has).
 - publish: the evaluated runs copied into `out` (report, history, config: no checkpoints), manifest.json written,
-  then the results rebuilt from the copied run reports alone (`rebuild`): summary.csv/md, paired.json/md, the
-  cross-fitted floor, curve.json.
+  then the results rebuilt from the copied run reports alone (`rebuild`): summary.csv/md, runs.csv, contrasts.json,
+  paired.json/md, the cross-fitted floor, curve.json.
 - check: `rebuild` into a temp dir from the committed runs, compared byte for byte with the committed results.
 
 manifest.json names every run with its method, seed, held-out classes, run dir and resolved config: the results
@@ -23,8 +23,10 @@ are grouped and labelled from it, never from run-dir names. docs/results/README.
 
 from __future__ import annotations
 
+import csv
 import filecmp
 import itertools
+import math
 import runpy
 import shutil
 import statistics
@@ -47,7 +49,13 @@ RESULTS = {
     "paired": ("paired.json", "paired.md"),
     "crossfit": ("floor/crossfit.json", "floor/crossfit.md"),
     "curve": ("curve.json",),
+    "runs": ("runs.csv",),
+    "contrasts": ("contrasts.json",),
 }
+# runs.csv: one row per evaluated table run, in run-dir name order (RUN_COLUMNS; empty: not recorded / not apt)
+RUN_COLUMNS = ("run", "method", "label", "seed", "loss", "epochs", "crop_pad", "sampler", "mining", "metric_loss",
+               "val_acc", "val_focus_err", "val_knn_acc", "test_acc", "test_focus_err", "shirt_recall", "map_at_r",
+               "train_seconds", "eval_seconds")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class Study:
     copied: tuple[str, ...] = COPIED
     extra_files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # method → further files publish copies
     protocol: dict | Callable[[Study], dict] | None = None  # written as protocol.json by publish
+    contrasts: tuple[tuple[str, str, str, str], ...] = ()  # (method A, its name, method B, its name): B against A
     notes: str = ""
 
     def __post_init__(self):
@@ -300,7 +309,11 @@ def rebuild(study: Study, runs_root: Path, dest: Path, log=say) -> list[str]:
     if (runs_root / "pixels.json").is_file() and runs_root != dest:  # the saved raw-pixel row summarize shows
         shutil.copy2(runs_root / "pixels.json", dest / "pixels.json")
     summarize(dirs, out=str(dest), names=names, log=quiet)
-    written = [*RESULTS["summary"]]
+    write_runs(run_rows(table, runs_root), dest / "runs.csv")
+    written = [*RESULTS["summary"], *RESULTS["runs"]]
+    if study.contrasts:
+        atomic_write_json(dest / "contrasts.json", contrasts(study.contrasts, run_rows(table, runs_root)))
+        written += RESULTS["contrasts"]
     if study.paired:
         summarize_paired(dirs, out=str(dest), names=names, log=quiet)
         written += RESULTS["paired"]
@@ -312,6 +325,66 @@ def rebuild(study: Study, runs_root: Path, dest: Path, log=say) -> list[str]:
         written += RESULTS["curve"]
     log(f"{study.name}: wrote {', '.join(written)} into {dest}")
     return written
+
+
+def run_rows(table: list[dict], root: Path) -> list[dict]:
+    """One row per evaluated run of the manifest's `table`, in run-dir name order: what it is (method, label, seed,
+    loss, epochs, crop pad, resolved sampler; mining and metric loss for the triplet loss only, as its report's
+    config records them), its final epoch's validation figures (history.json) and its test figures (report.json:
+    softmax head; MAP@R of the embedding), fractions; seconds of training and evaluation."""
+    from embedfm.config import resolved_sampler
+
+    rows = []
+    for r in sorted(table, key=lambda r: r["run"]):
+        if not (root / r["run"] / "report.json").is_file():
+            continue
+        (e,) = read_json(root / r["run"] / "report.json")["runs"].values()
+        cfg, sm = e["config"], e["classifiers"]["softmax"]
+        hist = root / r["run"] / "history.json"
+        last = read_json(hist)[-1] if hist.is_file() else {}
+        triplet = cfg["loss"] == "triplet"
+        rows.append({
+            "run": r["run"], "method": r["method"], "label": r["label"], "seed": r["seed"], "loss": cfg["loss"],
+            "epochs": e["epochs"], "crop_pad": cfg.get("crop_pad"),
+            "sampler": resolved_sampler(cfg["loss"], cfg.get("sampler", "auto")),
+            "mining": cfg.get("mining", "all") if triplet else None,
+            "metric_loss": cfg.get("metric_loss", "triplet") if triplet else None,
+            "val_acc": last.get("val_acc"), "val_focus_err": last.get("val_focus_err"),
+            "val_knn_acc": last.get("val_knn_acc"), "test_acc": sm["accuracy"],
+            "test_focus_err": sm["focus_group_error"], "shirt_recall": sm["per_class"]["6"]["recall"],
+            "map_at_r": e["retrieval"]["map_at_r"],
+            "train_seconds": e["train_seconds"], "eval_seconds": e.get("eval_seconds"),
+        })  # fmt: skip
+    return rows
+
+
+def contrasts(pairs: tuple[tuple[str, str, str, str], ...], rows: list[dict]) -> dict:
+    """Method B against method A, per pair, from run_rows: the runs of each, their mean focus-group error (softmax,
+    test), the difference of the means (B − A) with its standard error (of a difference of two independent means,
+    sample variances), the relative change in % of A's mean, and the differences of mean test accuracy and MAP@R."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["method"], []).append(r)
+    out = []
+    for a, label_a, b, label_b in pairs:
+        if a not in by or b not in by:
+            raise EmbedfmError(f"contrast {a} → {b}: no evaluated run of {a if a not in by else b!r}")
+        mean = lambda m, k: statistics.fmean(r[k] for r in by[m])
+        ea, eb = ([r["test_focus_err"] for r in by[m]] for m in (a, b))
+        ma, mb = statistics.fmean(ea), statistics.fmean(eb)
+        se = math.sqrt(statistics.variance(ea) / len(ea) + statistics.variance(eb) / len(eb))
+        out.append({"from": a, "from_label": label_a, "to": b, "to_label": label_b, "runs": [len(ea), len(eb)],
+                    "focus_error": [ma, mb], "difference": mb - ma, "se": se, "relative_pct": 100 * (mb - ma) / ma,
+                    "accuracy_change": mean(b, "test_acc") - mean(a, "test_acc"),
+                    "map_at_r_change": mean(b, "map_at_r") - mean(a, "map_at_r")})  # fmt: skip
+    return {"contrasts": out}
+
+
+def write_runs(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, RUN_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
 
 
 def labels(dirs: list[str], table: list[dict], root: Path) -> dict[str, str]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import re
 import shutil
@@ -133,11 +132,6 @@ def runs_of(ref: Path, backbone: str, pattern: str) -> list[tuple[Path, dict]]:
     if not out:
         raise DocsError(f"no runs matching study/{backbone}/{pattern}")
     return out
-
-
-def last_epoch(run_dir: Path) -> dict:
-    hist = run_dir / "history.json"
-    return load(hist)[-1] if hist.is_file() else {}
 
 
 def committed_run(ref: Path, recorded: str) -> tuple[str, Path] | None:
@@ -351,115 +345,11 @@ def summary_links(ctx: Ctx, backbones: list[str]) -> str:
     return ", ".join(ctx.link(ctx.ref / "study" / b / "summary.md", f"study/{b}/summary.md") for b in backbones)
 
 
-def t_study_resnet20_runs(ctx: Ctx) -> str:
-    header = ["run", "loss", "epochs", "crop pad", "val acc %", "test acc softmax %", "training s", "eval s"]
-    rows = []
-    for run_dir, r in runs_of(ctx.ref, "resnet20", "*"):
-        rows.append(
-            [
-                ctx.link(run_dir / "report.json", run_dir.name),
-                r["loss"],
-                str(r["epochs"]),
-                str(r["config"].get("crop_pad", "–")),
-                pct(last_epoch(run_dir).get("val_acc")),
-                pct(r["classifiers"]["softmax"]["accuracy"]),
-                f"{r['train_seconds']:.0f}",
-                f"{r['eval_seconds']:.0f}" if r.get("eval_seconds") is not None else "–",
-            ]
-        )
-    return table(header, rows) + "\n\nVal acc is the final epoch's (history.json beside each report)."
-
-
-def t_study_levers(ctx: Ctx) -> str:
-    """Seed 0 of every fastcnn method on the validation split: what a variant was chosen (or dropped) by."""
-    header = ["run (seed 0)", "loss", "sampler", "mining", "metric loss", "val acc %", "val focus err %", "val kNN %"]
-    rows = []
-    for run_dir, r in runs_of(ctx.ref, "fastcnn", "*_s0"):
-        cfg, last = r["config"], last_epoch(run_dir)
-        sampler = cfg.get("sampler", "auto")
-        if sampler == "auto":
-            sampler = "balanced" if cfg["loss"] == "triplet" else "random"
-        triplet = cfg["loss"] == "triplet"
-        rows.append(
-            [
-                ctx.link(run_dir / "history.json", run_dir.name),
-                cfg["loss"],
-                sampler,
-                cfg.get("mining", "all") if triplet else "–",
-                cfg.get("metric_loss", "triplet") if triplet else "–",
-                pct(last.get("val_acc")),
-                pct(last.get("val_focus_err")),
-                pct(last.get("val_knn_acc")),
-            ]
-        )
-    note = "Final epoch of each run's history.json; \"–\" where a run's history predates that figure."
-    return table(header, rows) + "\n\n" + note
-
-
 def t_study_resnet20_umap(ctx: Ctx) -> str:
     path = ctx.ref / "study" / "resnet20" / "umap.json"
     u = load(path)
     rows = [[study_run_by_name(ctx, "resnet20", run), num(s)] for run, s in u["focus_silhouette"].items()]
     return table(["run", "focus-class silhouette"], rows) + "\n\nSource: " + ctx.link(path)
-
-
-# (backbone, runs A, label A, runs B, label B): B against A, per-run figures from report.json, unrounded
-CONTRASTS = [
-    ("fastcnn", "ce_s*", "CE, random batches", "triplet_s*", "CE + triplet"),
-    ("fastcnn", "ce_s*", "CE, random batches", "ce-balanced_s*", "CE, balanced batches"),
-    ("fastcnn", "ce-balanced_s*", "CE, balanced batches", "triplet_s*", "CE + triplet"),
-    ("fastcnn", "ce-balanced_s*", "CE, balanced batches", "triplet-focusmine_s*", "CE + triplet, focus-only mining"),
-    ("linear", "ce_s*", "CE", "triplet_s*", "CE + triplet"),
-    ("mlp", "ce_s*", "CE", "triplet_s*", "CE + triplet"),
-    ("lenet", "ce_s*", "CE", "triplet_s*", "CE + triplet"),
-    ("resnet20", "ce_s*", "CE, random batches", "triplet_s*", "CE + triplet"),
-]
-
-
-def t_study_contrasts(ctx: Ctx) -> str:
-    header = [
-        "backbone",
-        "from → to",
-        "seeds",
-        "focus-group err %",
-        "change, points (± s.e.)",
-        "relative",
-        "test acc change, points",
-        "MAP@R change",
-    ]
-    rows = []
-    for backbone, pat_a, label_a, pat_b, label_b in CONTRASTS:
-        a, b = (runs_of(ctx.ref, backbone, p) for p in (pat_a, pat_b))
-
-        def fig(runs, key):
-            sm = [r["classifiers"]["softmax"] for _, r in runs]
-            return {
-                "err": [c["focus_group_error"] for c in sm],
-                "acc": [c["accuracy"] for c in sm],
-                "map": [r["retrieval"]["map_at_r"] for _, r in runs],
-            }[key]
-
-        ea, eb = fig(a, "err"), fig(b, "err")
-        ma, mb = statistics.fmean(ea), statistics.fmean(eb)
-        se = math.sqrt(statistics.variance(ea) / len(ea) + statistics.variance(eb) / len(eb))
-        rows.append(
-            [
-                f"`{backbone}`",
-                f"{label_a} → {label_b}",
-                f"{len(a)} + {len(b)}",
-                f"{100 * ma:.2f} → {100 * mb:.2f}",
-                f"{100 * (mb - ma):+.2f} ± {100 * se:.2f}",
-                f"{100 * (mb - ma) / ma:+.1f} %",
-                f"{100 * (statistics.fmean(fig(b, 'acc')) - statistics.fmean(fig(a, 'acc'))):+.2f}",
-                f"{statistics.fmean(fig(b, 'map')) - statistics.fmean(fig(a, 'map')):+.3f}",
-            ]
-        )
-    dirs = ", ".join(ctx.link(ctx.ref / "study" / b, f"study/{b}/") for b in dict.fromkeys(c[0] for c in CONTRASTS))
-    note = (
-        "Means over seeds of each run's report.json (softmax classifier, test set), unrounded; s.e. is the "
-        "standard error of the difference of the two means. Sources: the run dirs under " + dirs
-    )
-    return table(header, rows) + "\n\n" + note
 
 
 # ------------------------------------------------------------------------------------------- performance
@@ -1503,9 +1393,6 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "demo-runs": t_demo_runs,  # demo/report.json, demo/umap.json
     "demo-history": t_demo_history,  # demo/*_history.json
     "demo-time": t_demo_time,  # demo/make_demo_time.txt
-    "study-contrasts": t_study_contrasts,  # study/*/*/report.json
-    "study-levers": t_study_levers,  # study/fastcnn/*_s0/report.json, history.json
-    "study-resnet20-runs": t_study_resnet20_runs,  # study/resnet20/*/report.json, history.json
     "study-resnet20-umap": t_study_resnet20_umap,  # study/resnet20/umap.json
     "bench-meta": t_bench_meta,  # bench.json
     "index-meta": t_index_meta,  # bench_index.json

@@ -17,4 +17,10 @@ STUDY = Study(
     },
     only={"triplet-margin": (0,)},
     labels="settings",
+    contrasts=(
+        ("ce", "CE, random batches", "triplet", "CE + triplet"),
+        ("ce", "CE, random batches", "ce-balanced", "CE, balanced batches"),
+        ("ce-balanced", "CE, balanced batches", "triplet", "CE + triplet"),
+        ("ce-balanced", "CE, balanced batches", "triplet-focusmine", "CE + triplet, focus-only mining"),
+    ),
 )

@@ -13,4 +13,5 @@ STUDY = Study(
     },
     only={"ce-plain": (0,)},
     labels="settings",
+    contrasts=(("ce", "CE", "triplet", "CE + triplet"),),
 )

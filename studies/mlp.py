@@ -7,4 +7,5 @@ STUDY = Study(
     base={"backbone": "mlp", "epochs": 10},
     methods={"ce": {"loss": "ce"}, "triplet": {"loss": "triplet"}},
     labels="settings",
+    contrasts=(("ce", "CE", "triplet", "CE + triplet"),),
 )

@@ -9,4 +9,5 @@ STUDY = Study(
     methods={"ce": {"loss": "ce"}, "triplet": {"loss": "triplet"}, "triplet_e60": {"loss": "triplet", "epochs": 60}},
     only={"triplet_e60": (0,)},
     labels="settings",
+    contrasts=(("ce", "CE, random batches", "triplet", "CE + triplet"),),
 )

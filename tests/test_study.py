@@ -142,3 +142,23 @@ def test_a_tiny_study_runs_resumes_and_publishes(tmp_path, fake_data_dir, monkey
     assert [r["config"]["seed"] for r in m["runs"]] == [0, 1] and m["machine"] and set(m["stages"]) == {"publish"}
     with open(tmp_path / "out" / "summary.csv") as fh:
         assert [(r["method"], r["seeds"]) for r in csv.DictReader(fh)] == [("ce", "2")]
+
+
+def test_contrasts_are_differences_of_seed_means_with_their_standard_error():
+    rows = [{"method": m, "test_focus_err": e, "test_acc": a, "map_at_r": 0.5}
+            for m, e, a in (("a", 0.10, 0.9), ("a", 0.12, 0.9), ("b", 0.08, 0.92), ("b", 0.10, 0.92))]  # fmt: skip
+    (c,) = S.contrasts((("a", "A", "b", "B"),), rows)["contrasts"]
+    assert c["runs"] == [2, 2] and c["focus_error"] == pytest.approx([0.11, 0.09])
+    assert c["difference"] == pytest.approx(-0.02) and c["se"] == pytest.approx(0.0002**0.5)
+    assert c["relative_pct"] == pytest.approx(-100 * 0.02 / 0.11) and c["accuracy_change"] == pytest.approx(0.02)
+    with pytest.raises(S.EmbedfmError):
+        S.contrasts((("a", "A", "c", "C"),), rows)
+
+
+def test_runs_csv_resolves_the_sampler_and_keeps_unrecorded_figures_empty(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with open(ROOT / "artifacts" / "reference" / "study" / "fastcnn" / "runs.csv", newline="") as fh:
+        rows = {r["run"]: r for r in csv.DictReader(fh)}
+    assert rows["ce_s0"]["sampler"] == "random" and rows["triplet_s0"]["sampler"] == "balanced"
+    assert rows["ce_s0"]["mining"] == "" and rows["triplet-focusmine_s0"]["mining"] == "focus"
+    assert rows["ce_s0"]["val_focus_err"] == "" and float(rows["triplet-focusmine_s0"]["val_focus_err"]) > 0
