@@ -8,17 +8,18 @@ template table; `render` fills the template from the files' rows and appends the
     Free text after the template, formatted with the first file's top-level fields ({date}).
     -->
 
-First line: one or more file globs (relative to artifacts/reference/, matches in name order, rows concatenated),
+First line: one or more file globs (relative to artifacts/reference/, matches in path order, rows concatenated),
 each optionally `#a.b` to take the list or dict at that key path (a dict's entries become rows, the key as `_key`);
 then options, shell-quoted: `where=FIELD~REGEX` keeps the rows whose field matches, `where=FIELD!~REGEX` drops them
 (repeatable); `source=GLOB,GLOB` links those files instead of the ones read. A CSV's or JSON-lines file's rows are
 its lines; a JSON document without `#` is one row; a `.md` file contributes its table lines unchanged.
 
-The template: a header line (formatted with the first file's top-level fields), then one row template applied to
-every row, or several, each applied once to the single row (a record shown as item / value lines). A cell is
+The template: a header line (formatted with the first file's top-level fields), then one or more row templates,
+each applied to every row in turn (one row shown as several lines: a record as item / value lines). A cell is
 str.format over the row, with `.` reaching into nested fields (`{classifiers.softmax.accuracy}`), conversions `!p`
-(× 100, a fraction shown in percent), `!k` (/ 1024), `!m` (× 1000), `!j` (a list's items joined with commas) and
-`!c` (the same, each in backticks), numeric format specs applied to CSV strings as numbers, and alternatives
+(× 100, a fraction shown in percent), `!k` (/ 1024), `!m` (× 1000), `!j` (a list's items joined with commas),
+`!c` (the same, each in backticks), `!n` (a list's length), `!u` (the text after the first `_`: `{_dir!u}` of
+ensemble_ce/ is ce), numeric format specs applied to CSV strings as numbers, and alternatives
 separated by ` ?? `: the first whose fields all exist and are not null; "–" when none does. Every row gets `_file`
 (its file, relative to artifacts/reference/) and `_dir` (that file's dir name).
 """
@@ -97,6 +98,10 @@ class Cells(string.Formatter):
         return wrap(obj), field_name
 
     def convert_field(self, value, conversion):
+        if conversion == "n":
+            return len(value)
+        if conversion == "u":
+            return str(value).partition("_")[2]
         if conversion in ("j", "c"):  # a list: its items joined, in backticks with !c
             return ", ".join(f"`{v}`" if conversion == "c" else str(v) for v in value)
         scale = {"p": 100, "k": 1 / 1024, "m": 1000}.get(conversion)
@@ -182,7 +187,7 @@ def render(spec: str, ref: Path, here: Path, open_as: Callable[[str], Path] | No
     files, rows, first = [], [], None
     for g in globs:
         pattern, _, keys = g.partition("#")
-        matched = sorted(p.relative_to(ref).as_posix() for p in ref.glob(pattern) if p.is_file())
+        matched = matches(ref, pattern)
         if not matched:
             raise TableError(f"no file matches {ref / pattern}")
         for rel in matched:
@@ -202,16 +207,17 @@ def render(spec: str, ref: Path, here: Path, open_as: Callable[[str], Path] | No
         header, cells = [cell(h, top) for h in split_row(template[0])], [split_row(t) for t in template[1:]]
         if any(len(c) != len(header) for c in cells):
             raise TableError(f"a template row has another number of cells than the header {template[0]!r}")
-        if len(cells) > 1 and len(rows) != 1:
-            raise TableError(f"{len(cells)} row templates need exactly one row, got {len(rows)}")
-        body = [[cell(t, rows[0]) for t in c] for c in cells] if len(cells) > 1 else []
-        body = body or [[cell(t, r) for t in cells[0]] for r in rows]
+        body = [[cell(t, r) for t in c] for r in rows for c in cells]
         text = md_table(header, body)
     links = [link(ref / rel, here, rel) for g in ",".join(options.get("source", [])).split(",") if g
-             for rel in sorted(p.relative_to(ref).as_posix() for p in ref.glob(g))] or [link(ref / f, here, f)
-             for f in files]  # fmt: skip
+             for rel in matches(ref, g)] or [link(ref / f, here, f) for f in files]  # fmt: skip
     lead = " ".join(cell(line, top) for line in note)
     return text + "\n\n" + (lead + " " if lead else "") + "Source: " + ", ".join(links)
+
+
+def matches(ref: Path, pattern: str) -> list[str]:
+    """The files under ref a glob matches, relative to it, in path order (ensemble_ce/ before ensemble_ce-balanced/)."""
+    return [p.as_posix() for p in sorted(p.relative_to(ref) for p in ref.glob(pattern) if p.is_file())]
 
 
 def link(path: Path, here: Path, text: str) -> str:

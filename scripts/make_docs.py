@@ -1006,32 +1006,6 @@ def t_losses_caveats(ctx: Ctx) -> str:
     return table(["", "unequal or limited"], rows) + "\n\n" + note
 
 
-def t_losses_ensemble(ctx: Ctx) -> str:
-    """study/losses/ensemble_<method>/ensemble.json (`embedfm ensemble` over a method's three seeds)."""
-    return ensemble_table(ctx, "losses")
-
-
-def ensemble_table(ctx: Ctx, study: str) -> str:
-    """study/<study>/ensemble_<method>/ensemble.json: the single runs' mean, then each way of combining them."""
-    root = ctx.ref / "study" / study
-    rows = []
-    for path in sorted(root.glob("ensemble_*/ensemble.json")):
-        e, method = load(path), path.parent.name.removeprefix("ensemble_")
-        for what, f in (("single runs, mean", e["single_runs_mean"]), ("softmax averaged", e["softmax_average"]),
-                        ("kNN, embeddings concatenated", e["knn_concatenated"])):  # fmt: skip
-            shirt = f["per_class"]["6"]["recall"] if "per_class" in f else f.get("shirt_recall")
-            shirt = "–" if shirt is None else num(shirt)
-            name = f"`{method}` × {len(e['runs'])}"
-            rows.append([name, what, pct(f["accuracy"]), pct(f["focus_group_error"]), shirt])
-        rows[-1][-1] += f" (MAP@R {num(e['retrieval_concatenated']['map_at_r'])})"
-    if not rows:
-        raise DocsError(f"no ensemble_*/ensemble.json under {root}")
-    src = ", ".join(ctx.link(p) for p in sorted(root.glob("ensemble_*/ensemble.md")))
-    return table(["ensemble", "classifier", "test acc %", "focus-group err %", "shirt recall"], rows) + (
-        "\n\nEnsembles, not single models: each row combines a method's seeds (`embedfm ensemble`). Source: " + src
-    )
-
-
 def t_losses_floor(ctx: Ctx) -> str:
     """study/losses/floor/floor.json (`embedfm floor` over every run of the comparison)."""
     return floor_table(ctx, "losses", "every method and seed of the comparison")
@@ -1280,14 +1254,6 @@ def t_best_paired(ctx: Ctx) -> str:
     return paired_table(ctx, "best") + "\n\nMarked: " + paired_marks(load(path)["comparisons"]) + "."
 
 
-def t_best_ensemble(ctx: Ctx) -> str:
-    if not list((ctx.ref / "study" / "best").glob("ensemble_*/ensemble.json")):
-        return NOT_YET.format(
-            "an ensemble needs two evaluated seeds of one method", "`ensemble_<method>/ensemble.json`"
-        )
-    return ensemble_table(ctx, "best")
-
-
 def t_best_floor(ctx: Ctx) -> str:
     if not (ctx.ref / "study" / "best" / "floor" / "floor.json").is_file():
         return NOT_YET.format("the floor needs two evaluated runs of the study", "`floor/floor.json`")
@@ -1413,13 +1379,11 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
     "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
     "losses-unseen": t_losses_unseen,  # study/unseen/*/report.json
-    "losses-ensemble": t_losses_ensemble,  # study/losses/ensemble_*/ensemble.json (embedfm ensemble)
     "losses-floor": t_losses_floor,  # study/losses/floor/floor.json (embedfm floor)
     "losses-triplet-histories": t_losses_triplet_histories,  # demo/ and study/*/triplet*/history.json
     "best-protocol": t_best_protocol,  # study/best/protocol.json (scripts/best_study.py)
     "best-summary": t_best_summary,  # study/best/summary.csv, study/resnet20/summary.csv
     "best-paired": t_best_paired,  # study/best/paired.json
-    "best-ensemble": t_best_ensemble,  # study/best/ensemble_*/ensemble.json
     "best-floor": t_best_floor,  # study/best/floor/floor.json
     "best-curve": t_best_curve,  # study/best/curve.json
     "best-targets": t_best_targets,  # study/best/triplet_s*, study/resnet20/triplet_s*/report.json

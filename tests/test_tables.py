@@ -68,3 +68,14 @@ def test_lists_joined(ref):
     (ref / "p.json").write_text(json.dumps({"methods": ["ce", "triplet"], "seeds": [0, 1]}))
     out = render("p.json\n| | x |\n| methods | {methods!c} |\n| seeds | {seeds!j} |", ref, ref)
     assert out.startswith("|  | x |\n|---|---|\n| methods | `ce`, `triplet` |\n| seeds | 0, 1 |\n\n")
+
+
+def test_several_row_templates_apply_to_every_row_with_lengths_and_dir_suffixes(ref):
+    for m, runs in (("ce", [1, 2, 3]), ("ce-balanced", [1, 2])):
+        (ref / f"ensemble_{m}").mkdir()
+        (ref / f"ensemble_{m}" / "e.json").write_text(json.dumps({"runs": runs, "a": 0.5, "b": None}))
+    spec = "ensemble_*/e.json\n| ensemble | figure |\n| `{_dir!u}` × {runs!n} | a {a} |\n| `{_dir!u}` | {b} ?? – |"
+    assert render(spec, ref, ref).startswith(  # path order: ensemble_ce/ before ensemble_ce-balanced/
+        "| ensemble | figure |\n|---|---|\n| `ce` × 3 | a 0.5 |\n| `ce` | – |\n| `ce-balanced` × 2 | a 0.5 |\n"
+        "| `ce-balanced` | – |\n\n"
+    )
