@@ -14,7 +14,7 @@ command). Its stages, each resumable:
   the runs' embeddings, which only `work` has).
 - publish: the evaluated runs copied into `out` (report, history, config: no checkpoints), manifest.json written,
   then the results rebuilt from the copied run reports alone (`rebuild`): summary.csv/md, runs.csv, contrasts.json,
-  paired.json/md, the cross-fitted floor, curve.json.
+  unseen.json, paired.json/md, the cross-fitted floor, curve.json.
 - check: `rebuild` into a temp dir from the committed runs, compared byte for byte with the committed results.
 
 manifest.json names every run with its method, seed, held-out classes, run dir and resolved config: the results
@@ -51,6 +51,7 @@ RESULTS = {
     "curve": ("curve.json",),
     "runs": ("runs.csv",),
     "contrasts": ("contrasts.json",),
+    "unseen": ("unseen.json",),
 }
 # runs.csv: one row per evaluated table run, in run-dir name order (RUN_COLUMNS; empty: not recorded / not apt)
 RUN_COLUMNS = ("run", "method", "label", "seed", "loss", "epochs", "crop_pad", "sampler", "mining", "metric_loss",
@@ -314,6 +315,9 @@ def rebuild(study: Study, runs_root: Path, dest: Path, log=say) -> list[str]:
     if study.contrasts:
         atomic_write_json(dest / "contrasts.json", contrasts(study.contrasts, run_rows(table, runs_root)))
         written += RESULTS["contrasts"]
+    if any(r["holdout_classes"] for r in table):
+        atomic_write_json(dest / "unseen.json", unseen(table, runs_root))
+        written += RESULTS["unseen"]
     if study.paired:
         summarize_paired(dirs, out=str(dest), names=names, log=quiet)
         written += RESULTS["paired"]
@@ -378,6 +382,38 @@ def contrasts(pairs: tuple[tuple[str, str, str, str], ...], rows: list[dict]) ->
                     "accuracy_change": mean(b, "test_acc") - mean(a, "test_acc"),
                     "map_at_r_change": mean(b, "map_at_r") - mean(a, "map_at_r")})  # fmt: skip
     return {"contrasts": out}
+
+
+def spread(xs: list[float]) -> dict:
+    """Mean and sample std over seeds (std 0 for one seed)."""
+    return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+
+
+def unseen(table: list[dict], root: Path) -> dict:
+    """The held-out-class runs grouped by (held-out classes, method): held-out classes in the order the manifest
+    first names them, methods in name order. Per group the runs and, mean and sample std over them, the held-out
+    class's MAP@R and R-precision among all test images, its n-shot kNN recall (n = 1, 5, 20) and the softmax
+    head's accuracy on all classes: fractions."""
+    from embedfm import CLASS_NAMES
+
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in sorted(table, key=lambda r: r["run"]):
+        if r["holdout_classes"] and (root / r["run"] / "report.json").is_file():
+            cls = ",".join(map(str, r["holdout_classes"]))
+            groups.setdefault(cls, {}).setdefault(r["method"], []).extend(
+                read_json(root / r["run"] / "report.json")["runs"].values()
+            )
+    order = list(dict.fromkeys(",".join(map(str, r["holdout_classes"])) for r in table if r["holdout_classes"]))
+    out = []
+    for cls in [c for c in order if c in groups]:
+        for method, runs in sorted(groups[cls].items()):
+            u = [e["unseen"][cls] for e in runs]
+            out.append({"held_out": cls, "class_name": " + ".join(CLASS_NAMES[int(c)] for c in cls.split(",")),
+                        "method": method, "runs": len(runs), "map_at_r": spread([x["map_at_r"] for x in u]),
+                        "r_precision": spread([x["r_precision"] for x in u]),
+                        **{f"shot_{n}": spread([x["few_shot"][n]["recall"] for x in u]) for n in ("1", "5", "20")},
+                        "test_acc": spread([e["classifiers"]["softmax"]["accuracy"] for e in runs])})  # fmt: skip
+    return {"groups": out}
 
 
 def write_runs(rows: list[dict], path: Path) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedfm import CLASS_NAMES, tables
+from embedfm import tables
 from embedfm.config import FIELDS, GROUPS
 from embedfm.errors import EmbedfmError
 from embedfm.floor import per_run_span
@@ -255,34 +255,6 @@ def loss_study_headline(ctx: Ctx) -> list[list[str]]:
 
 
 # -------------------------------------------------------------------------------------------------- demo
-
-
-def classifier_name(name: str, c: dict) -> str:
-    k = c.get("k")
-    return {"softmax": "softmax", "knn": f"kNN (k = {k})", "knn_flip": f"kNN (k = {k}), flip-averaged queries"}.get(
-        name, name
-    )
-
-
-def t_demo_report(ctx: Ctx) -> str:
-    runs = load(ctx.ref / "demo" / "report.json")["runs"]
-    header = ["run", "classifier", "test accuracy %", "focus-group error %", "shirt recall", "P@1", "MAP@R"]
-    rows = []
-    for run, r in runs.items():
-        for i, (name, c) in enumerate(r["classifiers"].items()):
-            first = i == 0  # retrieval figures belong to the embedding, not to a classifier: shown once
-            rows.append(
-                [
-                    run if first else "",
-                    classifier_name(name, c),
-                    pct(c["accuracy"]),
-                    pct(c["focus_group_error"]),
-                    num(c["per_class"]["6"]["recall"]),
-                    num(r["retrieval"]["precision_at_1"], 4) if first else "",
-                    num(r["retrieval"]["map_at_r"], 4) if first else "",
-                ]
-            )
-    return table(header, rows) + "\n\nSource: " + ctx.link(ctx.ref / "demo" / "report.json")
 
 
 def t_demo_runs(ctx: Ctx) -> str:
@@ -858,17 +830,6 @@ RELATIVE_TARGET = 0.15  # the loss-comparison question: ≥ 15 % relative fewer 
 CONTROL, CONTROLS = "ce-balanced", ("ce", "ce-balanced")
 
 
-def unseen_groups(ctx: Ctx) -> dict[tuple[str, str], list[dict]]:
-    """(held-out class, method) → the report entries of study/unseen's runs, as its manifest.json names them."""
-    root = ctx.ref / "study" / "unseen"
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in sorted(load(root / "manifest.json")["runs"], key=lambda r: r["run"]):
-        if (rep := root / r["run"] / "report.json").is_file():
-            cls = ",".join(map(str, r["holdout_classes"]))
-            groups.setdefault((cls, r["method"]), []).extend(load(rep)["runs"].values())
-    return groups
-
-
 def paired_delta(c: dict, fig: str, scale: float = 100, digits: int = 2) -> str:
     """One figure of one paired.json comparison: 'Δ [lo, hi]' in points, with the paired table's ✓ / ✗ mark."""
     d, (lo, hi) = c[fig]["difference"], c[fig]["interval"]
@@ -926,10 +887,11 @@ def t_losses_verdict(ctx: Ctx) -> str:
                          f"{paired_delta(b, 'accuracy')}, MAP@R Δ {paired_delta(b, 'map_at_r', 1, 3)} ({page}). "
                          f"A different network and budget from this {epochs}-epoch screen: neither result stands in "
                          "for the other"])  # fmt: skip
-    shirt = {m: runs for (cls, m), runs in unseen_groups(ctx).items() if cls == "6"}
+    shirt = {
+        g["method"]: g for g in load(ctx.ref / "study" / "unseen" / "unseen.json")["groups"] if g["held_out"] == "6"
+    }
     if shirt:
-        score = lambda m: statistics.mean(r["unseen"]["6"]["map_at_r"] for r in shirt[m])
-        shot = lambda m: statistics.mean(r["unseen"]["6"]["few_shot"]["20"]["recall"] for r in shirt[m])
+        score, shot = (lambda m: shirt[m]["map_at_r"]["mean"]), (lambda m: shirt[m]["shot_20"]["mean"])
         best = max(shirt, key=score)
         rows.append(["Best on Shirt when it was never trained on (held-out MAP@R; 20-shot kNN recall)",
                      "; ".join(f"`{m}` {score(m):.3f}, {100 * shot(m):.1f} %" for m in sorted(shirt, key=score,
@@ -1152,32 +1114,6 @@ def t_losses_triplet_histories(ctx: Ctx) -> str:
     return table(header, rows) + "\n\n" + note
 
 
-def t_losses_unseen(ctx: Ctx) -> str:
-    """Held-out-class runs (study/unseen): retrieval of the unseen class and few-shot kNN, mean ± std over seeds."""
-    root = ctx.ref / "study" / "unseen"
-    groups = unseen_groups(ctx)
-    rows = []
-    for (cls, method), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "6", kv[0])):
-        u = [r["unseen"][cls] for r in runs]
-        seen = [r["classifiers"]["softmax"]["accuracy"] for r in runs]
-        rows.append([
-            f"{CLASS_NAMES[int(cls)]} ({cls})", f"`{method}`", str(len(runs)),
-            mean_std([x["map_at_r"] for x in u], digits=3), mean_std([x["r_precision"] for x in u], digits=3),
-            *(mean_std([x["few_shot"][n]["recall"] for x in u], 100, 1) for n in ("1", "5", "20")),
-            mean_std(seen, 100),
-        ])  # fmt: skip
-    note = (
-        "Each run never saw the held-out class in training or validation. MAP@R and R-precision of its test images "
-        "among all 10,000 test images (embedding, cosine); n-shot: the kNN's recall (%) of its 1,000 test images when "
-        "n of its train images join the reference set (k = 10 majority vote; mean over 20 draws, then mean ± std "
-        "over seeds); test acc: the softmax head on all classes (it cannot name the held-out class). Source: "
-        + ctx.link(root, "study/unseen")
-    )
-    header = ["held out", "method", "seeds", "MAP@R", "R-precision", "1-shot %", "5-shot %", "20-shot %",
-              "test acc % (all classes)"]  # fmt: skip
-    return table(header, rows) + "\n\n" + note
-
-
 # ----------------------------------------------------------------------------------------------- best model
 
 BEST_METHODS = {  # method (run-dir prefix in study/best) → what it is, in words
@@ -1355,7 +1291,6 @@ def t_best_targets(ctx: Ctx) -> str:
 
 TABLES: dict[str, Callable[[Ctx], str]] = {
     "headline": t_headline,  # demo/report.json, study/resnet20 + study/fastcnn summary.csv
-    "demo-report": t_demo_report,  # demo/report.json
     "demo-runs": t_demo_runs,  # demo/report.json, demo/umap.json
     "demo-history": t_demo_history,  # demo/*_history.json
     "demo-time": t_demo_time,  # demo/make_demo_time.txt
@@ -1372,13 +1307,12 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "speedrun-race": t_speedrun_race,  # speedrun.json (scripts/bench.py --only speedrun)
     "speedrun-targets": t_speedrun_targets,  # speedrun.json
     "speedrun-recipe": t_speedrun_recipe,  # embedfm.config.RECIPES (the schema, not a measurement)
-    "losses-verdict": t_losses_verdict,  # study/losses/paired.json, summary.csv; study/unseen/*/report.json
+    "losses-verdict": t_losses_verdict,  # study/losses/paired.json, summary.csv; study/unseen/unseen.json
     "losses-caveats": t_losses_caveats,  # study/losses/*_s0/config.json, tune/*/trials.csv, protocol.json
     "losses-tune": t_losses_tune,  # study/losses/tune/*/summary.json
     "losses-paired": t_losses_paired,  # study/losses/paired.json
     "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
     "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
-    "losses-unseen": t_losses_unseen,  # study/unseen/*/report.json
     "losses-floor": t_losses_floor,  # study/losses/floor/floor.json (embedfm floor)
     "losses-triplet-histories": t_losses_triplet_histories,  # demo/ and study/*/triplet*/history.json
     "best-protocol": t_best_protocol,  # study/best/protocol.json (scripts/best_study.py)

@@ -162,3 +162,13 @@ def test_runs_csv_resolves_the_sampler_and_keeps_unrecorded_figures_empty(monkey
     assert rows["ce_s0"]["sampler"] == "random" and rows["triplet_s0"]["sampler"] == "balanced"
     assert rows["ce_s0"]["mining"] == "" and rows["triplet-focusmine_s0"]["mining"] == "focus"
     assert rows["ce_s0"]["val_focus_err"] == "" and float(rows["triplet-focusmine_s0"]["val_focus_err"]) > 0
+
+
+def test_unseen_groups_follow_the_manifest_order_of_held_out_classes(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    groups = json.loads((ROOT / "artifacts" / "reference" / "study" / "unseen" / "unseen.json").read_text())["groups"]
+    assert [g["held_out"] for g in groups][:3] == ["6", "6", "6"] and groups[3]["held_out"] == "0"
+    assert [g["method"] for g in groups[:3]] == sorted(g["method"] for g in groups[:3])
+    one = next(g for g in groups if g["runs"] == 1)
+    assert one["map_at_r"]["std"] == 0.0 and one["class_name"] in ("T-shirt/top", "Pullover", "Coat")
+    assert S.spread([0.1, 0.3]) == pytest.approx({"mean": 0.2, "std": 0.02**0.5})
