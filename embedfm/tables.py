@@ -19,7 +19,8 @@ each applied to every row in turn (one row shown as several lines: a record as i
 str.format over the row, with `.` reaching into nested fields (`{classifiers.softmax.accuracy}`), conversions `!p`
 (× 100, a fraction shown in percent), `!k` (/ 1024), `!m` (× 1000), `!j` (a list's items joined with commas),
 `!c` (the same, each in backticks), `!n` (a list's length), `!u` (the text after the first `_`: `{_dir!u}` of
-ensemble_ce/ is ce), numeric format specs applied to CSV strings as numbers, and alternatives
+ensemble_ce/ is ce), numeric format specs applied to CSV strings as numbers, the spec `?TEXT` (TEXT where the
+field is true, nothing where it is false, "False" or 0: `{number}{defaults:? (defaults)}`), and alternatives
 separated by ` ?? `: the first whose fields all exist and are not null; "–" when none does. Every row gets `_file`
 (its file, relative to artifacts/reference/) and `_dir` (that file's dir name).
 """
@@ -108,6 +109,8 @@ class Cells(string.Formatter):
         return scale * float(value) if scale else super().convert_field(value, conversion)
 
     def format_field(self, value, format_spec):
+        if format_spec.startswith("?"):  # a flag shown as text where it is set
+            return format_spec[1:] if value and str(value) not in ("False", "0") else ""
         if isinstance(value, str) and format_spec[-1:] in ("d", "f", "g", "e", "%", ","):
             value = int(value) if re.fullmatch(r"-?\d+", value) else float(value)
         return super().format_field(value, format_spec)

@@ -443,40 +443,6 @@ def t_tune_summary(ctx: Ctx) -> str:
     return table(["item", "value"], rows) + "\n\nSource: " + src
 
 
-TRIAL_PARAMS = [
-    ("lr", "lr"),
-    ("weight_decay", "weight decay"),
-    ("label_smoothing", "label smoothing"),
-    ("triplet_weight", "triplet weight"),
-    ("margin", "margin"),
-    ("embedding_dim", "embedding dim"),
-    ("m_per_class", "m per class"),
-    ("miner_cutoff", "miner cutoff"),
-    ("miner_nonzero_loss_cutoff", "nonzero-loss cutoff"),
-    ("focus_oversample", "focus over-sampling"),
-]
-
-
-def t_tune_trials(ctx: Ctx) -> str:
-    header = ["trial", "state", "epochs", "val acc %", "val focus err %", "s", *[h for _, h in TRIAL_PARAMS]]
-    rows = []
-    for t in trials(ctx):
-        name = t["number"] + (" (defaults)" if t["defaults"] == "True" else "")
-        params = [f"{float(t[k]):.3g}" for k, _ in TRIAL_PARAMS]
-        rows.append(
-            [
-                name,
-                t["state"],
-                t["epochs"],
-                pct(float(t["val_acc"])),
-                pct(float(t["val_focus_err"])),
-                f"{float(t['train_seconds']):.0f}",
-                *params,
-            ]
-        )
-    return table(header, rows) + "\n\nSource: " + ctx.link(tune_dir(ctx) / "trials.csv")
-
-
 # ------------------------------------------------------------------------------------------------ probes
 
 
@@ -704,7 +670,7 @@ LOSS_COLUMNS = [
 
 
 def study_protocol(ctx: Ctx, study: str) -> tuple[Path, dict]:
-    """A scripted study's dir and its protocol.json (what scripts/loss_study.py or best_study.py ran)."""
+    """A scripted study's dir and its protocol.json (what studies/losses.py or studies/best.py declares)."""
     root = ctx.ref / "study" / study
     return root, load(root / "protocol.json")
 
@@ -1300,10 +1266,9 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "index-compact": t_index_compact,  # bench_index.json
     "serve-load": t_serve_load,  # bench_serve.json (scripts/bench_serve.py)
     "tune-summary": t_tune_summary,  # tune/triplet/summary.json, trials.csv
-    "tune-trials": t_tune_trials,  # tune/triplet/trials.csv
     "probe-trajectory": t_probe_trajectory,  # probe/ce_*.jsonl
     "probe-knn-flip": t_probe_knn_flip,  # probe/knn_flip.jsonl
-    "speedrun-ablation": t_speedrun_ablation,  # speedrun/ablation.jsonl (scripts/speedrun.py)
+    "speedrun-ablation": t_speedrun_ablation,  # speedrun/ablation.jsonl (studies/speedrun.py)
     "speedrun-race": t_speedrun_race,  # speedrun.json (scripts/bench.py --only speedrun)
     "speedrun-targets": t_speedrun_targets,  # speedrun.json
     "speedrun-recipe": t_speedrun_recipe,  # embedfm.config.RECIPES (the schema, not a measurement)
@@ -1315,7 +1280,7 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
     "losses-floor": t_losses_floor,  # study/losses/floor/floor.json (embedfm floor)
     "losses-triplet-histories": t_losses_triplet_histories,  # demo/ and study/*/triplet*/history.json
-    "best-protocol": t_best_protocol,  # study/best/protocol.json (scripts/best_study.py)
+    "best-protocol": t_best_protocol,  # study/best/protocol.json (studies/best.py)
     "best-summary": t_best_summary,  # study/best/summary.csv, study/resnet20/summary.csv
     "best-paired": t_best_paired,  # study/best/paired.json
     "best-floor": t_best_floor,  # study/best/floor/floor.json

@@ -79,3 +79,9 @@ def test_several_row_templates_apply_to_every_row_with_lengths_and_dir_suffixes(
         "| ensemble | figure |\n|---|---|\n| `ce` × 3 | a 0.5 |\n| `ce` | – |\n| `ce-balanced` × 2 | a 0.5 |\n"
         "| `ce-balanced` | – |\n\n"
     )
+
+
+def test_a_flag_shown_as_text_where_it_is_set(ref):
+    (ref / "t.csv").write_text("number,defaults,lr\n0,True,0.004\n1,False,0.00518123\n")
+    out = render("t.csv\n| trial | lr |\n| {number}{defaults:? (defaults)} | {lr:.3g} |", ref, ref)
+    assert out.startswith("| trial | lr |\n|---|---|\n| 0 (defaults) | 0.004 |\n| 1 | 0.00518 |\n\n")
