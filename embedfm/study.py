@@ -13,8 +13,8 @@ command). Its stages, each resumable:
 - extras: `embedfm ensemble` of the named methods' seeds and `embedfm floor` over every run, into `out` (they read
   the runs' embeddings, which only `work` has).
 - publish: the evaluated runs copied into `out` (report, history, config: no checkpoints), manifest.json written,
-  then the results rebuilt from the copied run reports alone (`rebuild`): summary.csv/md, runs.csv, contrasts.json,
-  unseen.json, paired.json/md, the cross-fitted floor, curve.json.
+  then the results rebuilt from the copied run reports alone (`rebuild`): summary.csv/md, runs.csv, last_epoch.json,
+  contrasts.json, unseen.json, paired.json/md, the cross-fitted floor, curve.json.
 - check: `rebuild` into a temp dir from the committed runs, compared byte for byte with the committed results.
 
 manifest.json names every run with its method, seed, held-out classes, run dir and resolved config: the results
@@ -52,6 +52,7 @@ RESULTS = {
     "runs": ("runs.csv",),
     "contrasts": ("contrasts.json",),
     "unseen": ("unseen.json",),
+    "last_epoch": ("last_epoch.json",),
 }
 # runs.csv: one row per evaluated table run, in run-dir name order (RUN_COLUMNS; empty: not recorded / not apt)
 RUN_COLUMNS = ("run", "method", "label", "seed", "loss", "epochs", "crop_pad", "sampler", "mining", "metric_loss",
@@ -315,6 +316,8 @@ def rebuild(study: Study, runs_root: Path, dest: Path, log=say) -> list[str]:
     if study.contrasts:
         atomic_write_json(dest / "contrasts.json", contrasts(study.contrasts, run_rows(table, runs_root)))
         written += RESULTS["contrasts"]
+    atomic_write_json(dest / "last_epoch.json", last_epoch(manifest["methods"], table, runs_root))
+    written += RESULTS["last_epoch"]
     if any(r["holdout_classes"] for r in table):
         atomic_write_json(dest / "unseen.json", unseen(table, runs_root))
         written += RESULTS["unseen"]
@@ -384,9 +387,26 @@ def contrasts(pairs: tuple[tuple[str, str, str, str], ...], rows: list[dict]) ->
     return {"contrasts": out}
 
 
-def spread(xs: list[float]) -> dict:
-    """Mean and sample std over seeds (std 0 for one seed)."""
+def spread(xs: list[float]) -> dict | None:
+    """Mean and sample std over seeds (std 0 for one seed); None for none."""
+    if not xs:
+        return None
     return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+
+
+def last_epoch(methods: list[str], table: list[dict], root: Path) -> dict:
+    """Per method (in the manifest's order; none without a history.json), the runs with a history and, mean and
+    sample std over them, every figure of their last epoch (history.json), over the runs that recorded it."""
+    out = []
+    for m in methods:
+        hists = [root / r["run"] / "history.json" for r in sorted(table, key=lambda r: r["run"]) if r["method"] == m]
+        lasts = [read_json(h)[-1] for h in hists if h.is_file()]
+        if not lasts:
+            continue
+        keys = dict.fromkeys(k for last in lasts for k, v in last.items() if isinstance(v, int | float))
+        figures = {k: spread([last[k] for last in lasts if last.get(k) is not None]) for k in keys}
+        out.append({"method": m, "runs": len(lasts), **{k: v for k, v in figures.items() if v is not None}})
+    return {"methods": out}
 
 
 def unseen(table: list[dict], root: Path) -> dict:

@@ -733,37 +733,6 @@ def paired_table(ctx: Ctx, study: str) -> str:
     return table(header, rows) + "\n\n" + note + "\n\n" + given + "\n\n" + table(["method", "control", *heads], images)
 
 
-DIAG_KEYS = [
-    ("diag_active_ff", "active, focus–focus", 100),
-    ("diag_ap_ff", "d(a, p) focus–focus", 1),
-    ("diag_an_ff", "d(a, n) focus–focus", 1),
-    ("diag_active_other", "active, other", 100),
-    ("diag_own_active_focus", "own loss active, focus", 100),
-]
-
-
-def t_losses_diagnostics(ctx: Ctx) -> str:
-    """The diagnostics probe at the last epoch of every run (the same probe for every loss)."""
-    root, p = study_protocol(ctx, "losses")
-    rows = []
-    for m in p["methods"]:
-        lasts = [load(h)[-1] for h in sorted(root.glob(f"{m}_s*/history.json"))]
-        if not lasts:
-            continue
-        cells = []
-        for key, _, scale in DIAG_KEYS:
-            vals = [last[key] for last in lasts if last.get(key) is not None]
-            cells.append(mean_std(vals, scale, 1 if scale == 100 else 3) if vals else "–")
-        rows.append([f"`{m}`", str(len(lasts)), *cells])
-    note = (
-        "Last epoch, mean ± std over seeds. Active: share (%) of the distance-weighted probe's triplets with "
-        "d(a, n) − d(a, p) < the run's margin; distances between unit embeddings (0–2); own loss active: share of the "
-        "run's own hinge-loss tuples with non-zero loss (hinge losses only). Source: the runs' history.json under "
-        + ctx.link(root, "study/losses")
-    )
-    return table(["method", "seeds", *[h for _, h, _ in DIAG_KEYS]], rows) + "\n\n" + note
-
-
 def t_losses_diag_epochs(ctx: Ctx) -> str:
     """The diagnostics runs (study/losses/diagnostics/): the probe at every epoch, triplet + DWS beside balanced CE."""
     root, p = study_protocol(ctx, "losses")
@@ -1276,7 +1245,6 @@ TABLES: dict[str, Callable[[Ctx], str]] = {
     "losses-caveats": t_losses_caveats,  # study/losses/*_s0/config.json, tune/*/trials.csv, protocol.json
     "losses-tune": t_losses_tune,  # study/losses/tune/*/summary.json
     "losses-paired": t_losses_paired,  # study/losses/paired.json
-    "losses-diagnostics": t_losses_diagnostics,  # study/losses/*/history.json
     "losses-diag-epochs": t_losses_diag_epochs,  # study/losses/diagnostics/*/history.json
     "losses-floor": t_losses_floor,  # study/losses/floor/floor.json (embedfm floor)
     "losses-triplet-histories": t_losses_triplet_histories,  # demo/ and study/*/triplet*/history.json

@@ -172,3 +172,13 @@ def test_unseen_groups_follow_the_manifest_order_of_held_out_classes(monkeypatch
     one = next(g for g in groups if g["runs"] == 1)
     assert one["map_at_r"]["std"] == 0.0 and one["class_name"] in ("T-shirt/top", "Pullover", "Coat")
     assert S.spread([0.1, 0.3]) == pytest.approx({"mean": 0.2, "std": 0.02**0.5})
+
+
+def test_last_epoch_averages_each_figure_over_the_runs_that_recorded_it(tmp_path):
+    table = [{"run": f"a_s{i}", "method": "a"} for i in range(3)] + [{"run": "b_s0", "method": "b"}]
+    for i, last in enumerate([{"val_acc": 0.9, "x": 1.0}, {"val_acc": 0.8, "x": None}, {"val_acc": 0.7}]):
+        (tmp_path / f"a_s{i}").mkdir()
+        (tmp_path / f"a_s{i}" / "history.json").write_text(json.dumps([{"val_acc": 0.1}, last]))
+    (a,) = S.last_epoch(["a", "b"], table, tmp_path)["methods"]  # b has no history: no row
+    assert a["method"] == "a" and a["runs"] == 3 and a["val_acc"]["mean"] == pytest.approx(0.8)
+    assert a["x"] == {"mean": 1.0, "std": 0.0}
