@@ -16,7 +16,9 @@ template table (`embedfm.tables` renders it; its docstring has the syntax), e.g.
 
 or, where a table needs code (joins across files, verdicts in words), a renderer of TABLES: `<!-- table: NAME -->`.
 The study summaries (artifacts/reference/study/*/summary.md and .csv) are first regenerated from their runs'
-report.json files with `embedfm.summarize`; then every block is rendered from files under artifacts/reference/, or
+report.json files with `embedfm.summarize`; the other study results (runs.csv, last_epoch.json,
+contrasts.json, unseen.json, paired.json, curve.json) are read as `embedfm study publish` wrote them (`embedfm study
+check` rebuilds them byte for byte); then every block is rendered from files under artifacts/reference/, or
 from the config schema and `embedfm.tune.SPACE` for the flag and search-space tables. The output depends on those
 alone: running it twice, or on a fresh clone, changes nothing. It needs no dataset and trains nothing.
 """
