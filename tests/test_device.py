@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,6 @@ from embedfm.errors import EmbedfmError
 
 # PyTorch warns that a state dict copied into a `meta` parameter is a no-op; into a shadow parameter it is a real copy
 pytestmark = pytest.mark.filterwarnings("ignore:for .* copying from a non-meta parameter:UserWarning")
-ROOT = Path(__file__).resolve().parents[1]
 SHADOW = torch.device("meta")
 aten = torch.ops.aten
 # ops whose index tensors may stay on the CPU for a device tensor (CUDA moves them): checked on their other tensors
@@ -393,19 +390,21 @@ def test_tune_refuses_torchrun_in_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_gpu_check_without_cuda_runs_its_cpu_equivalents(tmp_path):
+def test_gpu_check_without_cuda_runs_its_cpu_equivalents(tmp_path, monkeypatch, capsys):
     """scripts/gpu_check.py's CPU mode: one line saying there is no CUDA, each recipe for an epoch on a small
     subset, the kNN check, the JSON (the device tests are this file, so they are not run twice here)."""
-    from conftest import make_fake_dataset
+    from conftest import load_script, make_fake_dataset
 
     if torch.cuda.is_available():
         pytest.skip("with CUDA the script runs the real GPU check (minutes)")
     data = make_fake_dataset(tmp_path / "data", n_train=400, n_test=100)
     out = tmp_path / "gpu.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(out), "--data-dir", str(data)]
-    r = subprocess.run([*cmd, "--no-device-tests"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.splitlines()[0].startswith("gpu_check: no CUDA device")
+    gpu_check = load_script("gpu_check")  # in this process: no second interpreter importing torch
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # the script sets it: restored afterwards
+    code = gpu_check.main(["--out", str(out), "--data-dir", str(data), "--no-device-tests"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-3000:]
+    assert stdout.splitlines()[0].startswith("gpu_check: no CUDA device")
     report = json.loads(out.read_text())
     assert report["cuda"] is False and report["ok"] is True and "cpu_model" in report["machine"]
     assert {r["recipe"] for r in report["recipes"]} == {"default", "best"}
