@@ -87,8 +87,8 @@ def check_study(storage: str, out: Path, trials: int, workers: int, ran: list[se
 def test_two_workers_share_one_sqlite_study(tmp_path):
     data = make_fake_dataset(tmp_path / "data", n_train=250)
     out = tmp_path / "study"
-    ran = run_workers(data, out, 8, seeds=(1, 2))
-    ts = check_study(f"sqlite:///{out / 'study.db'}", out, 8, 2, ran)
+    ran = run_workers(data, out, 4, seeds=(1, 2))
+    ts = check_study(f"sqlite:///{out / 'study.db'}", out, 4, 2, ran)
     assert ts[0].params == defaults_point("ce") and ts[0].state == TrialState.COMPLETE
 
 
@@ -166,7 +166,7 @@ def postgres_url():
 def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):
     data = make_fake_dataset(tmp_path / "data", n_train=250)
     out = tmp_path / "study"
-    ran = run_workers(data, out, 8, seeds=(1, 2), storage=postgres_url)
-    ts = check_study(postgres_url, out, 8, 2, ran)
+    ran = run_workers(data, out, 4, seeds=(1, 2), storage=postgres_url)
+    ts = check_study(postgres_url, out, 4, 2, ran)
     assert ts[0].params == defaults_point("ce") and ts[0].state == TrialState.COMPLETE
     assert not (out / "study.db").exists()
