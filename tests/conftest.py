@@ -2,13 +2,22 @@
 
 import gzip
 import importlib.util
+import os
 import struct
 from pathlib import Path
 
+# One OpenMP thread per process: this one and the embedfm processes the tests start (they inherit it). On two
+# cores that other work also uses, a process's two threads wait for each other at every op (a test of 2 s took 20
+# under load). Every test passes at any count; `OMP_NUM_THREADS=2 make test` runs the suite at two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
+import torch
 
 from embedfm.data import FILES, SYSTEM_DIR
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 
 ROOT = Path(__file__).resolve().parents[1]
 
