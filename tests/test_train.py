@@ -119,6 +119,23 @@ def _poison(what):
     return hook
 
 
+def _nonfinite_cfg(data, out) -> TrainConfig:
+    return TrainConfig(loss="triplet", epochs=3, limit=200, val_size=50, batch_size=50, m_per_class=4,
+                       data_dir=str(data), out=str(out))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """(data dir, history of the uninterrupted run) that both poisoned runs resume into: trained once."""
+    from conftest import make_fake_dataset
+
+    from embedfm.train import train
+
+    root = tmp_path_factory.mktemp("nonfinite")
+    data = make_fake_dataset(root / "fmnist")
+    return data, train(_nonfinite_cfg(data, root / "straight"), progress=False, log=lambda *a: None)["history"]
+
+
 @pytest.mark.parametrize(
     "what, message",
     [
@@ -127,16 +144,14 @@ def _poison(what):
     ],
 )
 def test_a_non_finite_network_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
-    tmp_path, fake_data_dir, what, message
+    tmp_path, straight_run, what, message
 ):
     from embedfm import checkpoint as ckpt_io
     from embedfm.errors import EmbedfmError
     from embedfm.train import Hooks, train
 
-    def cfg(name):
-        return TrainConfig(loss="triplet", epochs=3, limit=200, val_size=50, batch_size=50, m_per_class=4,
-                           data_dir=str(fake_data_dir), out=str(tmp_path / name))  # fmt: skip
-
+    data, straight = straight_run
+    cfg = lambda name: _nonfinite_cfg(data, tmp_path / name)
     quiet = {"progress": False, "log": lambda *a: None}
     with pytest.raises(EmbedfmError, match=message) as e:
         train(cfg("run"), hooks=Hooks(on_step=_poison(what)), **quiet)
@@ -146,7 +161,6 @@ def test_a_non_finite_network_stops_the_run_in_one_line_and_keeps_the_last_good_
     assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
     # the kept checkpoint resumes into the run an uninterrupted one is
     resumed = train(cfg("run"), resume=True, **quiet)["history"]
-    straight = train(cfg("straight"), **quiet)["history"]
     drop = ("train_seconds", "images_per_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
         {k: v for k, v in r.items() if k not in drop} for r in straight
