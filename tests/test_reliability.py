@@ -152,37 +152,33 @@ def test_newer_checkpoint_format_is_refused(tmp_path, fake_run):
         ckpt_io.load_checkpoint(new)
 
 
-def test_checkpoint_with_incompatible_config(tmp_path, fake_run):
+# the one-line errors below are checked through `main` in this process (no interpreter importing torch each time);
+# the exit status of `python -m embedfm` itself is checked by the process tests above and below
+
+
+def test_checkpoint_with_incompatible_config(tmp_path, fake_run, capsys):
     src, data = fake_run
     _rewritten(src, tmp_path / "bad", lambda m: m["model_args"].update(embedding_dim=32))  # weights are 64-d
-    r = subprocess.run(
-        [sys.executable, "-m", "embedfm", "eval", str(tmp_path / "bad"), "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2 and "does not match its model config" in r.stderr, r.stderr
+    assert main(["eval", str(tmp_path / "bad"), "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "does not match its model config" in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_runs_on_different_data_are_not_compared(tmp_path, fake_run):
+def test_runs_on_different_data_are_not_compared(tmp_path, fake_run, capsys):
     src, _ = fake_run
     other_data = make_fake_dataset(tmp_path / "other", n_train=300, n_test=50, seed=7)
     other = tmp_path / "other_run"
     assert main(["train", "--out", str(other), "--data-dir", str(other_data), "--epochs", "1", *TINY]) == 0
-    r = subprocess.run(
-        [sys.executable, "-m", "embedfm", "eval", str(src), str(other), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2 and "trained on different data" in r.stderr, r.stderr
+    capsys.readouterr()
+    assert main(["eval", str(src), str(other), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on different data" in err, err
 
 
-def test_resume_needs_a_run(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "embedfm", "train", "--resume", "--out", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2 and "no such run dir" in r.stderr, r.stderr
+def test_resume_needs_a_run(tmp_path, capsys):
+    assert main(["train", "--resume", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "no such run dir" in err, err
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_run):
