@@ -131,7 +131,9 @@ def set_deterministic(on: bool) -> None:
     keeps the workspace it had). Off, it restores PyTorch's default (a tune trial after a deterministic one)."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
+    # only when it changes: the call imports torch._dynamo (about 3 s) in every process that makes it
+    if torch.are_deterministic_algorithms_enabled() != on or torch.is_deterministic_algorithms_warn_only_enabled():
+        torch.use_deterministic_algorithms(on)
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
