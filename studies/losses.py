@@ -9,8 +9,11 @@ from pathlib import Path
 from embedfm.losstable import HINGE_LOSSES, study_methods
 from embedfm.study import Study, validation_ranking
 
-METHODS = {"ce": {"loss": "ce", "sampler": "random"}, "ce-balanced": {"loss": "ce", "sampler": "balanced"},
-           **study_methods()}  # fmt: skip  (every metric loss of embedfm.losstable)
+METHODS = {
+    "ce": {"loss": "ce", "sampler": "random"},
+    "ce-balanced": {"loss": "ce", "sampler": "balanced"},
+    **study_methods(),
+}  # every metric loss of embedfm.losstable
 TUNE = {"trials": 5, "objective": "val_acc", "pruner": "median", "sampler_seed": 0,
         "backbone": "fastcnn", "epochs": 2, "limit": 10_000, "seed": 0}  # fmt: skip
 DIAG = {"methods": ["triplet", "ce-balanced"], "epochs": 11, "limit": 10_000, "seed": 0}
