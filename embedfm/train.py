@@ -252,7 +252,11 @@ def train(
     """Train one run into `cfg.out`. Returns {"run_dir", "history", "seconds"} (seconds: training time, hooks
     and validation excluded)."""
     hooks = hooks or Hooks()
-    rundir.check_not_busy(cfg.out)  # another process training into this dir is the first thing to say
+    # rank 0 (or the one process) owns the run dir: it alone checks and writes it. Another rank checking would
+    # race rank 0, which may already hold the dir's lock (busy) or have prepared it (not empty) by then.
+    owner = distributed.from_env().main
+    if owner:
+        rundir.check_not_busy(cfg.out)  # another process training into this dir is the first thing to say
     old = None
     if resume:
         old = Run.open(cfg.out)
@@ -263,15 +267,16 @@ def train(
             return {"run_dir": cfg.out, "history": old.history, "seconds": 0.0}
         old.load()  # weights and training state: a damaged file is one line before the run dir is touched
     # everything that can fail on bad input happens before the run dir is touched
-    rundir.check_writable(cfg.out, overwrite, resume)
+    if owner:
+        rundir.check_writable(cfg.out, overwrite, resume)
     set_deterministic(cfg.deterministic)  # before the first CUDA work
     device = select_device(cfg.device)
     data = data or load_fashion_mnist(cfg.data_dir)
     splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     steps = steps_per_epoch(cfg, len(splits.train_y))
     # one writer per run dir: rank 0 holds the lock (the only rank that writes) until the run ends
-    with rundir.lock(cfg.out, "train", log) if distributed.from_env().main else contextlib.nullcontext():
-        if distributed.from_env().main:
+    with rundir.lock(cfg.out, "train", log) if owner else contextlib.nullcontext():
+        if owner:
             rundir.check_writable(cfg.out, overwrite, resume)  # again: another run may have finished meanwhile
         dd = distributed.init(device, cfg.batch_size)
         quiet = lambda *a, **k: None

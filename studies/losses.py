@@ -1,19 +1,16 @@
-"""The fair loss comparison (docs/results/losses.md), in the protocol of "A Metric Learning Reality Check": every
-method on the same backbone, head, augmentation and epochs, each tuned with the same `embedfm tune` budget on the
-validation split (trial 0 = the defaults, then TPE; median pruning), trained from its best_config.json over three
-seeds, evaluated; ensembles of the balanced CE control and of the best metric loss on validation; the floor; and
-the diagnostics runs (triplet + DWS and balanced CE probed at each of 11 epochs on a subset)."""
+"""The 2-epoch screen of metric losses (docs/results/losses.md): every method on the same backbone, head,
+augmentation and epochs, each tuned with the same `embedfm tune` budget on the validation split (trial 0 = the
+defaults, then TPE; median pruning), trained from its best_config.json over three seeds, evaluated; ensembles of
+the balanced CE control and of the best metric loss on validation; the floor; the diagnostics runs (triplet + DWS
+and balanced CE probed at each of 11 epochs on a subset). Its unequal terms: docs/results/losses.md."""
 
 from pathlib import Path
 
 from embedfm.losstable import HINGE_LOSSES, study_methods
 from embedfm.study import Study, validation_ranking
 
-METHODS = {
-    "ce": {"loss": "ce", "sampler": "random"},
-    "ce-balanced": {"loss": "ce", "sampler": "balanced"},
-    **study_methods(),
-}  # every metric loss of embedfm.losstable
+CONTROLS = {"ce": {"loss": "ce", "sampler": "random"}, "ce-balanced": {"loss": "ce", "sampler": "balanced"}}
+METHODS = {**CONTROLS, **study_methods()}  # the two CE controls, then every metric loss of embedfm.losstable
 TUNE = {"trials": 5, "objective": "val_acc", "pruner": "median", "sampler_seed": 0,
         "backbone": "fastcnn", "epochs": 2, "limit": 10_000, "seed": 0}  # fmt: skip
 DIAG = {"methods": ["triplet", "ce-balanced"], "epochs": 11, "limit": 10_000, "seed": 0}

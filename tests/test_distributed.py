@@ -155,3 +155,32 @@ def test_two_processes_train_the_weights_one_process_trains_and_not_without_the_
         assert moved > 100 * tol, name  # training moved every tensor far beyond rounding
         assert (two[name] - w).abs().max().item() <= tol, name  # the gradients were averaged over the 2 processes
         assert (apart[name] - w).abs().max().item() > tol, name  # ... which the comparison would see if they were not
+
+
+def test_only_rank_0_checks_the_run_dir(tmp_path, fake_data_dir, monkeypatch):
+    """Under torchrun every rank calls train(); rank 0 may already hold the run dir's lock when rank 1 starts, so a
+    check by rank 1 would refuse the run rank 0 is rightly writing. Rank 1 goes straight to the process group
+    (here a sentinel) while the dir is locked; rank 0 refuses the locked dir with its one line."""
+    from embedfm import distributed, rundir
+    from embedfm.config import TrainConfig
+    from embedfm.train import train
+
+    run = tmp_path / "run"
+
+    class Joined(Exception):
+        pass
+
+    def join(*_a, **_k):
+        raise Joined
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "init", join)
+    cfg = TrainConfig(out=str(run), data_dir=str(fake_data_dir), epochs=1, limit=200, val_size=50, batch_size=50)
+    run.mkdir()
+    with rundir.lock(run, "train", lambda *a: None):  # as rank 0 holds it (flock: a second open conflicts)
+        monkeypatch.setenv("RANK", "1")
+        with pytest.raises(Joined):
+            train(cfg, progress=False, log=lambda *a: None)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(EmbedfmError, match="is being written"):
+            train(cfg, progress=False, log=lambda *a: None)
