@@ -7,7 +7,6 @@ test-time augmentation, bf16 autocast on CUDA.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -99,13 +98,6 @@ def embed(
         logits.append(lg.float().cpu())
         embs.append(em.float().cpu())
     return Embedded(torch.cat(logits), torch.cat(embs), torch.cat(flips) if tta_flip else None)
-
-
-def load_run_model(run_dir: str | Path, device: str | torch.device | None = None):
-    """(model in eval mode on `device`, default the best available, its checkpoint); a bad run fails with one line."""
-    from embedfm.checkpoint import load_model
-
-    return load_model(run_dir, device or select_device("auto"))
 
 
 def embed_images(model, images: np.ndarray, progress: bool = True, desc: str = "embed") -> np.ndarray:

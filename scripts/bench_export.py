@@ -60,10 +60,10 @@ def main() -> None:
 
     t_start, load_before = time.perf_counter(), os.getloadavg()[0]
     if args.run:
-        from embedfm.inference import load_run_model
+        from embedfm.run import Run
 
-        network, ckpt = load_run_model(args.run, "cpu")
-        backbone = ckpt["model_args"]["backbone"]
+        run = Run.open(args.run)
+        network, backbone = run.model("cpu"), run.model_args["backbone"]
     else:
         torch.manual_seed(0)
         network, backbone = build_model("fastcnn").eval(), "fastcnn"

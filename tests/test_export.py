@@ -114,7 +114,8 @@ def test_onnx_runtime_equals_torch(fake_run, tmp_path):
     import torch
 
     from embedfm.data import to_float
-    from embedfm.inference import embed, load_run_model
+    from embedfm.inference import embed
+    from embedfm.run import Run
 
     run, _ = fake_run
     (path,) = export(run, "onnx", out=tmp_path, log=lambda *a: None)
@@ -126,7 +127,7 @@ def test_onnx_runtime_equals_torch(fake_run, tmp_path):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]  # dynamic batch
     assert {p.key for p in proto.metadata_props} >= {"embedfm_version", "normalisation"}
 
-    network, _ = load_run_model(run, "cpu")
+    network = Run.open(run).model("cpu")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     for n in (1, 7, 300):

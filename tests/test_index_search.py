@@ -87,10 +87,11 @@ def test_index_then_search_through_the_cli(tmp_path, fake_run, capsys):
     index, cat, _ = load(idx)
     assert cat["labels"].shape == (300,) and cat["images"].shape == (300, 28, 28)
     first = [line.split()[1] for line in out.splitlines()[2:6]]
-    from embedfm.inference import embed_images, load_run_model
+    from embedfm.inference import embed_images
+    from embedfm.run import Run
     from embedfm.search import load_queries
 
-    q = embed_images(load_run_model(run)[0], load_queries(["test:3"], str(data))[0], progress=False)
+    q = embed_images(Run.open(run).model(), load_queries(["test:3"], str(data))[0], progress=False)
     assert first == [str(i) for i in index.search(q, 4)[1][0]]
 
     # a compressed type builds from the same command
