@@ -203,19 +203,45 @@ def _first_line(e: Exception) -> str:
 
 
 def model_args(meta: dict, where: str | Path) -> dict:
-    """The checkpoint's arguments of `models.build_model`, checked (a known backbone, sizes in range, only
-    --widths as backbone arguments) and ready to pass; one line if they are not."""
+    """The checkpoint's arguments of `models.build_model`, checked (a known backbone — built-in or tv:<torchvision
+    model> —, sizes in range, only --widths as backbone arguments, in_channels and image_size [H, W] in range, a
+    weights path as a string) and ready to pass; one line if they are not. A checkpoint without in_channels /
+    image_size (all before them) is 1×28×28: build_model's defaults."""
     from embedfm.config import BACKBONES
 
     args = meta["model_args"]
     try:
-        if args.get("backbone") not in BACKBONES or set(args) - {
+        backbone = args.get("backbone")
+        if isinstance(backbone, str) and backbone.startswith("tv:"):
+            from embedfm import tvbackbones
+
+            if backbone[3:] not in tvbackbones.names():
+                raise ValueError(f"unknown torchvision backbone {backbone}")
+        elif backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}")
+        if set(args) - {
             "backbone",
             "embedding_dim",
             "num_classes",
             "backbone_kwargs",
+            "in_channels",
+            "image_size",
+            "weights",
         }:
             raise ValueError(f"unknown model arguments {args}")
+        channels, size = args.get("in_channels", 1), args.get("image_size", [28, 28])
+        if not (
+            type(channels) is int
+            and 1 <= channels <= 64
+            and isinstance(size, (list, tuple))
+            and len(size) == 2
+            and all(type(s) is int and 1 <= s <= 8192 for s in size)
+        ):
+            raise ValueError(f"in_channels / image_size out of range: {channels!r}, {size!r}")
+        if "image_size" in args:
+            args = {**args, "image_size": tuple(size)}
+        if not isinstance(args.get("weights", ""), (str, type(None))):
+            raise ValueError(f"weights is not a path: {args['weights']!r}")
         if "backbone_kwargs" in args:  # only --widths: three channel counts
             widths = args["backbone_kwargs"].get("widths") if isinstance(args["backbone_kwargs"], dict) else None
             ok = isinstance(widths, list) and len(widths) == 3

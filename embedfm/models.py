@@ -1,27 +1,49 @@
 """Backbones and the embedding/classifier head shared by every loss.
 
-Every model is `EmbeddingNet(backbone, embedding_dim)`:
+Every model is `EmbeddingNet(backbone, embedding_dim, num_classes, in_channels=C, image_size=(H, W))`:
 
-    image (B, 1, 28, 28) → backbone → features (B, F) → Linear → z (B, D)
+    image (B, C, H, W) → backbone → features (B, F) → Linear → z (B, D)
         embedding = normalize(z)     (B, D)  unit norm: what the triplet loss, kNN and UMAP see
-        logits    = Linear(z)        (B, 10) what cross-entropy and the softmax classifier see
+        logits    = Linear(z)        (B, K)  what cross-entropy and the softmax classifier see (K = num_classes)
+
+Images are float (B, C, H, W), normalised; Fashion-MNIST is C = 1, H = W = 28 (the defaults), and at those defaults
+every built-in backbone is exactly the network it always was (same modules, parameter names and shapes,
+initialisation order and arithmetic), so old checkpoints load and seeds train to the same figures. Every built-in
+backbone takes `in_channels` and works at any size ≥ its `MIN_SIZE` (the conv nets pool globally; `linear` and
+`mlp` are sized by `image_size`; `lenet` pools to its 5×5 flatten when the image is not 28×28). `tv:<name>` is a
+torchvision classification model without its classifier (`tvbackbones.py`, which also loads its weights from a
+local file: `init_pretrained`).
 
 The CE model and the CE + triplet model have exactly this architecture, so the CE model's
 embedding is its own penultimate layer and comparisons between them are fair.
 
 `model_args` (a plain dict) is stored in every checkpoint; `build_model(**model_args)` rebuilds the
-network from the checkpoint alone.
+network from the checkpoint alone: backbone, embedding_dim, num_classes, optionally backbone_kwargs, and, when the
+data is not 1×28×28, in_channels and image_size ([H, W]); `weights` (a tv: backbone's pretrained file) is kept
+for provenance only and never read when rebuilding. A checkpoint without in_channels / image_size is 1×28×28.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from embedfm.errors import ConfigError
+
+Size = tuple[int, int]  # (H, W)
+
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _check_size(cls: type, image_size: Size) -> None:
+    h, w = image_size
+    if h < cls.MIN_SIZE or w < cls.MIN_SIZE:
+        raise ConfigError(f"{cls.__name__} needs images of at least {cls.MIN_SIZE}×{cls.MIN_SIZE}, not {h}×{w}")
 
 
 class FastCNN(nn.Module):
@@ -30,17 +52,21 @@ class FastCNN(nn.Module):
     Shaped for a 2-core budget: only the narrow stem runs at full 28×28 resolution, the wide layers
     run at 14×14 and 7×7 where they are cheap. Global average + max pooling keeps both "how much"
     and "where strongest" of each channel (max pooling helps on small garments like sandals).
+    Any (B, in_channels, H, W) with H, W ≥ 4 (two 2× poolings: 4→2→1); shapes below are for 28×28.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (24, 48, 96)):
+    MIN_SIZE = 4
+
+    def __init__(self, widths: tuple[int, int, int] = (24, 48, 96), in_channels: int = 1, image_size: Size = (28, 28)):
         super().__init__()
+        _check_size(type(self), image_size)
         w0, w1, w2 = widths
         self.layers = nn.Sequential(
-            conv_bn(1, w0),
-            nn.MaxPool2d(2),  # (B, w0, 14, 14)
+            conv_bn(in_channels, w0),  # (B, w0, H, W)
+            nn.MaxPool2d(2),  # (B, w0, 14, 14): H/2
             conv_bn(w0, w1),
             conv_bn(w1, w1),
-            nn.MaxPool2d(2),  # (B, w1, 7, 7)
+            nn.MaxPool2d(2),  # (B, w1, 7, 7): H/4
             conv_bn(w1, w2),
             conv_bn(w2, w2),  # (B, w2, 7, 7)
         )
@@ -52,20 +78,32 @@ class FastCNN(nn.Module):
 
 
 class Linear(nn.Module):
-    """Softmax regression's feature map: the raw pixels (the embedding head is then a linear map)."""
+    """Softmax regression's feature map: the raw pixels (the embedding head is then a linear map).
+    Sized by `image_size` (any H, W ≥ 1): (B, C, H, W) → (B, C·H·W), 784 for Fashion-MNIST."""
 
-    out_features = 28 * 28
+    MIN_SIZE = 1
+
+    def __init__(self, in_channels: int = 1, image_size: Size = (28, 28)):
+        super().__init__()
+        _check_size(type(self), image_size)
+        self.out_features = in_channels * image_size[0] * image_size[1]
 
     def forward(self, x):
-        return x.flatten(1)  # (B, 784)
+        return x.flatten(1)  # (B, C·H·W)
 
 
 class MLP(nn.Module):
-    """The classic one-hidden-layer network (the NumPy / scikit-learn baselines)."""
+    """The classic one-hidden-layer network (the NumPy / scikit-learn baselines). Sized by `image_size`
+    (any H, W ≥ 1): (B, C, H, W) → flatten (B, C·H·W) → (B, hidden)."""
 
-    def __init__(self, hidden: int = 256):
+    MIN_SIZE = 1
+
+    def __init__(self, hidden: int = 256, in_channels: int = 1, image_size: Size = (28, 28)):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(inplace=True))
+        _check_size(type(self), image_size)
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], hidden), nn.ReLU(inplace=True)
+        )
         self.out_features = hidden
 
     def forward(self, x):
@@ -73,19 +111,33 @@ class MLP(nn.Module):
 
 
 class LeNet(nn.Module):
-    """LeNet-5 as usually ported to 28×28 inputs: two 5×5 conv + pool stages, two dense layers."""
+    """LeNet-5 as usually ported to 28×28 inputs: two 5×5 conv + pool stages, two dense layers.
 
-    def __init__(self):
+    Built for its `image_size`, H, W ≥ 12 (the second conv needs a 5×5 map: ((H/2) − 4)/2 ≥ 1). The maps before
+    the flatten are 16 × h × w with h = ((H/2) − 4)/2 (5 at 28×28); when that is not 5×5 an adaptive average pool
+    (in the flatten's slot, so parameter names stay) brings them to min(h, 5) × min(w, 5), which keeps the dense
+    layers LeNet's size at large images. At 28×28 there is no such pool: the network is the classic one.
+    """
+
+    MIN_SIZE = 12
+
+    def __init__(self, in_channels: int = 1, image_size: Size = (28, 28)):
         super().__init__()
+        _check_size(type(self), image_size)
+        h, w = ((s // 2 - 4) // 2 for s in image_size)  # after conv (padded) → pool → conv 5×5 → pool
+        flatten: nn.Module = nn.Flatten()
+        if (h, w) != (5, 5):
+            h, w = min(h, 5), min(w, 5)
+            flatten = nn.Sequential(nn.AdaptiveAvgPool2d((h, w)), nn.Flatten())
         self.net = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2),
+            nn.Conv2d(in_channels, 6, 5, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # (B, 6, 14, 14)
             nn.Conv2d(6, 16, 5),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # (B, 16, 5, 5)
-            nn.Flatten(),
-            nn.Linear(400, 120),
+            flatten,  # (B, 400): 16·h·w
+            nn.Linear(16 * h * w, 120),
             nn.ReLU(inplace=True),
             nn.Linear(120, 84),
             nn.ReLU(inplace=True),
@@ -97,13 +149,19 @@ class LeNet(nn.Module):
 
 
 class VGG(nn.Module):
-    """VGG-style: pairs of 3×3 conv-BN-ReLU at 28, 14, 7 with max pooling, global average pooling."""
+    """VGG-style: pairs of 3×3 conv-BN-ReLU at 28, 14, 7 with max pooling, global average pooling.
+    Any (B, in_channels, H, W) with H, W ≥ 4 (two 2× poolings: 4→2→1); shapes below are for 28×28."""
 
-    def __init__(self, widths: tuple[int, int, int] = (64, 128, 256)):
+    MIN_SIZE = 4
+
+    def __init__(
+        self, widths: tuple[int, int, int] = (64, 128, 256), in_channels: int = 1, image_size: Size = (28, 28)
+    ):
         super().__init__()
+        _check_size(type(self), image_size)
         w0, w1, w2 = widths
         self.layers = nn.Sequential(
-            conv_bn(1, w0),
+            conv_bn(in_channels, w0),
             conv_bn(w0, w0),
             nn.MaxPool2d(2),  # (B, w0, 14, 14)
             conv_bn(w0, w1),
@@ -135,11 +193,25 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016): 6n+2 layers, widths 16/32/64 at 28/14/7. n=3 is ResNet-20."""
+    """CIFAR-style ResNet (He et al. 2016): 6n+2 layers, widths 16/32/64 at 28/14/7. n=3 is ResNet-20.
+    Any (B, in_channels, H, W) with H, W ≥ 1 (its stride-2 convs are padded: 1→1), global average pooling."""
 
-    def __init__(self, n: int = 3, widths: tuple[int, int, int] = (16, 32, 64)):
+    MIN_SIZE = 1
+
+    def __init__(
+        self,
+        n: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        in_channels: int = 1,
+        image_size: Size = (28, 28),
+    ):
         super().__init__()
-        layers = [nn.Conv2d(1, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        _check_size(type(self), image_size)
+        layers = [
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
         cin = widths[0]
         for stage, w in enumerate(widths):
             for i in range(n):
@@ -152,6 +224,7 @@ class ResNet(nn.Module):
         return self.layers(x).mean(dim=(2, 3))  # (B, 64)
 
 
+# the built-in backbones (config.BACKBONES lists the same names); `tv:<name>` is looked up in tvbackbones.py
 BACKBONES = {
     "fastcnn": FastCNN,
     "linear": Linear,
@@ -160,6 +233,23 @@ BACKBONES = {
     "vgg": VGG,
     "resnet20": ResNet,
 }
+MIN_SIZE = {name: cls.MIN_SIZE for name, cls in BACKBONES.items()}  # smallest H and W each built-in one runs at
+
+
+def make_backbone(
+    name: str, backbone_kwargs: dict | None = None, in_channels: int = 1, image_size: Size = (28, 28)
+) -> nn.Module:
+    """The backbone called `name` (a BACKBONES key or `tv:<torchvision model>`) for (B, in_channels, H, W) images;
+    it has `out_features`. A tv: backbone is built without weights (`init_pretrained` loads them)."""
+    from embedfm import tvbackbones
+
+    if tvbackbones.is_tv(name):
+        if backbone_kwargs:
+            raise ConfigError(f"{name} takes no backbone arguments, not {backbone_kwargs}")
+        return tvbackbones.TVBackbone(name[len(tvbackbones.PREFIX) :], in_channels)
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}: one of {', '.join(BACKBONES)} or tv:<torchvision model>")
+    return BACKBONES[name](**(backbone_kwargs or {}), in_channels=in_channels, image_size=image_size)
 
 
 class EmbeddingNet(nn.Module):
@@ -169,22 +259,56 @@ class EmbeddingNet(nn.Module):
         embedding_dim: int = 64,
         num_classes: int = 10,
         backbone_kwargs: dict | None = None,
+        in_channels: int = 1,
+        image_size: Size = (28, 28),
     ):
         super().__init__()
-        self.backbone = BACKBONES[backbone](**(backbone_kwargs or {}))
+        image_size = tuple(image_size)  # a checkpoint's JSON gives a list
+        if not (
+            type(in_channels) is int
+            and in_channels >= 1
+            and len(image_size) == 2
+            and all(type(s) is int and s >= 1 for s in image_size)
+        ):
+            raise ConfigError(f"in_channels {in_channels!r} / image_size {image_size!r}: positive ints, (H, W)")
+        self.input_shape = (in_channels, *image_size)  # (C, H, W) of one image; count_macs's default
+        self.backbone = make_backbone(backbone, backbone_kwargs, in_channels, image_size)
         self.embed = nn.Linear(self.backbone.out_features, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, 1, 28, 28) → (logits (B, C), unit-norm embedding (B, D))."""
+        """x (B, C, H, W) → (logits (B, num_classes), unit-norm embedding (B, D))."""
         z = self.embed(self.backbone(x))  # (B, D)
         return self.classifier(z), F.normalize(z, dim=1)
 
 
 def build_model(
-    backbone: str = "fastcnn", embedding_dim: int = 64, num_classes: int = 10, backbone_kwargs: dict | None = None
+    backbone: str = "fastcnn",
+    embedding_dim: int = 64,
+    num_classes: int = 10,
+    backbone_kwargs: dict | None = None,
+    in_channels: int = 1,
+    image_size: Size = (28, 28),
+    weights: str | None = None,
 ) -> EmbeddingNet:
-    return EmbeddingNet(backbone, embedding_dim, num_classes, backbone_kwargs)
+    """The network `model_args` describe. `weights` (a tv: backbone's pretrained file) is provenance only: it is
+    not read here — the trainer calls `init_pretrained(model, weights)` once at the start of a new run, and a
+    checkpoint's state dict holds the weights after that."""
+    del weights
+    return EmbeddingNet(backbone, embedding_dim, num_classes, backbone_kwargs, in_channels, image_size)
+
+
+def init_pretrained(model: EmbeddingNet, path: str | Path, log=print) -> None:
+    """Load a tv: backbone's weights from the local file `path` (`.safetensors` or a torch state dict, read
+    weights-only; never downloaded) into `model.backbone`; the embedding head keeps its initialisation. One
+    `DataError` line if the file is missing, not weights, or does not fit (the first mismatching key named); a
+    `ConfigError` for a built-in backbone. The rules (classifier keys ignored, RGB → in_channels) are in
+    tvbackbones.py."""
+    from embedfm import tvbackbones
+
+    if not isinstance(model.backbone, tvbackbones.TVBackbone):
+        raise ConfigError(f"pretrained weights are for tv: backbones, not {type(model.backbone).__name__}")
+    tvbackbones.load_pretrained(model.backbone, path, log=log)
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:
@@ -218,9 +342,12 @@ def device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def count_macs(model: nn.Module, shape: tuple[int, ...] = (1, 1, 28, 28)) -> int:
+def count_macs(model: nn.Module, shape: tuple[int, ...] | None = None) -> int:
     """Multiply-accumulates of one forward pass through conv and linear layers (per image), counted by running one
-    zero image through the model where it is (CPU or GPU)."""
+    zero image through the model where it is (CPU or GPU). `shape` defaults to one image of the model's own input
+    shape (1, C, H, W) (`EmbeddingNet.input_shape`; (1, 1, 28, 28) for a model without one)."""
+    if shape is None:
+        shape = (1, *getattr(model, "input_shape", (1, 28, 28)))
     macs = 0
 
     def hook(m, inp, out):
