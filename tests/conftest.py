@@ -51,6 +51,13 @@ def make_fake_dataset(root: Path, n_train: int = 200, n_test: int = 50, seed: in
     return root
 
 
+def labelled_batch(n_per_class=4, classes=10):
+    """A seeded batch of random images, n_per_class of each class: (images (N, 1, 28, 28), labels)."""
+    torch.manual_seed(0)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return torch.randn(len(y), 1, 28, 28), y
+
+
 # the smallest budget a real run accepts: seconds on fake data
 TINY = ["--limit", "200", "--val-size", "50", "--batch-size", "50", "--no-progress"]
 

@@ -240,3 +240,17 @@ def test_a_new_loss_setting_becomes_a_field_at_the_end_of_the_metric_group():
 def test_loss_setting_checks_come_from_the_table(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(loss="triplet", **kwargs)
+
+
+def test_ce_weight_settings_are_checked():
+    with pytest.raises(ConfigError, match="--ce-weight and --triplet-weight are both 0"):
+        TrainConfig(loss="triplet", ce_weight=0, triplet_weight=0)
+    with pytest.raises(ConfigError, match="--ce-weight must be non-negative"):
+        TrainConfig(loss="triplet", ce_weight=-1)
+    with pytest.raises(ConfigError, match="--metric-loss 'npair' is not one of triplet, margin"):
+        TrainConfig(loss="triplet", metric_loss="npair")
+    with pytest.raises(ConfigError, match="--pos-margin and --neg-margin"):
+        TrainConfig(loss="triplet", metric_loss="contrastive", pos_margin=0.8, neg_margin=0.5)
+    assert TrainConfig(metric_loss="supcon").resolved_miner == "none"
+    assert TrainConfig(metric_loss="multisimilarity").resolved_miner == "multisimilarity"
+    assert TrainConfig(metric_loss="supcon", miner="distance").resolved_miner == "distance"

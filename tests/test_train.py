@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from conftest import make_fake_dataset
 
-from embedfm.config import TrainConfig
-from embedfm.train import make_optimizer
+from embedfm import checkpoint
+from embedfm.config import PARAMETRIC_LOSSES, TrainConfig
+from embedfm.train import Hooks, make_optimizer, train
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 12, 642])
@@ -20,34 +22,6 @@ def test_schedule_steps_through_any_length(steps):
     assert all(0 < lr <= cfg.lr for lr in lrs)
     if steps >= 12:  # a real one-cycle: warms up to the peak, ends far below it
         assert max(lrs) == pytest.approx(cfg.lr, rel=0.05) and lrs[-1] < cfg.lr / 10
-
-
-@pytest.mark.numeric
-def test_embed_flip_tta_matches_a_per_image_loop():
-    """embed(tta_flip=True): logits = mean over image and mirror, emb = the image's own, emb_flip =
-    normalize(emb(image) + emb(mirror)); checked one image at a time against the unfused model."""
-    from embedfm.inference import embed
-    from embedfm.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(backbone="fastcnn", embedding_dim=8).eval()
-    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
-    plain = embed(model, images, torch.device("cpu"), batch_size=2)
-    out = embed(model, images, torch.device("cpu"), batch_size=2, tta_flip=True)
-    assert plain.emb_flip is None and out.emb_flip.shape == (5, 8)
-    torch.testing.assert_close(out.emb, plain.emb)
-    from embedfm.data import to_float
-
-    with torch.no_grad():
-        for i in range(5):
-            x = to_float(images[i : i + 1])
-            lg, em = model(x)
-            lg_m, em_m = model(x.flip(3))
-            torch.testing.assert_close(out.logits[i], ((lg + lg_m) / 2)[0], atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(
-                out.emb_flip[i], torch.nn.functional.normalize(em + em_m, dim=1)[0], atol=1e-5, rtol=1e-4
-            )
-    assert torch.allclose(out.emb_flip.norm(dim=1), torch.ones(5))
 
 
 @pytest.mark.numeric
@@ -99,9 +73,6 @@ def test_compile_model_keys_inductors_cache_by_the_vector_isa_it_uses(monkeypatc
     monkeypatch.setattr(inductor_config.cpp, "simdlen", 128)  # a user's own setting is left alone
     compile_model(torch.nn.Linear(3, 2))
     assert inductor_config.cpp.simdlen == 128
-
-
-# ------------------------------------------------------------------------------------------------ non-finite
 
 
 def _poison(what):
@@ -167,26 +138,6 @@ def test_a_non_finite_network_stops_the_run_in_one_line_and_keeps_the_last_good_
     ]
 
 
-def test_the_probe_refuses_a_non_finite_embedding_in_one_line():
-    """Before the distance-weighted miner, whose own failure on NaN distances is a traceback."""
-    from embedfm import diagnostics
-    from embedfm.errors import EmbedfmError
-    from embedfm.objectives import build_objective
-
-    class NaNNet(torch.nn.Module):
-        def forward(self, x):
-            emb = torch.nn.functional.normalize(x.flatten(1)[:, :8].float() + 1, dim=1)
-            emb[3, 0] = float("nan")
-            return torch.zeros(len(x), 10), emb
-
-    cfg = TrainConfig(loss="triplet")
-    images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
-    batches = torch.arange(100).view(2, 50)
-    with pytest.raises(EmbedfmError, match=r"^non-finite embeddings in the diagnostics probe$"):
-        diagnostics.probe(NaNNet(), images, torch.arange(100) % 10, batches, cfg, torch.device("cpu"),
-                          build_objective(cfg))  # fmt: skip
-
-
 def test_a_state_built_outside_the_loop_trains_the_loops_epoch(tmp_path, fake_data_dir):
     """How a probe drives the loop's pieces: `TrainState.start` + `run_epoch` on the same config give the weights
     `train` checkpoints after its first epoch, bit for bit (same process, same kernels)."""
@@ -218,3 +169,133 @@ def _stop_after_epoch_1(steps_seen):
         raise KeyboardInterrupt
 
     return Hooks(on_step=lambda s: steps_seen.append(s.step), on_epoch=stop)
+
+
+QUIET = {"progress": False, "log": lambda *a: None}
+
+
+# a tiny balanced run: 150 train images, 3 steps of 50 an epoch
+TINY_CFG = {"limit": 200, "val_size": 50, "batch_size": 50, "m_per_class": 4, "knn_k": 3}
+
+
+def _figures(history):
+    return [{k: v for k, v in row.items() if k not in ("train_seconds", "images_per_s")} for row in history]
+
+
+# the run the test below pins: 2 epochs of 4 steps of 50 fake images, on the CPU, one thread
+RUN = {"epochs": 2, "limit": 200, "val_size": 50, "batch_size": 50, "m_per_class": 4, "threads": 1, "device": "cpu"}
+
+
+# every other setting of a default triplet run, written out: a changed default makes the default run differ from this
+SPELLED_OUT = {
+    "recipe": "default", "loss": "triplet", "backbone": "fastcnn", "embedding_dim": 64, "widths": None,
+    "margin": 0.2, "triplet_weight": 1.0, "ce_weight": 1.0, "metric_loss": "triplet", "miner": "distance",
+    "beta": 1.2, "mining": "all", "miner_cutoff": 0.5, "miner_nonzero_loss_cutoff": 1.4, "pos_margin": 0.0,
+    "neg_margin": 1.0, "ms_alpha": 2.0, "ms_beta": 50.0, "ms_base": 0.5, "ms_epsilon": 0.1, "temperature": 0.1,
+    "proxy_margin": 0.1, "proxy_alpha": 32.0, "arcface_margin": 28.6, "arcface_scale": 64.0, "proxy_lr_mult": 1.0,
+    "sampler": "balanced", "focus_classes": (0, 2, 4, 6), "focus_oversample": 1.5, "optimizer": "adamw", "lr": 0.004,
+    "weight_decay": 0.05, "label_smoothing": 0.1, "warmup_frac": 0.2, "crop_pad": 0, "flip": True,
+    "random_erasing": 0.0, "holdout_classes": (), "tta_flip": True, "tta_shift": 0, "knn_k": 10, "seed": 0,
+    "compile": False, "deterministic": False,
+}  # fmt: skip
+
+
+# Pinned on the run below (an AMD EPYC, AVX2). How far another CPU's kernels move them was measured on the same run
+# under the kernel paths of one machine (the default, ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=SSE41 and AVX)
+# and reported from an Intel Xeon with AMX: the first 3 steps' losses agreed to 1e-6 on every path (the weights start
+# bit-identical); after that the summation-order differences grow, step by step, and once one of them moves a
+# distance-weighted draw past another negative the two runs follow different triplets: epoch 1's figures differed by
+# up to 1e-5, epoch 2's by up to 1.7e-3 (ONEDNN_MAX_CPU_ISA=AVX; AMX: 1.4e-4). Each tolerance is 10× its measured
+# spread. A changed objective, miner, sampler or schedule moves the first steps' losses by far more than 1e-5.
+PINNED_STEPS, STEP_TOL = (2.543958, 2.530816, 2.63869), 1e-5
+
+
+PINNED_EPOCHS = [((2.56174, 2.36378, 0.19796), 1e-4), ((2.38147, 2.19516, 0.18631), 2e-2)]
+
+
+# the balanced batch of 50: the focus classes 0, 2, 4, 6 at 1.5 × 4 = 6 images, the others 4, the 2 left over to
+# classes 0 and 2. The miner draws one negative for each (anchor, positive draw), n_c draws per anchor: at most
+# Σ n_c² triplets a batch
+MOST_TRIPLETS = sum(n * n for n in (7, 4, 7, 4, 6, 4, 6, 4, 4, 4))  # 266
+
+
+@pytest.mark.numeric
+def test_the_default_triplet_run_trains_as_before(tmp_path):
+    """A 2-epoch default triplet run on fake data (one thread) equals, bit for bit, the same run with every default
+    setting written out, and has the figures it had before, to the tolerance another CPU's kernels need."""
+    from dataclasses import fields
+
+    assert set(SPELLED_OUT) | set(RUN) | {"out", "data_dir"} == {f.name for f in fields(TrainConfig)}
+    data = make_fake_dataset(tmp_path / "data", n_train=300, n_test=50)
+    threads = torch.get_num_threads()
+    runs = {}
+    try:
+        for name, settings in (("default", {"loss": "triplet"}), ("spelled_out", SPELLED_OUT)):
+            steps = []
+            cfg = TrainConfig(**settings, **RUN, out=str(tmp_path / name), data_dir=str(data))
+            history = train(cfg, hooks=Hooks(on_step=lambda s, steps=steps: steps.append(s.loss)), **QUIET)["history"]
+            runs[name] = (steps, history, checkpoint.load_checkpoint(tmp_path / name)["model"])
+    finally:
+        torch.set_num_threads(threads)
+    (steps, history, weights), (steps_2, history_2, weights_2) = runs["default"], runs["spelled_out"]
+    assert steps == steps_2 and _figures(history) == _figures(history_2)
+    assert weights.keys() == weights_2.keys() and all(torch.equal(weights[k], weights_2[k]) for k in weights)
+
+    assert len(steps) == 8 and steps[:3] == pytest.approx(PINNED_STEPS, abs=STEP_TOL)
+    for row, (want, tol) in zip(history, PINNED_EPOCHS, strict=True):
+        assert (row["train_loss"], row["ce"], row["triplet"]) == pytest.approx(want, abs=tol)
+        # an anchor whose every negative lies beyond --miner-nonzero-loss-cutoff draws none: 266 on every path
+        # measured, not pinned exactly
+        assert MOST_TRIPLETS - 16 <= row["triplets"] <= MOST_TRIPLETS
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("metric_loss", PARAMETRIC_LOSSES)
+def test_a_loss_with_parameters_resumes_bit_identically(tmp_path, metric_loss):
+    """Its parameters and their optimizer state are in the checkpoint: a run stopped after epoch 1 and resumed
+    equals an uninterrupted one."""
+    data = make_fake_dataset(tmp_path / "data")
+
+    def cfg(name):
+        return TrainConfig(loss="triplet", metric_loss=metric_loss, out=str(tmp_path / name), data_dir=str(data),
+                           epochs=2, embedding_dim=16, **TINY_CFG)  # fmt: skip
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    straight = train(cfg("straight"), **QUIET)["history"]
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg("stopped"), hooks=Hooks(on_epoch=stop), **QUIET)
+    after_1 = checkpoint.load_checkpoint(tmp_path / "stopped")
+    resumed = train(cfg("stopped"), resume=True, **QUIET)["history"]
+
+    assert _figures(resumed) == _figures(straight)
+    a, b = checkpoint.load_checkpoint(tmp_path / "straight"), checkpoint.load_checkpoint(tmp_path / "stopped")
+    assert a["objective"] == b["objective"]  # the loss's parameters, bit for bit (JSON floats)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert len(a["optimizer"]["param_groups"]) == 3  # network (decayed, not decayed), the loss's own
+    own_state = a["optimizer"]["state"][max(a["optimizer"]["state"])]
+    assert all(torch.equal(v, b["optimizer"]["state"][max(b["optimizer"]["state"])][k]) for k, v in own_state.items()
+               if torch.is_tensor(v))  # fmt: skip
+    # the parameters moved during epoch 2: a resume that did not restore them would have diverged
+    ((name, saved_1),) = after_1["objective"].items()
+    assert saved_1 != a["objective"][name] and torch.tensor(saved_1).shape in ((10, 16), (16, 10))
+
+
+def test_a_resume_without_the_losss_parameters_is_refused(tmp_path):
+    from embedfm.errors import EmbedfmError
+
+    data = make_fake_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    cfg = TrainConfig(loss="triplet", metric_loss="arcface", out=str(run), data_dir=str(data), epochs=2, **TINY_CFG)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, hooks=Hooks(on_epoch=stop), **QUIET)
+    ckpt = checkpoint.load_checkpoint(run)
+    ckpt.pop("objective")
+    checkpoint.save_checkpoint(run, ckpt)
+    with pytest.raises(EmbedfmError, match="checkpoint does not fit this run's model or optimizer"):
+        train(cfg, resume=True, **QUIET)
