@@ -23,12 +23,13 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from embedfm import CLASS_NAMES
 from embedfm.errors import DataError, one_line
 
 # The names as published. Each may also be un-gzipped: the same name without ".gz".
@@ -70,13 +71,14 @@ def _read_upto(f, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, image_size: tuple[int, int] | None = (28, 28)) -> np.ndarray:
     """Read one IDX file, gzipped or raw (told apart by the gzip magic bytes), into a uint8 array.
 
     Validates everything it can and raises one DataError line naming the file for: missing, not a
     regular file, neither gzip nor IDX, truncated or corrupt gzip, wrong magic number, images that are
     not 28×28, header/payload size mismatch. The header's declared size is checked against what the
-    file can hold before the payload is read, so a lying header costs no memory.
+    file can hold before the payload is read, so a lying header costs no memory. `image_size` None: any size
+    (another MNIST-format set, `--data idx:DIR`).
     """
     path = Path(path)
     if not path.exists():
@@ -91,15 +93,17 @@ def read_idx(path: Path) -> np.ndarray:
             fh.seek(0)
             if gzipped:
                 with gzip.GzipFile(fileobj=fh) as gz:
-                    return _parse_idx(path, gz, DEFLATE_MAX_RATIO * size + READ_CHUNK, gzipped=True)
-            return _parse_idx(path, fh, size, gzipped=False)
+                    return _parse_idx(
+                        path, gz, DEFLATE_MAX_RATIO * size + READ_CHUNK, gzipped=True, image_size=image_size
+                    )
+            return _parse_idx(path, fh, size, gzipped=False, image_size=image_size)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         if gzipped:
             raise DataError(f"{path}: truncated or corrupt gzip stream ({one_line(e)})") from None
         raise DataError(f"{path}: cannot read ({one_line(e)})") from None
 
 
-def _parse_idx(path: Path, f, limit: int, gzipped: bool) -> np.ndarray:
+def _parse_idx(path: Path, f, limit: int, gzipped: bool, image_size: tuple[int, int] | None) -> np.ndarray:
     """The IDX content of stream f. `limit`: the most bytes f can hold (raw: exactly the file size)."""
     head = _read_upto(f, 4)
     if len(head) < 4:
@@ -119,8 +123,8 @@ def _parse_idx(path: Path, f, limit: int, gzipped: bool) -> np.ndarray:
     if len(dims) < 4 * ndim:
         raise DataError(f"{path}: {'image' if ndim == 3 else 'label'} header truncated")
     shape = struct.unpack(f">{ndim}I", dims)
-    if ndim == 3 and shape[1:] != (28, 28):
-        raise DataError(f"{path}: images are {shape[1]}x{shape[2]}, expected 28x28")
+    if ndim == 3 and image_size is not None and shape[1:] != image_size:
+        raise DataError(f"{path}: images are {shape[1]}x{shape[2]}, expected {image_size[0]}x{image_size[1]}")
     expected = math.prod(shape)  # Python ints: 2^32 × 28 × 28 must not wrap around
     if not gzipped and limit - offset != expected:
         raise DataError(f"{path}: header says {shape} = {expected} bytes, file holds {limit - offset}")
@@ -140,38 +144,76 @@ def _parse_idx(path: Path, f, limit: int, gzipped: bool) -> np.ndarray:
     return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
-def _check_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path: Path) -> None:
+def _check_pair(
+    images: np.ndarray,
+    labels: np.ndarray,
+    img_path: Path,
+    lbl_path: Path,
+    image_size: tuple[int, int] | None = (28, 28),
+    num_classes: int = NUM_CLASSES,
+) -> None:
     if images.ndim != 3:
         raise DataError(f"{img_path}: expected an image file (3-d IDX), got {images.ndim}-d")
-    if images.shape[1:] != (28, 28):
-        raise DataError(f"{img_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+    if image_size is not None and images.shape[1:] != image_size:
+        h, w = image_size
+        raise DataError(f"{img_path}: images are {images.shape[1]}x{images.shape[2]}, expected {h}x{w}")
     if labels.ndim != 1:
         raise DataError(f"{lbl_path}: expected a label file (1-d IDX), got {labels.ndim}-d")
     if len(images) != len(labels):
         raise DataError(f"{img_path} holds {len(images)} images but {lbl_path} holds {len(labels)} labels")
-    if len(labels) and labels.max() >= NUM_CLASSES:
-        bad = int(np.argmax(labels >= NUM_CLASSES))
-        raise DataError(f"{lbl_path}: label {labels[bad]} at index {bad} is outside 0-9")
+    if len(labels) and labels.max() >= num_classes:
+        bad = int(np.argmax(labels >= num_classes))
+        raise DataError(f"{lbl_path}: label {labels[bad]} at index {bad} is outside 0-{num_classes - 1}")
 
 
 @dataclass(frozen=True)
-class FashionMNIST:
-    """The whole data set as uint8 tensors: images (N, 28, 28), labels (N,)."""
+class ImageSet:
+    """A whole labelled image set as uint8 tensors: images (N, H, W) grey or (N, 3, H, W) colour, labels (N,)
+    in 0..K-1, with its class names and the per-channel pixel mean / std of its training split (in [0, 1] units:
+    what `to_float` normalises with). Fashion-MNIST is one (`load_fashion_mnist`); `sources.py` makes the others.
+
+    `notes` records what reading it found and decided (files skipped, duplicates across train and test, how the
+    test split was made), for the run's config and report."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     source: str
+    class_names: tuple[str, ...] = CLASS_NAMES
+    mean: tuple[float, ...] = (MEAN,)
+    std: tuple[float, ...] = (STD,)
+    notes: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.train_images.ndim == 3 else self.train_images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train_images.shape[-2:])
 
     def fingerprint(self) -> dict:
         """Identifies the data a run was trained on, so eval can refuse to compare unlike runs.
 
-        It hashes the decoded arrays, not the files, so gzipped and raw copies of the same data agree."""
+        It hashes the decoded arrays, not the files, so gzipped and raw copies of the same data agree. A set that
+        is not Fashion-MNIST-shaped (other names, size or channels) also records those, so two sets that merely
+        share labels and their first test images still differ."""
         h = hashlib.sha1()
         for t in (self.train_labels, self.test_labels, self.test_images[:256]):
             h.update(t.numpy().tobytes())
-        return {"n_train": len(self.train_labels), "n_test": len(self.test_labels), "sha1": h.hexdigest()}
+        out = {"n_train": len(self.train_labels), "n_test": len(self.test_labels), "sha1": h.hexdigest()}
+        if self.class_names != CLASS_NAMES or tuple(self.train_images.shape[1:]) != (28, 28):
+            out["classes"] = list(self.class_names)
+            out["shape"] = list(self.train_images.shape[1:])
+        return out
+
+
+FashionMNIST = ImageSet  # the name the rest of the package knew it by
 
 
 def _files_in(d: Path) -> dict[str, Path]:
@@ -250,24 +292,55 @@ def download_fashion_mnist(dest: Path) -> Path:
     return dest
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> FashionMNIST:
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageSet:
     """Find, read and validate the four files; return them as uint8 tensors."""
-    root = find_data_dir(data_dir)
+    return load_idx(find_data_dir(data_dir), (28, 28), CLASS_NAMES, {"mean": (MEAN,), "std": (STD,)})
+
+
+def load_idx(
+    root: Path,
+    image_size: tuple[int, int] | None = None,
+    class_names: tuple[str, ...] | None = None,
+    stats: dict | None = None,
+) -> ImageSet:
+    """The four IDX files in `root` (Fashion-MNIST's names) as an ImageSet. `class_names` None: "0".."K-1" with K
+    one more than the largest label. `stats` None: the pixel mean / std measured on the training images
+    (Fashion-MNIST passes its published constants, so its runs stay bit for bit what they were; measured on its
+    60,000 training images they round to the same figures)."""
     paths = data_files(root)
-    arrays = {k: read_idx(p) for k, p in paths.items()}
+    arrays = {k: read_idx(p, image_size) for k, p in paths.items()}
+    k = len(class_names) if class_names else 256
     for split in ("train", "test"):
-        _check_pair(
-            arrays[f"{split}_images"], arrays[f"{split}_labels"], paths[f"{split}_images"], paths[f"{split}_labels"]
-        )
+        img, lbl = f"{split}_images", f"{split}_labels"
+        _check_pair(arrays[img], arrays[lbl], paths[img], paths[lbl], image_size, k)
+    if class_names is None:
+        k = int(max(arrays["train_labels"].max(initial=0), arrays["test_labels"].max(initial=0))) + 1
+        class_names = tuple(str(c) for c in range(k))
     # np.frombuffer gives read-only views; copy once into torch-owned memory
     tensors = {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}
-    return FashionMNIST(**tensors, source=str(root))
+    stats = stats or pixel_stats(tensors["train_images"])
+    return ImageSet(**tensors, source=str(root), class_names=tuple(class_names), **stats)
+
+
+def pixel_stats(images: torch.Tensor) -> dict:
+    """{"mean": (per channel,), "std": (per channel,)} of uint8 images (N, H, W) or (N, C, H, W), in [0, 1] units,
+    over every pixel (float64 sums: exact enough at any size this in-memory design holds)."""
+    x = images if images.ndim == 4 else images.unsqueeze(1)  # (N, C, H, W)
+    x = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0  # (C, N·H·W)
+    mean = x.mean(dim=1)
+    std = x.std(dim=1, correction=0).clamp_min(1e-3)  # a constant channel must not divide by zero
+    return {"mean": tuple(round(v, 4) for v in mean.tolist()), "std": tuple(round(v, 4) for v in std.tolist())}
 
 
 # ----------------------------------------------------------------------------------------------
 # normalisation
 
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) → normalised float (B, 1, 28, 28)."""
-    return ((x.float() / 255.0 - MEAN) / STD).unsqueeze(1)
+def to_float(x: torch.Tensor, mean: tuple[float, ...] = (MEAN,), std: tuple[float, ...] = (STD,)) -> torch.Tensor:
+    """uint8 (B, H, W) grey or (B, C, H, W) → normalised float (B, C, H, W), with the set's per-channel mean / std
+    (`ImageSet.mean`, `.std`; a model's `norm`). One channel: Python-float arithmetic, as it always was."""
+    if x.ndim == 3:
+        return ((x.float() / 255.0 - mean[0]) / std[0]).unsqueeze(1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - m) / s

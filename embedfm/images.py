@@ -1,8 +1,9 @@
-"""Images from outside the data set (search queries, catalogues, uploads) → (28, 28) uint8 like Fashion-MNIST's.
+"""Image files → uint8 pixels: outside images framed like Fashion-MNIST's, and a data set's own images as they are.
 
 What this module owns: reading and decoding PNG, JPEG, BMP, GIF, WebP and TIFF (only those decoders are let near a
-file), with a pixel limit checked before any pixel is decoded, and converting any image to Fashion-MNIST's format
-(grey, light garment on black, trimmed, longest side 28, centred).
+file), with a pixel limit checked before any pixel is decoded; converting a search query or catalogue image to
+Fashion-MNIST's format (grey, light garment on black, trimmed, longest side 28, centred); and a data set's own
+images (`sources.py`) to grey or RGB pixels, resized to one size by crop or pad.
 
 Every image read here may come from a stranger: a bad one is one `DataError` line, never a traceback, a hang or a
 decompression bomb.
@@ -96,6 +97,15 @@ def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nd
 
     The one decoder of outside images (`load_image`, `embedfm serve`): only IMAGE_FORMATS, the declared size
     checked against `max_pixels` before any pixel is decoded."""
+    return _fit(open_checked(source, name, max_pixels, _grey))
+
+
+def open_checked(source, name: str, max_pixels: int, convert, load: bool = True):
+    """`convert(img)` of the image at `source` (a path, or bytes: an upload), decoded under the same guards as
+    every image embedfm reads: only IMAGE_FORMATS, the declared size checked against `max_pixels` before any pixel
+    is decoded, a corrupt file one DataError line naming `name`. `convert` (a PIL image → anything) runs inside
+    the guard: decoding is lazy, so a truncated file fails there. `load` False: the header alone is read (the
+    size and mode are known, no pixel is decoded)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -116,8 +126,9 @@ def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nd
                     raise DataError(f"{name}: image of {w}x{h} pixels has no pixels")
                 if w * h > max_pixels:
                     raise ImageTooLarge(f"{name}: image of {w}x{h} pixels is over the {max_pixels:,}-pixel limit")
-                img.load()
-                grey = _grey(img)
+                if load:
+                    img.load()
+                return convert(img)
     except DataError:
         raise
     except UnidentifiedImageError:
@@ -127,4 +138,51 @@ def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nd
     except Exception as e:  # a corrupt file raises whatever PIL's decoder hits (OSError, SyntaxError,
         # ValueError, struct.error, ...); only decoding and mode conversion are in this block, not our geometry
         raise DataError(f"{name}: not a readable image ({type(e).__name__}: {one_line(e)})") from None
-    return _fit(grey)
+
+
+# ----------------------------------------------------------------------------------------------
+# a data set's own images: pixels kept as they are (no Fashion-MNIST framing), grey or RGB
+
+GREY_MODES = ("1", "L", "LA", "I", "F")  # and I;16 in its variants
+
+
+def pixels(img) -> np.ndarray:
+    """A PIL image, upright per its EXIF orientation, → uint8 (H, W) if it is grey or (H, W, 3) if colour.
+
+    16-bit grey is scaled to 8 bits (PIL's convert would clip it); CMYK, YCbCr and the rest are converted to RGB;
+    transparent pixels are composited over white (as an image viewer on a white page shows them); a palette
+    image is grey when its colours are. An RGB image whose three channels are equal everywhere is grey."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode in GREY_MODES:
+        if img.mode == "LA":
+            img = Image.alpha_composite(Image.new("LA", img.size, (255, 255)), img)
+        return np.asarray(_grey(img), dtype=np.uint8).copy()
+    if img.mode in ("RGBA", "PA", "P") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+    a = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():
+        return a[..., 0].copy()
+    return a.copy()
+
+
+def resize(a: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """uint8 (H, W) or (H, W, 3) → (size, size[, 3]). `crop`: the shorter side resized to `size`, the longer
+    centre-cropped (torchvision's Resize + CenterCrop); `pad`: the longer side resized to `size`, centred on black."""
+    from PIL import Image
+
+    h, w = a.shape[:2]
+    if (h, w) == (size, size):
+        return a
+    s = size / (min(h, w) if mode == "crop" else max(h, w))
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    r = np.asarray(Image.fromarray(a).resize((nw, nh), Image.BILINEAR, reducing_gap=None), dtype=np.uint8)
+    if mode == "crop":
+        top, left = (nh - size) // 2, (nw - size) // 2
+        return r[top : top + size, left : left + size].copy()
+    out = np.zeros((size, size, *a.shape[2:]), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = r
+    return out
