@@ -14,7 +14,8 @@ command). Its stages, each resumable:
   the runs' embeddings, which only `work` has).
 - publish: the evaluated runs copied into `out` (report, history, config: no checkpoints), manifest.json written,
   then the results rebuilt from the copied run reports alone (`rebuild`): summary.csv/md, runs.csv, last_epoch.json,
-  contrasts.json, unseen.json, paired.json/md, the cross-fitted floor, curve.json.
+  contrasts.json, unseen.json, paired.json/md, the cross-fitted floor, curve.json, and the study's `sections`
+  (embedfm.sections: the Markdown fragments of the results pages that take code).
 - check: `rebuild` into a temp dir from the committed runs, compared byte for byte with the committed results.
 
 manifest.json names every run with its method, seed, held-out classes, run dir and resolved config: the results
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedfm.errors import EmbedfmError
-from embedfm.fileio import atomic_save_figure, atomic_write_json, read_json
+from embedfm.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
 
 MANIFEST = "manifest.json"
 COPIED = ("report.json", "history.json", "config.json")
@@ -105,6 +106,7 @@ class Study:
     extra_files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # method → further files publish copies
     protocol: dict | Callable[[Study], dict] | None = None  # written as protocol.json by publish
     contrasts: tuple[tuple[str, str, str, str], ...] = ()  # (method A, its name, method B, its name): B against A
+    sections: tuple[str, ...] = ()  # embedfm.sections functions whose Markdown fragments `rebuild` writes
     notes: str = ""
 
     def __post_init__(self):
@@ -304,7 +306,7 @@ def rebuild(study: Study, runs_root: Path, dest: Path, log=say) -> list[str]:
     # in name order: the order summaries and paired comparisons list methods that tie
     dirs = sorted(str(runs_root / r["run"]) for r in table if (runs_root / r["run"] / "report.json").is_file())
     if not dirs:
-        return []
+        return write_sections(study, dest, [], log)
     names = labels(dirs, table, runs_root) if study.labels == "names" else False
     quiet = lambda _m: None
     dest.mkdir(parents=True, exist_ok=True)
@@ -330,7 +332,21 @@ def rebuild(study: Study, runs_root: Path, dest: Path, log=say) -> list[str]:
     if study.curve:
         curve([p for root, m in study.curve for p in curve_runs(Path(root), m)], dest)
         written += RESULTS["curve"]
-    log(f"{study.name}: wrote {', '.join(written)} into {dest}")
+    return write_sections(study, dest, written, log)
+
+
+def write_sections(study: Study, dest: Path, written: list[str], log=say) -> list[str]:
+    """The study's `sections` (embedfm.sections), from the results just written into dest and the committed ones;
+    then `written` and the sections' files, as rebuild returns them."""
+    from embedfm import sections
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in study.sections:
+        for f, text in getattr(sections, name)(study, dest).items():
+            atomic_write_text(dest / f, text + "\n")
+            written.append(f)
+    if written:
+        log(f"{study.name}: wrote {', '.join(written)} into {dest}")
     return written
 
 

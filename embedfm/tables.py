@@ -11,8 +11,12 @@ template table; `render` fills the template from the files' rows and appends the
 First line: one or more file globs (relative to artifacts/reference/, matches in path order, rows concatenated),
 each optionally `#a.b` to take the list or dict at that key path (a dict's entries become rows, the key as `_key`);
 then options, shell-quoted: `where=FIELD~REGEX` keeps the rows whose field matches, `where=FIELD!~REGEX` drops them
-(repeatable); `source=GLOB,GLOB` links those files instead of the ones read. A CSV's or JSON-lines file's rows are
-its lines; a JSON document without `#` is one row; a `.md` file contributes its table lines unchanged.
+(repeatable); `with=NAME=GLOB#keys` gives each row the row of that file with the same `_key` (else the one at the
+same position) as field NAME (repeatable); `source=GLOB,GLOB` links those files instead of the ones read, and
+`links=name` names each link by the file's name alone; `as=text` includes `.md` files whole
+(the fragments a study's publish writes, `embedfm.sections`), their relative links rebased to the doc, with no
+template and no source line of its own. A CSV's or JSON-lines file's rows are its lines; a JSON document without `#`
+is one row; a `.md` file contributes its table lines unchanged.
 
 The template: a header line (formatted with the first file's top-level fields), then one or more row templates,
 each applied to every row in turn (one row shown as several lines: a record as item / value lines). A cell is
@@ -21,8 +25,10 @@ str.format over the row, with `.` reaching into nested fields (`{classifiers.sof
 `!c` (the same, each in backticks), `!n` (a list's length), `!u` (the text after the first `_`: `{_dir!u}` of
 ensemble_ce/ is ce), numeric format specs applied to CSV strings as numbers, the spec `?TEXT` (TEXT where the
 field is true, nothing where it is false, "False" or 0: `{number}{defaults:? (defaults)}`), and alternatives
-separated by ` ?? `: the first whose fields all exist and are not null; "–" when none does. Every row gets `_file`
-(its file, relative to artifacts/reference/) and `_dir` (that file's dir name).
+separated by ` ?? `: the first whose fields all exist and are not null; "–" when none does. A row template is left
+out for a row where none of its cells that name fields has its fields (one table of a record's fixed rows and a
+dict's entries). Every row gets `_file` (its file, relative to artifacts/reference/) and `_dir` (that file's dir
+name).
 """
 
 from __future__ import annotations
@@ -121,12 +127,25 @@ CELLS = Cells()
 
 def cell(template: str, row: dict) -> str:
     """One template cell over one row: its first alternative whose fields are all there."""
+    found = first_alternative(template, row)
+    return MISSING if found is None else found
+
+
+def first_alternative(template: str, row: dict) -> str | None:
     for alt in template.split(ALTERNATIVE):
         try:
             return CELLS.vformat(alt, (), row)
         except Missing:
             continue
-    return MISSING
+    return None
+
+
+def line(cells: list[str], row: dict) -> list[str] | None:
+    """One row template over one row; None where every cell that names a field has none of its fields (a record's
+    fixed rows and a dict's entries in one table: each row template shows the rows it applies to)."""
+    out = [first_alternative(t, row) for t in cells]
+    named = [v for t, v in zip(cells, out) if any(f for _, f, _, _ in string.Formatter().parse(t))]
+    return None if named and all(v is None for v in named) else [MISSING if v is None else v for v in out]
 
 
 def read(path: Path) -> object:
@@ -168,9 +187,9 @@ def parse(spec: str) -> tuple[list[str], dict[str, list[str]], list[str], list[s
             options.setdefault(key, []).append(value)
         else:
             globs.append(token)
-    unknown = set(options) - {"where", "source"}
+    unknown = set(options) - {"where", "source", "as", "with", "links"}
     if unknown:
-        raise TableError(f"unknown option {sorted(unknown)[0]!r} (where, source)")
+        raise TableError(f"unknown option {sorted(unknown)[0]!r} (where, source, as, with, links)")
     lines = [line.strip() for line in rest if line.strip()]
     template = [line for line in lines if line.startswith("|")]
     return globs, options, template, [line for line in lines if not line.startswith("|")]
@@ -187,18 +206,25 @@ def render(spec: str, ref: Path, here: Path, open_as: Callable[[str], Path] | No
     globs, options, template, note = parse(spec)
     if not globs:
         raise TableError("a file-driven table names at least one file under artifacts/reference/")
-    files, rows, first = [], [], None
+    if options.get("as"):
+        if options["as"] != ["text"] or template or note:
+            raise TableError("as=text includes Markdown files whole: no template, no note")
+        return "\n\n".join(include(ref, rel, here, open_as) for g in globs for rel in matched(ref, g))
+    files: list[str] = []
+    docs, rows = [], []
     for g in globs:
-        pattern, _, keys = g.partition("#")
-        matched = matches(ref, pattern)
-        if not matched:
-            raise TableError(f"no file matches {ref / pattern}")
-        for rel in matched:
-            doc = read(open_as(rel) if open_as else ref / rel)
-            first = doc if first is None else first
-            files.append(rel)
-            for r in rows_of(doc, keys, rel):
-                rows.append({**r, "_file": rel, "_dir": Path(rel).parent.name} if isinstance(r, dict) else r)
+        for doc, rs in read_rows(g, ref, files, open_as):
+            docs.append(doc)
+            rows += rs
+    first = docs[0]
+    for joined in options.get("with", []):  # NAME=GLOB#keys: that file's rows, matched by _key or by position
+        name, _, g = joined.partition("=")
+        others = [r for _, rs in read_rows(g, ref, files, open_as) for r in rs]
+        by_key = {o.get("_key"): o for o in others if isinstance(o, dict) and "_key" in o}
+        for i, r in enumerate(r for r in rows if isinstance(r, dict)):
+            o = by_key.get(r.get("_key")) if by_key else (others[i] if i < len(others) else None)
+            if o is not None:
+                r[name] = o
     for rule in options.get("where", []):
         rows = [r for r in rows if keep(r, rule)]
     top = first if isinstance(first, dict) else {}
@@ -210,12 +236,46 @@ def render(spec: str, ref: Path, here: Path, open_as: Callable[[str], Path] | No
         header, cells = [cell(h, top) for h in split_row(template[0])], [split_row(t) for t in template[1:]]
         if any(len(c) != len(header) for c in cells):
             raise TableError(f"a template row has another number of cells than the header {template[0]!r}")
-        body = [[cell(t, r) for t in c] for r in rows for c in cells]
-        text = md_table(header, body)
-    links = [link(ref / rel, here, rel) for g in ",".join(options.get("source", [])).split(",") if g
-             for rel in matches(ref, g)] or [link(ref / f, here, f) for f in files]  # fmt: skip
+        text = md_table(header, [b for r in rows for c in cells if (b := line(c, r)) is not None])
+    shown = (lambda rel: Path(rel).name) if options.get("links") == ["name"] else (lambda rel: rel)
+    links = [link(ref / rel, here, shown(rel)) for g in ",".join(options.get("source", [])).split(",") if g
+             for rel in matches(ref, g)] or [link(ref / f, here, shown(f)) for f in files]  # fmt: skip
     lead = " ".join(cell(line, top) for line in note)
     return text + "\n\n" + (lead + " " if lead else "") + "Source: " + ", ".join(links)
+
+
+def read_rows(g: str, ref: Path, files: list[str], open_as=None) -> list[tuple[object, list]]:
+    """(document, its rows) of every file a glob (`#a.b` keys) matches; each file noted once in `files`."""
+    pattern, _, keys = g.partition("#")
+    out = []
+    for rel in matched(ref, pattern):
+        doc = read(open_as(rel) if open_as else ref / rel)
+        files += [] if rel in files else [rel]
+        rows = rows_of(doc, keys, rel)
+        out.append((doc, [{**r, "_file": rel, "_dir": Path(rel).parent.name} if isinstance(r, dict) else r
+                          for r in rows]))  # fmt: skip
+    return out
+
+
+def matched(ref: Path, pattern: str) -> list[str]:
+    """matches, at least one."""
+    if not (found := matches(ref, pattern)):
+        raise TableError(f"no file matches {ref / pattern}")
+    return found
+
+
+def include(ref: Path, rel: str, here: Path, open_as: Callable[[str], Path] | None = None) -> str:
+    """A Markdown fragment's whole text, its relative links (written from its own dir) rebased to `here`."""
+
+    def rebase(m: re.Match) -> str:
+        target = m.group(1)
+        if re.match(r"[a-z]+:|#", target):
+            return m.group(0)
+        path, hash_, anchor = target.partition("#")
+        return "](" + os.path.relpath((ref / rel).parent / path, here).replace(os.sep, "/") + hash_ + anchor + ")"
+
+    text = (open_as(rel) if open_as else ref / rel).read_text().rstrip("\n")
+    return re.sub(r"\]\(([^)\s]+)\)", rebase, text)
 
 
 def matches(ref: Path, pattern: str) -> list[str]:

@@ -23,4 +23,5 @@ STUDY = Study(
     curve=((OUT, "triplet"), (OUT, "triplet_e15"), (RESNET20, "triplet"), (RESNET20, "triplet_e60")),
     protocol={"recipe": RECIPE, "methods": METHODS, "curve": CURVE, "seeds": [0, 1, 2],
               "random_batch_control": RESNET20},
+    sections=("paired_table_marked", "floor_table", "best_targets", "best_curve", "best_beside_study", "headline"),
 )  # fmt: skip

@@ -45,4 +45,6 @@ STUDY = Study(
     ranking=lambda s: validation_ranking(s, ("ce", "ce-balanced")), paired=True, floor=True,
     ensembles=("ce-balanced", "best"), after_run=diagnostics, protocol=protocol,
     extra_files={m: ("diagnostics.png",) for m in HINGE_LOSSES},
+    sections=("paired_table", "floor_table", "loss_verdict", "loss_caveats", "loss_tuning", "loss_diagnostics",
+              "triplet_histories"),
 )  # fmt: skip

@@ -39,4 +39,5 @@ def config(_study, run):
 
 
 STUDY = Study(name="speedrun", methods=SETTINGS, out=str(OUT), work="artifacts/speedrun/ablation", train=train,
-              resolve=lambda s, r: vars(config(s, r)))  # fmt: skip
+              resolve=lambda s, r: vars(config(s, r)),
+              sections=("speedrun_ablation", "speedrun_race", "speedrun_targets"))  # fmt: skip

@@ -37,7 +37,7 @@ def test_runs_are_seed_major_with_held_out_classes_and_own_seeds():
     assert h.settings(h.runs()[1]) == {"seed": 0, "holdout_classes": [0]}
 
 
-@pytest.mark.parametrize("name", ["mlp", "unseen"])
+@pytest.mark.parametrize("name", ["mlp", "unseen", "speedrun"])
 def test_check_rebuilds_the_committed_summaries_byte_for_byte(name, monkeypatch):
     """The summaries (no bootstrap: fast) rebuilt from the committed reports; `python -m embedfm.study check
     studies/*.py` does every result, paired intervals, cross-fit and curve included."""

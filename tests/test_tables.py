@@ -85,3 +85,41 @@ def test_a_flag_shown_as_text_where_it_is_set(ref):
     (ref / "t.csv").write_text("number,defaults,lr\n0,True,0.004\n1,False,0.00518123\n")
     out = render("t.csv\n| trial | lr |\n| {number}{defaults:? (defaults)} | {lr:.3g} |", ref, ref)
     assert out.startswith("| trial | lr |\n|---|---|\n| 0 (defaults) | 0.004 |\n| 1 | 0.00518 |\n\n")
+
+
+def test_a_fragment_included_whole_with_its_links_rebased_to_the_doc(ref):
+    (ref / "study" / "a" / "verdict.md").write_text(
+        "| q | a |\n|---|---|\n| x | see [paired](paired.json) |\n\nSource: [s](../../bench.json), "
+        "[doc](../../../docs/x.md#part), [web](https://x.org), [here](#top)\n"
+    )
+    out = render("study/a/verdict.md as=text", ref, ref.parent / "docs" / "results")
+    assert out == (
+        "| q | a |\n|---|---|\n| x | see [paired](../../ref/study/a/paired.json) |\n\n"
+        "Source: [s](../../ref/bench.json), [doc](../x.md#part), [web](https://x.org), [here](#top)"
+    )
+    with pytest.raises(TableError, match="no template"):
+        render("study/a/verdict.md as=text\n| a |\n| {a} |", ref, ref)
+
+
+def test_rows_joined_by_key_or_position_and_links_named_by_file(ref):
+    (ref / "sil.json").write_text(json.dumps({"s": {"triplet": 0.25}}))
+    (ref / "b.json").write_text(json.dumps([{"x": 1}, {"x": 2}]))
+    (ref / "c.json").write_text(json.dumps([{"x": 10}]))
+    by_key = render(
+        "bench.json#runs with=u=sil.json#s links=name\n| run | s |\n| {_key} | {u.value:.2f} ?? – |", ref, ref
+    )
+    assert by_key == (
+        "| run | s |\n|---|---|\n| ce | – |\n| triplet | 0.25 |\n\n"
+        "Source: [bench.json](bench.json), [sil.json](sil.json)"
+    )
+    by_position = render("b.json with=c=c.json\n| x | c |\n| {x} | {c.x} |", ref, ref)
+    assert by_position.startswith("| x | c |\n|---|---|\n| 1 | 10 |\n| 2 | – |\n\n")
+
+
+def test_a_row_template_shows_only_the_rows_that_have_its_fields(ref):
+    (ref / "m.json").write_text(json.dumps({"machine": "m1", "dates": {"knn": "d1", "io": "d2"}}))
+    out = render("m.json m.json#dates\n| item | value |\n| machine | {machine} |\n| `{_key}` | {value} |", ref, ref)
+    assert (
+        out
+        == "| item | value |\n|---|---|\n| machine | m1 |\n| `knn` | d1 |\n| `io` | d2 |\n\nSource: [m.json](m.json)"
+    )
