@@ -1,8 +1,12 @@
 """Shared fixtures: tiny hand-made IDX files, and the real Fashion-MNIST (skipped where absent)."""
 
+import faulthandler
 import gzip
 import importlib.util
+import json
 import os
+import shutil
+import signal
 import struct
 from pathlib import Path
 
@@ -14,7 +18,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import pytest
 import torch
+from fuzzing import CKPT, TINY_RUN, _hang, _header, _steady
+from safetensors.torch import load, save
 
+from embedfm import checkpoint, index, rundir, summarize
+from embedfm.cli import main
 from embedfm.data import FILES, SYSTEM_DIR
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
@@ -56,6 +64,13 @@ def labelled_batch(n_per_class=4, classes=10):
     torch.manual_seed(0)
     y = torch.arange(classes).repeat_interleave(n_per_class)
     return torch.randn(len(y), 1, 28, 28), y
+
+
+def one_line_stderr(capsys) -> str:
+    """What a command run in this process wrote to stderr: one line, no traceback; returns it."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
 
 
 # the smallest budget a real run accepts: seconds on fake data
@@ -131,3 +146,63 @@ def real_runs(tmp_path_factory, real_subset_dir):
         main(["eval", str(ce), str(trip), "--out", str(root), "--data-dir", str(real_data_dir), "--no-progress"]) == 0
     )
     return ce, trip, root
+
+
+# ---------------------------------------------------------------------------------------------- hostile files
+# (the helpers are in fuzzing.py)
+
+
+@pytest.fixture
+def no_hang():
+    """A test that hangs fails with its traceback after 90 s; one stuck in native code is killed after 150 s
+    with every thread's traceback. The fuzzing and hostile-file tests use it."""
+    previous = signal.signal(signal.SIGALRM, _hang)
+    signal.alarm(90)
+    faulthandler.dump_traceback_later(150, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(run dir, data dir): a finished, evaluated 1-epoch run of a linear model with an index (RUN/index).
+    Tests copy it (`run_copy`), never modify it."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = make_fake_dataset(root / "data", n_train=150, n_test=30)
+    run = root / "run"
+    assert main(["train", "--out", str(run), "--data-dir", str(data), *TINY_RUN]) == 0
+    assert main(["eval", str(run), "--data-dir", str(data), "--no-progress"]) == 0
+    assert main(["index", str(run), "--data-dir", str(data), "--no-progress"]) == 0
+    # the same bytes in every session (the fuzzers' mutations hit the same places): timings and the session's
+    # temporary path replaced by constants. Training is deterministic; the tensors are already the same.
+    for name in (rundir.CONFIG, rundir.HISTORY, rundir.REPORT, f"index/{index.META_FILE}"):
+        (run / name).write_text(json.dumps(_steady(json.loads((run / name).read_text()), root), indent=2) + "\n")
+    raw = (run / CKPT).read_bytes()
+    meta = _steady(json.loads(_header(raw)[0]["__metadata__"][checkpoint.META_KEY]), root)
+    (run / CKPT).write_bytes(save(load(raw), metadata={checkpoint.META_KEY: json.dumps(meta)}))
+    return run, data
+
+
+PIXELS = {"acc_knn": 0.85, "focus_err_knn": 0.2255, "recall_0_knn": 0.8, "recall_2_knn": 0.8, "recall_4_knn": 0.8,
+          "recall_6_knn": 0.59, "k": 10, "metric": "l2"}  # fmt: skip
+
+
+@pytest.fixture
+def no_fsync(monkeypatch):
+    """Every write is atomic and fsynced (fileio); hundreds of fsyncs are what would make these fuzzers slow."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
+@pytest.fixture
+def study(tmp_path, tiny, no_fsync):
+    """A study dir: one evaluated run (report.json, history.json) and a saved pixel baseline."""
+    s = tmp_path / "study"
+    (s / "run").mkdir(parents=True)
+    for name in (rundir.REPORT, rundir.HISTORY, "confusion.png"):
+        shutil.copy(tiny[0] / name, s / "run" / name)
+    (s / summarize.PIXELS).write_text(json.dumps(PIXELS))
+    rows = summarize.summarize([str(s)], log=lambda *a: None)
+    assert len(rows) == 2
+    return s

@@ -1,10 +1,15 @@
 import dataclasses
 import json
 import runpy
+import signal
+from pathlib import Path
 
+import numpy as np
 import pytest
+from fuzzing import SEED, _json_mutations, fuzz, one_line_error
 
-from embedfm.config import TrainConfig, resolve
+from embedfm import rundir
+from embedfm.config import FIELDS, TrainConfig, resolve
 from embedfm.errors import ConfigError
 
 
@@ -54,7 +59,6 @@ def _flags(command: str) -> set[str]:
 def test_every_validation_message_names_a_flag_that_exists(module, command):
     """Walk the source of every message in config.py / tune.py: each --flag it names is a flag of the command."""
     import re
-    from pathlib import Path
 
     import embedfm
 
@@ -138,7 +142,6 @@ def test_search_spaces_derived_from_the_loss_table_are_the_recorded_ones():
 
 
 def test_every_loss_of_the_table_reaches_config_tune_the_study_and_the_docs():
-    from pathlib import Path
 
     from conftest import ROOT
 
@@ -254,3 +257,82 @@ def test_ce_weight_settings_are_checked():
     assert TrainConfig(metric_loss="supcon").resolved_miner == "none"
     assert TrainConfig(metric_loss="multisimilarity").resolved_miner == "multisimilarity"
     assert TrainConfig(metric_loss="supcon", miner="distance").resolved_miner == "distance"
+
+
+_TYPES = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(float(v)),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "tuple[int, ...]": lambda v: (
+        isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    ),
+}
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_fuzzed_config_resolves_to_a_well_typed_config_or_fails_in_one_line(tmp_path, tiny):
+    """220 mutations of a run's config.json (as `train --config` reads it): 150 field deletions / type changes,
+    70 byte mutations. A config that resolves has every field of its declared type."""
+    path = tmp_path / "config.json"
+    text = (tiny[0] / rundir.CONFIG).read_bytes()
+
+    def attempt(data):
+        path.write_bytes(data)
+        cfg = resolve(str(path), {})
+        assert isinstance(cfg, TrainConfig)
+        for name, f in FIELDS.items():
+            v = getattr(cfg, name)
+            assert (v is None and "None" in f.type) or _TYPES[f.type.replace(" | None", "")](v), (name, v)
+
+    mutate = _json_mutations(json.loads(text), 7, text)
+    fuzz(220, np.random.default_rng(SEED), mutate, attempt)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"loss": "triplet", "batch_size": 10**400},  # class_counts: too large for a float
+        {"epochs": True},
+        {"lr": "0.1"},
+        {"focus_classes": "0246"},
+        {"focus_classes": [0, "x"]},
+        {"focus_classes": {"0": 1}},
+        {"limit": 1.5},
+        {"data_dir": 5},
+        {"margin": float("nan")},
+        {"nonsense\nkey": 1},
+    ],
+)
+@pytest.mark.usefixtures("no_hang")
+def test_config_values_of_the_wrong_type_are_one_line(tmp_path, config):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    one_line_error(resolve, str(path), {})
+
+
+@pytest.mark.parametrize("doc", ["[]", '"x"', "3", "null", "[1, 2]"])
+@pytest.mark.usefixtures("no_hang")
+def test_a_config_file_that_is_not_an_object_is_one_line(tmp_path, doc):
+    (tmp_path / "config.json").write_text(doc)
+    assert "JSON object" in one_line_error(resolve, str(tmp_path / "config.json"), {})
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_a_config_path_that_is_a_directory_is_one_line(tmp_path):
+    one_line_error(resolve, str(tmp_path), {})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param({"loss": "triplet", "m_per_class": 2**31}, id="m_per_class-2**31"),
+        pytest.param({"loss": "triplet", "focus_oversample": 1e12}, id="focus_oversample-1e12"),
+        pytest.param({"loss": "triplet", "focus_oversample": 1e308}, id="focus_oversample-1e308"),
+    ],
+)
+@pytest.mark.usefixtures("no_hang")
+def test_a_balanced_batch_that_cannot_be_filled_is_refused_at_once(tmp_path, config):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    signal.alarm(1)  # a check that does not loop answers in microseconds
+    one_line_error(resolve, str(tmp_path / "config.json"), {})

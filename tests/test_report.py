@@ -1,5 +1,12 @@
 """Report rendering: the summary table lists every classifier a run was evaluated with, old reports included."""
 
+import json
+
+import numpy as np
+import pytest
+from fuzzing import SEED, _json_mutations, crafted_pickle, fuzz, one_line_error, run_copy
+
+from embedfm import report, rundir
 from embedfm.report import per_class_table, summary_table
 
 
@@ -44,3 +51,35 @@ def test_summary_table_has_one_row_per_run_and_classifier():
 def test_per_class_table_stays_softmax_and_knn():
     header = per_class_table(_report())[0]
     assert header == "| class | new softmax | new knn | old softmax | old knn |"
+
+
+@pytest.mark.parametrize("name", [rundir.REPORT, "umap.json"])
+@pytest.mark.usefixtures("no_hang")
+def test_a_crafted_report_or_umap_json_is_refused_by_the_markdown_rerender(tmp_path, tiny, name):
+    """viz re-renders report.md from report.json and umap.json after drawing: both are read without pickle."""
+    run = run_copy(tiny, tmp_path / "run")
+    marker = tmp_path / "PWNED"
+    if name == "umap.json":
+        (run / "umap.png").write_bytes(b"")
+    (run / name).write_bytes(crafted_pickle(marker))
+    msg = one_line_error(report.rerender_markdown, run)
+    assert name in msg and not marker.exists()
+
+
+@pytest.mark.parametrize("name", [rundir.REPORT, "umap.json"])
+@pytest.mark.usefixtures("no_hang")
+def test_fuzzed_report_rerenders_or_fails_in_one_line(study, name):
+    """220 mutations each of report.json and umap.json through the report.md rerender viz and eval use."""
+    run = study / "run"
+    (run / "umap.png").write_bytes(b"")
+    (run / "umap.json").write_text(json.dumps({"seed": 0, "focus_silhouette": {"run": 0.25, "other": float("nan")}}))
+    path = run / name
+    text = path.read_bytes()
+
+    def attempt(data):
+        path.write_bytes(data)
+        report.rerender_markdown(run)
+        assert (run / "report.md").read_text().startswith("# embedfm evaluation report")
+
+    mutate = _json_mutations(json.loads(text), 7, text)
+    fuzz(220, np.random.default_rng(SEED), mutate, attempt)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_fake_dataset
+from conftest import TINY, make_fake_dataset
 
 from embedfm import checkpoint, rundir
 from embedfm.cli import main
@@ -159,3 +159,15 @@ def test_a_run_dir_written_before_run_py_still_loads_and_evaluates(tmp_path, cap
     np.testing.assert_allclose(fresh["test_embeddings"], committed["test_embeddings"], atol=1e-4)
     report = json.loads((old / rundir.REPORT).read_text())["runs"]["old_run"]
     assert report["config"]["backbone"] == "linear" and report["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_runs_on_different_data_are_not_compared(tmp_path, fake_run, capsys):
+    src, _ = fake_run
+    other_data = make_fake_dataset(tmp_path / "other", n_train=300, n_test=50, seed=7)
+    other = tmp_path / "other_run"
+    assert main(["train", "--out", str(other), "--data-dir", str(other_data), "--epochs", "1", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(src), str(other), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on different data" in err, err

@@ -4,6 +4,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+from fuzzing import SEED, _json_mutations, fuzz
+
+from embedfm import rundir, summarize
 from embedfm.cli import main
 
 
@@ -90,3 +95,36 @@ def test_summarize_names_labels_methods_by_their_run_dirs(tmp_path):
     # runs of one method under different names cannot be labelled by name: one line, exit 2
     _fake_run(tmp_path / "other_s2", 2, "ce", 0.91, 0.92)
     assert main(["summarize", "--names", str(tmp_path)]) == 2
+
+
+def _summarized(s: Path) -> None:
+    rows = summarize.summarize([str(s)], log=lambda *a: None)
+    assert rows and all(len(r) == len(summarize.HEADER) and all(isinstance(c, str) for c in r) for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value", "ignore:Degrees of freedom")
+@pytest.mark.parametrize("name, n_json", [(rundir.REPORT, 7), (rundir.HISTORY, 7), (summarize.PIXELS, 7)])
+@pytest.mark.usefixtures("no_hang")
+def test_fuzzed_study_files_summarize_or_fail_in_one_line(study, name, n_json):
+    """220 mutations each of report.json, history.json and pixels.json (7 in 10 structural, the rest bytes)."""
+    path = (study / "run" / name) if name != summarize.PIXELS else study / name
+    text = path.read_bytes()
+
+    def attempt(data):
+        path.write_bytes(data)
+        _summarized(study)
+
+    mutate = _json_mutations(json.loads(text), n_json, text)
+    fuzz(220, np.random.default_rng(SEED), mutate, attempt)
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_summarize_labels_a_config_key_only_one_method_has(tmp_path, tiny):
+    """A report whose config holds a key the other method's lacks (an older or newer embedfm) is labelled."""
+    for name, extra in (("a", {"future_key": 3}), ("b", {})):
+        (tmp_path / name).mkdir()
+        rep = json.loads((tiny[0] / rundir.REPORT).read_text())
+        rep["runs"] = {name: {**rep["runs"]["run"], "config": {**rep["runs"]["run"]["config"], **extra}}}
+        (tmp_path / name / rundir.REPORT).write_text(json.dumps(rep))
+    rows = summarize.summarize([str(tmp_path)], log=lambda *a: None)
+    assert [r[0] for r in rows] == ["ce / linear / 1 ep (future_key=3)", "ce / linear / 1 ep (future_key=None)"]

@@ -1,11 +1,21 @@
 """train.py pieces: the learning-rate schedule at any step count, the state a probe drives `run_epoch` with."""
 
+import errno
+import json
+import os
+import shutil
+
 import pytest
 import torch
-from conftest import make_fake_dataset
+from conftest import TINY, make_fake_dataset
+from conftest import one_line_stderr as _one_line_error
+from fuzzing import _at, _resave
 
-from embedfm import checkpoint
+from embedfm import checkpoint, rundir
+from embedfm import checkpoint as ckpt_io
+from embedfm.cli import main
 from embedfm.config import PARAMETRIC_LOSSES, TrainConfig
+from embedfm.errors import EmbedfmError
 from embedfm.train import Hooks, make_optimizer, train
 
 
@@ -118,7 +128,6 @@ def test_a_non_finite_network_stops_the_run_in_one_line_and_keeps_the_last_good_
     tmp_path, straight_run, what, message
 ):
     from embedfm import checkpoint as ckpt_io
-    from embedfm.errors import EmbedfmError
     from embedfm.train import Hooks, train
 
     data, straight = straight_run
@@ -283,7 +292,6 @@ def test_a_loss_with_parameters_resumes_bit_identically(tmp_path, metric_loss):
 
 
 def test_a_resume_without_the_losss_parameters_is_refused(tmp_path):
-    from embedfm.errors import EmbedfmError
 
     data = make_fake_dataset(tmp_path / "data")
     run = tmp_path / "run"
@@ -299,3 +307,153 @@ def test_a_resume_without_the_losss_parameters_is_refused(tmp_path):
     checkpoint.save_checkpoint(run, ckpt)
     with pytest.raises(EmbedfmError, match="checkpoint does not fit this run's model or optimizer"):
         train(cfg, resume=True, **QUIET)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="session")
+def interrupted(tiny, tmp_path_factory):
+    """An unfinished 2-epoch run of the tiny model: stopped after its first epoch, as Ctrl-C leaves one."""
+    from embedfm.train import Hooks, train
+
+    def stop(row):
+        raise _Stop
+
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    cfg = TrainConfig(out=str(run), data_dir=str(tiny[1]), backbone="linear", embedding_dim=8, limit=100,
+                      val_size=20, epochs=2, batch_size=50)  # fmt: skip
+    with pytest.raises(_Stop):
+        train(cfg, progress=False, log=lambda *a: None, hooks=Hooks(on_epoch=stop))
+    assert rundir.state(run) == "started"
+    return run
+
+
+RESUME_CASES = [
+    pytest.param(_at("scheduler", value="x"), id="scheduler-str"),
+    pytest.param(_at("optimizer", value=[]), id="optimizer-list"),
+    pytest.param(_at("rng", value={}), id="rng-empty"),
+    pytest.param(_at("epoch", value="1"), id="epoch-str"),
+    pytest.param(_at("history", value="abc"), id="history-str"),
+    pytest.param(lambda m: m["optimizer"]["param_groups"][0].update(lr="x"), id="lr-str"),
+    pytest.param(_at("rng", "numpy", 2, value=10**400), id="numpy-pos-huge"),
+    pytest.param(_at("rng", "python", 1, 0, value=10**30), id="python-mt-huge"),
+    pytest.param(_at("epoch", value=-5), id="epoch-negative"),
+    pytest.param(_at("epoch", value=10**9), id="epoch-huge"),
+]
+
+
+@pytest.mark.parametrize("change", RESUME_CASES)
+@pytest.mark.usefixtures("no_hang")
+def test_resume_of_a_checkpoint_with_malformed_training_state_is_one_line(tmp_path, interrupted, capsys, change):
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    _resave(run, change)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_resume_of_a_well_formed_checkpoint_still_works(tmp_path, interrupted):
+    """The control of the cases above: the same resave, unchanged, resumes and finishes."""
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    _resave(run)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert rundir.is_done(run) and len(json.loads((run / rundir.HISTORY).read_text())) == 2
+
+
+def _history(run):
+    p = run / "history.json"
+    return json.loads(p.read_text()) if p.exists() else []
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_one_line_and_keeps_checkpoint(tmp_path, fake_run, monkeypatch):
+    from embedfm import train as train_mod
+    from embedfm.config import TrainConfig
+
+    _, data = fake_run
+    real_build = train_mod.build_objective
+    calls = {"n": 0}
+
+    def poisoned_from_epoch_2(cfg):  # 200 images / batch 50 = 4 steps per epoch
+        obj = real_build(cfg)
+
+        def f(logits, emb, y):
+            calls["n"] += 1
+            loss, stats = obj(logits, emb, y)
+            return (loss * float("nan") if calls["n"] == 6 else loss), stats
+
+        return f
+
+    monkeypatch.setattr(train_mod, "build_objective", poisoned_from_epoch_2)
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), data_dir=str(data), limit=200, val_size=50, epochs=3, batch_size=50)
+    with pytest.raises(EmbedfmError, match=r"non-finite loss \(nan\) at epoch 2, step 2"):
+        train_mod.train(cfg, progress=False, log=lambda *a: None)
+    assert ckpt_io.load_checkpoint(run)["epoch"] == 0  # epoch 1's checkpoint is kept
+    assert len(_history(run)) == 1 and not rundir.is_done(run)
+
+
+def test_resume_needs_a_run(tmp_path, capsys):
+    assert main(["train", "--resume", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "no such run dir" in err, err
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path, fake_data_dir, monkeypatch, capsys
+):
+    import embedfm.fileio as fileio
+
+    real, saves = fileio._atomic_write, []
+
+    def full_on_second_checkpoint(path, data):
+        if path.name == rundir.CHECKPOINT:
+            saves.append(path)
+            if len(saves) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data)
+
+    monkeypatch.setattr(fileio, "_atomic_write", full_on_second_checkpoint)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--data-dir", str(fake_data_dir), "--epochs", "2", *TINY]) == 2
+    err = _one_line_error(capsys)
+    assert f"cannot write {out / rundir.CHECKPOINT}: No space left on device; the previous" in err
+    assert checkpoint.load_checkpoint(out)["epoch"] == 0  # epoch 1's checkpoint, whole
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]  # no temp file left behind
+    monkeypatch.setattr(fileio, "_atomic_write", real)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0 and rundir.is_done(out)
+
+
+def test_resume_of_a_checkpoint_that_does_not_fit_is_one_line(tmp_path, fake_run, capsys):
+    src, _ = fake_run
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    (bad / rundir.DONE).unlink()
+    ckpt = checkpoint.load_checkpoint(bad)
+    ckpt["optimizer"]["param_groups"] = "not a list"  # loads, but is no optimizer state
+    checkpoint.save_checkpoint(bad, ckpt)
+    assert main(["train", "--resume", str(bad), "--no-progress"]) == 2
+    assert "does not fit" in _one_line_error(capsys)
+
+
+def test_resume_of_a_moved_run_writes_where_the_run_is(tmp_path, fake_data_dir):
+    from embedfm.config import TrainConfig
+    from embedfm.train import Hooks, train
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    src, moved = tmp_path / "src", tmp_path / "moved"
+    cfg = TrainConfig(out=str(src), data_dir=str(fake_data_dir), epochs=2, limit=200, val_size=50, batch_size=50)
+    with pytest.raises(KeyboardInterrupt):  # stopped after epoch 1's checkpoint
+        train(cfg, progress=False, log=lambda *a: None, hooks=Hooks(on_epoch=stop))
+    shutil.copytree(src, moved)
+    assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
+    assert rundir.is_done(moved) and json.loads((moved / rundir.CONFIG).read_text())["out"] == str(moved)
+    assert not rundir.is_done(src)  # the original run dir is untouched

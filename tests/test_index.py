@@ -1,0 +1,116 @@
+"""embedfm.index: exact search equals brute force, approximate types find most neighbours; a damaged index dir
+(index.faiss, its catalogue, index.json) gives one line or a correct index (seeded fuzzing)."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fuzzing import (
+    CAT_KEYS,
+    DEEP,
+    SEED,
+    ZIP_VARIANTS,
+    _json_mutations,
+    _npz_hot,
+    _zip_variant,
+    byte_mutation,
+    fuzz,
+    one_line_error,
+)
+
+from embedfm import index
+
+
+@pytest.fixture
+def index_dir(tmp_path, tiny, monkeypatch):
+    """A copy of the tiny run's index dir, and the pristine load of it. The child-process probe is a no-op here:
+    these fuzzers leave index.faiss whole (its own fuzzer must never reach the probe)."""
+    d = tmp_path / "index"
+    shutil.copytree(tiny[0] / "index", d)
+    pristine = index.load(d)
+    probes = []
+    monkeypatch.setattr(index, "_probe_in_child", probes.append)
+    return d, pristine, probes
+
+
+def _same_index(got, pristine) -> None:
+    (idx, cat, meta), (idx0, cat0, _) = got, pristine
+    assert (idx.ntotal, idx.d) == (idx0.ntotal, idx0.d) == (meta["n"], meta["dim"])
+    for k in CAT_KEYS:
+        assert cat[k].dtype == cat0[k].dtype and cat[k].shape == cat0[k].shape
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_fuzzed_index_faiss_is_refused_by_its_checksum(index_dir):
+    d, _, probes = index_dir
+    raw = (d / index.INDEX_FILE).read_bytes()
+
+    def attempt(data):
+        (d / index.INDEX_FILE).write_bytes(data)
+        index.load(d)
+
+    fuzz(220, np.random.default_rng(SEED), lambda rng: byte_mutation(raw, rng, [(0, 200)]), attempt, loads=False)
+    assert probes == []  # every one was refused before the child-process probe
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_fuzzed_catalogue_loads_correctly_or_fails_in_one_line(index_dir):
+    d, pristine, _ = index_dir
+    raw = (d / index.CATALOGUE_FILE).read_bytes()
+    hot = _npz_hot(raw)
+
+    def attempt(data):
+        (d / index.CATALOGUE_FILE).write_bytes(data)
+        _same_index(index.load(d), pristine)
+
+    fuzz(220, np.random.default_rng(SEED), lambda rng: byte_mutation(raw, rng, hot), attempt)
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_fuzzed_index_json_loads_correctly_or_fails_in_one_line(index_dir):
+    """220 mutations: 150 field deletions / type changes, 70 byte mutations."""
+    d, pristine, _ = index_dir
+    text = (d / index.META_FILE).read_bytes()
+
+    def attempt(data):
+        (d / index.META_FILE).write_bytes(data)
+        _same_index(index.load(d), pristine)
+
+    mutate = _json_mutations(json.loads(text), 7, text)
+    fuzz(220, np.random.default_rng(SEED), mutate, attempt)
+
+
+@pytest.mark.parametrize("how", ZIP_VARIANTS)
+@pytest.mark.usefixtures("no_hang")
+def test_a_catalogue_damaged_at_the_zip_level_is_one_line(index_dir, how):
+    d = index_dir[0]
+    (d / index.CATALOGUE_FILE).write_bytes(_zip_variant((d / index.CATALOGUE_FILE).read_bytes(), how))
+    one_line_error(index.load, d)
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_deeply_nested_index_json_is_one_line(index_dir):
+    d = index_dir[0]
+    (d / index.META_FILE).write_text(DEEP)
+    one_line_error(index.load, d)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_hang")
+def test_a_resigned_damaged_index_faiss_is_one_line(tmp_path, tiny):
+    """Someone who rewrites index.json's checksum gets past it: the child-process probe (and then faiss's own
+    reader) must still turn a damaged index.faiss into one line. Slow: a child process each (8 mutations)."""
+    d = tmp_path / "index"
+    shutil.copytree(tiny[0] / "index", d)
+    raw = (d / index.INDEX_FILE).read_bytes()
+    meta = json.loads((d / index.META_FILE).read_text())
+
+    def attempt(data):
+        (d / index.INDEX_FILE).write_bytes(data)
+        (d / index.META_FILE).write_text(json.dumps({**meta, "index_sha256": hashlib.sha256(data).hexdigest()}))
+        got = index.load(d)
+        assert got[0].ntotal == meta["n"] and got[0].d == meta["dim"]
+
+    fuzz(8, np.random.default_rng(SEED), lambda rng: byte_mutation(raw, rng, [(0, 120)]), attempt, loads=None)
