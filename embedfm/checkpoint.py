@@ -18,6 +18,7 @@ restricted `weights_only` unpickler only. embedfm never runs the full unpickler 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,6 +203,10 @@ def _first_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def model_args(meta: dict, where: str | Path) -> dict:
     """The checkpoint's arguments of `models.build_model`, checked (a known backbone — built-in or tv:<torchvision
     model> —, sizes in range, only --widths as backbone arguments, in_channels and image_size [H, W] in range, a
@@ -227,6 +232,7 @@ def model_args(meta: dict, where: str | Path) -> dict:
             "in_channels",
             "image_size",
             "weights",
+            "norm",
         }:
             raise ValueError(f"unknown model arguments {args}")
         channels, size = args.get("in_channels", 1), args.get("image_size", [28, 28])
@@ -240,6 +246,18 @@ def model_args(meta: dict, where: str | Path) -> dict:
             raise ValueError(f"in_channels / image_size out of range: {channels!r}, {size!r}")
         if "image_size" in args:
             args = {**args, "image_size": tuple(size)}
+        norm = args.get("norm", {"mean": [0.5], "std": [0.5]})
+        if (
+            not (
+                isinstance(norm, dict)
+                and set(norm) == {"mean", "std"}
+                and all(isinstance(norm[k], list) and len(norm[k]) == channels for k in norm)
+                and all(_is_number(v) and 0 <= v <= 1 for v in norm["mean"])
+                and all(_is_number(v) and 0 < v <= 1 for v in norm["std"])
+            )
+            and "norm" in args
+        ):
+            raise ValueError(f"norm must be per-channel mean and std in [0, 1]: {norm!r}")
         if not isinstance(args.get("weights", ""), (str, type(None))):
             raise ValueError(f"weights is not a path: {args['weights']!r}")
         if "backbone_kwargs" in args:  # only --widths: three channel counts

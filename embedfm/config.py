@@ -39,6 +39,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # `--help`, does not import torch
 BACKBONES = ("fastcnn", "linear", "mlp", "lenet", "vgg", "resnet20")
 WIDE_BACKBONES = ("fastcnn", "vgg", "resnet20")  # the backbones whose three stage widths --widths sets
+RESIZE_MODES = ("crop", "pad")  # the same as sources.RESIZE_MODES / CHANNELS (sources imports torch)
+CHANNELS = ("auto", "1", "3")
 FOCUS_CLASSES = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt: the group every classifier confuses
 SHIRT = 6  # the focus class every classifier recalls worst: its recall is reported on its own
 
@@ -128,7 +130,12 @@ class TrainConfig:
         "model",
         LOSSES,
     )
-    backbone: str = setting("fastcnn", "network before the embedding head", "model", BACKBONES)
+    backbone: str = setting(
+        "fastcnn",
+        f"network before the embedding head: {', '.join(BACKBONES)}, or tv:NAME, a torchvision model (e.g. "
+        "tv:resnet18; docs/own-data.md)",
+        "model",
+    )
     # low-dimensional on purpose: distance-weighted sampling is designed for (and degrades above) ~128-d
     embedding_dim: int = setting(64, "embedding size (unit norm); low dims suit distance-weighted sampling", "model")
     widths: tuple[int, ...] | None = setting(
@@ -136,6 +143,12 @@ class TrainConfig:
         "channels of the backbone's three stages (fastcnn, vgg, resnet20); default: the backbone's own",
         "model",
         metavar="W,W,W",
+    )
+    weights: str | None = setting(
+        None,
+        "a tv: backbone's pretrained weights: a local .safetensors file or torch state dict (never downloaded)",
+        "model",
+        metavar="FILE",
     )
     # metric-learning side
     margin: float = loss_setting("margin")
@@ -183,6 +196,13 @@ class TrainConfig:
     focus_classes: tuple[int, ...] = setting(
         FOCUS_CLASSES, "confusable classes to report on and over-sample (comma-separated ids)", "batches"
     )
+    focus: str | None = setting(
+        None,
+        "the focus classes by name (comma-separated), or all; sets --focus-classes once the data is read (on a set "
+        "other than fashion-mnist without either flag: all)",
+        "batches",
+        metavar="NAME,...",
+    )
     focus_oversample: float = setting(
         1.5, "balanced sampler draws focus classes this many times as often (1 = off)", "batches"
     )
@@ -200,6 +220,33 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing", "optimisation")
     warmup_frac: float = setting(0.2, "share of steps spent warming up to the peak lr", "optimisation")
     # data
+    data: str = setting(
+        "fashion-mnist",
+        "the labelled images: fashion-mnist, idx:DIR (MNIST-format files), folder:DIR (DIR/<class>/<image>, or "
+        "DIR/train/… and DIR/test/…) or csv:FILE (path,label[,split] rows); docs/own-data.md",
+        "data",
+        metavar="SPEC",
+    )
+    image_size: int | None = setting(
+        None, "resize every image to NxN (folder/csv; default: the images' own size, which must be one)", "data"
+    )
+    resize: str = setting(
+        "crop", "how --image-size fits an image: crop (shorter side to N, centre crop) or pad (longer side)", "data",
+        RESIZE_MODES,
+    )  # fmt: skip
+    channels: str = setting(
+        "auto", "1 (grey) or 3 (RGB); auto: what the images are (grey and colour mixed: give one)", "data", CHANNELS
+    )
+    test_frac: float = setting(
+        0.2, "folder/csv sets without a test split: this share of each class is the test split (seeded)", "data"
+    )
+    class_names: str | None = setting(
+        None, "idx sets: the names of labels 0..K-1, comma-separated (else DIR/classes.txt, else the ids)", "data",
+        metavar="NAME,...",
+    )  # fmt: skip
+    skip_bad: bool = setting(
+        False, "skip unreadable image files (recorded in the run and its report) instead of stopping", "data"
+    )
     val_size: int = setting(5000, "images in the fixed stratified validation split carved from train", "data")
     limit: int | None = setting(None, "train on a stratified subset of N images (smoke tests, quick looks)", "data")
     # 0 by default: at a 3-epoch budget random crops slow convergence more than they regularise
@@ -322,6 +369,14 @@ def validate(c: TrainConfig) -> None:
             choices is None or value in choices,
             f"--{flag(f.name)} {value!r} is not one of {', '.join(map(str, choices or ()))}",
         )
+    _check(
+        c.backbone in BACKBONES or (c.backbone.startswith("tv:") and len(c.backbone) > 3),
+        f"--backbone {c.backbone!r} is not one of {', '.join(BACKBONES)} or tv:NAME (a torchvision model)",
+    )
+    _check(c.weights is None or c.backbone.startswith("tv:"), "--weights is for tv: backbones (torchvision models)")
+    _check(c.image_size is None or 1 <= c.image_size <= 4096, f"--image-size must be in 1-4096, got {c.image_size}")
+    _check(0 < c.test_frac < 1, f"--test-frac must be between 0 and 1, got {c.test_frac}")
+    fmnist = c.data == "fashion-mnist"
     _check(c.epochs > 0, f"--epochs must be positive, got {c.epochs}")
     _check(c.batch_size >= 2, f"--batch-size must be at least 2, got {c.batch_size}")
     _check(c.lr > 0, f"--lr must be positive, got {c.lr}")
@@ -355,7 +410,7 @@ def validate(c: TrainConfig) -> None:
         f"{c.miner_nonzero_loss_cutoff}",
     )
     _check(
-        len(c.focus_classes) > 0 and all(0 <= k <= 9 for k in c.focus_classes),
+        len(c.focus_classes) > 0 and all(0 <= k <= (9 if fmnist else 65535) for k in c.focus_classes),
         f"--focus-classes must be class ids in 0-9, got {','.join(map(str, c.focus_classes))}",
     )
     _check(len(set(c.focus_classes)) == len(c.focus_classes), "--focus-classes lists a class twice")
@@ -366,7 +421,7 @@ def validate(c: TrainConfig) -> None:
     )
     _check(c.val_size >= 10, f"--val-size must be at least 10, got {c.val_size}")
     _check(
-        c.limit is None or c.limit >= 10 * c.m_per_class,
+        c.limit is None or not fmnist or c.limit >= 10 * c.m_per_class,
         f"--limit must be at least {10 * c.m_per_class} (--m-per-class × 10 classes), got {c.limit}",
     )
     _check(c.crop_pad >= 0, f"--crop-pad must be non-negative, got {c.crop_pad}")
@@ -375,15 +430,16 @@ def validate(c: TrainConfig) -> None:
     _check(c.knn_k >= 1, f"--knn-k must be at least 1, got {c.knn_k}")
     _check(c.threads is None or c.threads >= 1, f"--threads must be at least 1, got {c.threads}")
     _check(
-        all(0 <= k <= 9 for k in c.holdout_classes) and len(set(c.holdout_classes)) == len(c.holdout_classes),
+        all(0 <= k <= (9 if fmnist else 65535) for k in c.holdout_classes)
+        and len(set(c.holdout_classes)) == len(c.holdout_classes),
         f"--holdout-classes must be distinct class ids in 0-9, got {','.join(map(str, c.holdout_classes))}",
     )
-    _check(len(c.holdout_classes) <= 8, "--holdout-classes must leave at least two classes to train on")
+    _check(not fmnist or len(c.holdout_classes) <= 8, "--holdout-classes must leave at least two classes to train on")
     _check(
         c.mining == "all" or len(set(c.focus_classes) - set(c.holdout_classes)) >= 2,
         "--mining focus needs at least two focus classes that are not held out",
     )
-    if c.resolved_sampler == "balanced":
+    if c.resolved_sampler == "balanced" and fmnist:  # another set: checked once its classes are known
         counts = class_counts(c.batch_size, c.focus_classes, c.focus_oversample, absent=c.holdout_classes)
         least = min(n for k, n in enumerate(counts) if k not in c.holdout_classes)
         _check(
@@ -494,4 +550,6 @@ def resolve(file: str | None, overrides: dict) -> TrainConfig:
     """defaults < --recipe preset < file < overrides (flags that were actually given, i.e. not None)."""
     d = load_config_file(file) if file else {}
     d.update({k: v for k, v in overrides.items() if v is not None})
+    if d.get("data", "fashion-mnist") != "fashion-mnist" and "focus" not in d and "focus_classes" not in d:
+        d["focus"] = "all"  # Fashion-MNIST's four are no default for another set
     return from_dict(with_recipe(d), source=file or "flags")

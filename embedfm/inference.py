@@ -17,7 +17,7 @@ from tqdm import tqdm
 from embedfm import distributed
 from embedfm.data import to_float
 from embedfm.errors import EmbedfmError
-from embedfm.models import device_of, fuse_for_inference
+from embedfm.models import device_of, fuse_for_inference, norm_of
 
 
 def select_device(name: str) -> torch.device:
@@ -76,10 +76,11 @@ def embed(
     """
     shifts = [(0, 0)] + ([(tta_shift, 0), (-tta_shift, 0), (0, tta_shift), (0, -tta_shift)] if tta_shift else [])
     # BN folded into the convs, channels-last: both ~1.3x faster inference on CPU (scripts/bench)
+    norm = norm_of(model)  # the set's pixel statistics the model was trained with
     model = fuse_for_inference(model).to(memory_format=torch.channels_last)
     logits, embs, flips = [], [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
-        x = to_float(images[i : i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
+        x = to_float(images[i : i + batch_size], *norm).to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             lg, em = model(x)
             if tta_flip:
@@ -91,7 +92,7 @@ def embed(
             if len(shifts) > 1:  # (B, C) sums over the shifted views, then the mean over all views
                 lg = lg.float() * (2 if tta_flip else 1)
                 for dy, dx in shifts[1:]:
-                    xs = to_float(shifted(images[i : i + batch_size], dy, dx)).to(device)
+                    xs = to_float(shifted(images[i : i + batch_size], dy, dx), *norm).to(device)
                     xs = xs.contiguous(memory_format=torch.channels_last)  # (B, 1, 28, 28)
                     lg = lg + model(xs)[0].float() + (model(xs.flip(3))[0].float() if tta_flip else 0)
                 lg = lg / (len(shifts) * (2 if tta_flip else 1))

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from embedfm.data import MEAN, STD
 from embedfm.errors import ConfigError
 
 Size = tuple[int, int]  # (H, W)
@@ -261,9 +262,14 @@ class EmbeddingNet(nn.Module):
         backbone_kwargs: dict | None = None,
         in_channels: int = 1,
         image_size: Size = (28, 28),
+        norm: dict | None = None,
     ):
         super().__init__()
         image_size = tuple(image_size)  # a checkpoint's JSON gives a list
+        # the per-channel pixel mean / std (in [0, 1] units) its inputs are normalised with (`data.to_float`):
+        # the training split's, so a checkpoint rebuilds a model that prepares its own inputs; Fashion-MNIST's if none
+        norm = norm or {"mean": [MEAN], "std": [STD]}
+        self.norm = (tuple(norm["mean"]), tuple(norm["std"]))
         if not (
             type(in_channels) is int
             and in_channels >= 1
@@ -290,12 +296,23 @@ def build_model(
     in_channels: int = 1,
     image_size: Size = (28, 28),
     weights: str | None = None,
+    norm: dict | None = None,
 ) -> EmbeddingNet:
     """The network `model_args` describe. `weights` (a tv: backbone's pretrained file) is provenance only: it is
     not read here — the trainer calls `init_pretrained(model, weights)` once at the start of a new run, and a
     checkpoint's state dict holds the weights after that."""
     del weights
-    return EmbeddingNet(backbone, embedding_dim, num_classes, backbone_kwargs, in_channels, image_size)
+    return EmbeddingNet(backbone, embedding_dim, num_classes, backbone_kwargs, in_channels, image_size, norm)
+
+
+def norm_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a model's inputs are normalised with; through DDP / torch.compile wrappers."""
+    while not isinstance(model, EmbeddingNet):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:  # not one of ours (a test's stand-in): Fashion-MNIST's
+            return (MEAN,), (STD,)
+        model = inner
+    return model.norm
 
 
 def init_pretrained(model: EmbeddingNet, path: str | Path, log=print) -> None:

@@ -54,26 +54,24 @@ def unit_l2() -> distances.LpDistance:
 
 
 # how each metric loss of the table (embedfm.losstable.SPECS; a test keeps the names equal) is built from a config
-BUILDERS: dict[str, Callable[[TrainConfig], nn.Module]] = {
-    "triplet": lambda c: losses.TripletMarginLoss(margin=c.margin, distance=unit_l2()),
-    "margin": lambda c: losses.MarginLoss(margin=c.margin, beta=c.beta, distance=unit_l2()),
-    "contrastive": lambda c: losses.ContrastiveLoss(
+# and the data's class count k (the proxies of ProxyAnchor and ArcFace)
+BUILDERS: dict[str, Callable[[TrainConfig, int], nn.Module]] = {
+    "triplet": lambda c, k: losses.TripletMarginLoss(margin=c.margin, distance=unit_l2()),
+    "margin": lambda c, k: losses.MarginLoss(margin=c.margin, beta=c.beta, distance=unit_l2()),
+    "contrastive": lambda c, k: losses.ContrastiveLoss(
         pos_margin=c.pos_margin, neg_margin=c.neg_margin, distance=unit_l2()
     ),
-    "multisimilarity": lambda c: losses.MultiSimilarityLoss(alpha=c.ms_alpha, beta=c.ms_beta, base=c.ms_base),
-    "supcon": lambda c: losses.SupConLoss(temperature=c.temperature),
+    "multisimilarity": lambda c, k: losses.MultiSimilarityLoss(alpha=c.ms_alpha, beta=c.ms_beta, base=c.ms_base),
+    "supcon": lambda c, k: losses.SupConLoss(temperature=c.temperature),
     # proxies drawn from torch's generator (kaiming normal), as the weights are
-    "proxyanchor": lambda c: losses.ProxyAnchorLoss(
-        NUM_CLASSES, c.embedding_dim, margin=c.proxy_margin, alpha=c.proxy_alpha
-    ),
-    "arcface": lambda c: losses.ArcFaceLoss(
-        NUM_CLASSES, c.embedding_dim, margin=c.arcface_margin, scale=c.arcface_scale
-    ),
+    "proxyanchor": lambda c, k: losses.ProxyAnchorLoss(k, c.embedding_dim, margin=c.proxy_margin, alpha=c.proxy_alpha),
+    "arcface": lambda c, k: losses.ArcFaceLoss(k, c.embedding_dim, margin=c.arcface_margin, scale=c.arcface_scale),
 }
 
 
-def make_metric_loss(cfg: TrainConfig) -> nn.Module:
-    return BUILDERS[cfg.metric_loss](cfg)
+def make_metric_loss(cfg: TrainConfig, num_classes: int = NUM_CLASSES) -> nn.Module:
+    """The --metric-loss; `num_classes`: the proxies of ProxyAnchor / ArcFace (one per class of the data)."""
+    return BUILDERS[cfg.metric_loss](cfg, num_classes)
 
 
 def make_miner(cfg: TrainConfig) -> nn.Module | None:
@@ -101,7 +99,7 @@ class CEMetric(nn.Module):
     is computed on the focus images alone.
     """
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.ce = CrossEntropy(cfg.label_smoothing)
         self.ce_weight = cfg.ce_weight
@@ -111,7 +109,7 @@ class CEMetric(nn.Module):
         self.hinge = cfg.metric_loss in HINGE_LOSSES
         self.register_buffer("focus", torch.tensor(cfg.focus_classes, dtype=torch.long), persistent=False)
         self.miner = make_miner(cfg)
-        self.metric = make_metric_loss(cfg)
+        self.metric = make_metric_loss(cfg, num_classes)
 
     def _focus_idx(self, labels: torch.Tensor) -> torch.Tensor:
         if self.focus.device != labels.device:  # built on the CPU: the focus ids follow the labels, moved once
@@ -195,7 +193,7 @@ def average_loss_grads(objective, world: int) -> None:
         p.grad.div_(world)
 
 
-def build_objective(cfg: TrainConfig) -> nn.Module:
+def build_objective(cfg: TrainConfig, num_classes: int = NUM_CLASSES) -> nn.Module:
     if cfg.loss == "ce":
         return CrossEntropy(cfg.label_smoothing)
-    return CEMetric(cfg)
+    return CEMetric(cfg, num_classes)

@@ -96,17 +96,17 @@ def make_splits(
 
 def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, erase: float = 0.0) -> torch.Tensor:
     """Per-sample random crop (zero padding `pad`), horizontal flip and Random Erasing (probability `erase`) of a
-    uint8 batch (B, H, W), on x's device.
+    uint8 batch (B, H, W) or (B, C, H, W) (every channel of an image moved alike), on x's device.
 
     One gather for the whole batch: each sample gets its own offset (dy, dx) and flip bit. The random draws come
     from the CPU `generator` whatever the device (a run draws the same numbers on a GPU as on the CPU, and its
     checkpoint holds that one stream); only these (B,) draws travel to the device, the images stay there. With
     `erase` 0 nothing more is drawn, so runs without Random Erasing see the same stream as before it existed.
     """
-    B, H, W = x.shape
+    B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
     dev = x.device
     if pad > 0:
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, H+2p, W+2p), zeros
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, [C,] H+2p, W+2p), zeros
         dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
         dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
     else:
@@ -117,7 +117,14 @@ def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, e
     if flip:
         flipped = (torch.rand(B, generator=generator) < 0.5).to(dev)  # (B,)
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
-    out = xp[torch.arange(B, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if x.ndim == 3:
+        out = xp[torch.arange(B, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    else:  # (B, C, H, W): the same (row, col) gather for every channel
+        b, c = (
+            torch.arange(B, device=dev)[:, None, None, None],
+            torch.arange(x.shape[1], device=dev)[None, :, None, None],
+        )
+        out = xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
     return random_erase(out, erase, generator) if erase > 0 else out
 
 
@@ -134,7 +141,7 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator) -> torch
     exceed the image it is clipped to it (Zhong et al. redraw instead, up to 100 times: the clipped rectangle is a
     little smaller on average, and the batch needs no loop). Five (B,) draws from the CPU generator; one masked
     select on the device."""
-    B, H, W = x.shape
+    B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
     dev = x.device
     on = torch.rand(B, generator=generator) < p
     area = H * W * torch.empty(B).uniform_(*ERASE_AREA, generator=generator)
@@ -148,6 +155,8 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator) -> torch
     c = torch.arange(W, device=dev)[None, None, :]  # (1, 1, W)
     inside = (r >= top[:, None, None]) & (r < (top + h)[:, None, None])
     inside = inside & (c >= left[:, None, None]) & (c < (left + w)[:, None, None]) & on[:, None, None]  # (B, H, W)
+    if x.ndim == 4:  # (B, C, H, W): every channel of the rectangle
+        inside = inside[:, None]
     return torch.where(inside, torch.tensor(ERASE_FILL, dtype=x.dtype, device=dev), x)
 
 
@@ -190,7 +199,8 @@ def balanced_batches(
     Each permutation is cut to a multiple of the per-batch count, so no batch straddles two
     permutations and no image appears twice in one batch (the cut tail, < count images, is random).
     """
-    num_classes = NUM_CLASSES
+    # at least Fashion-MNIST's 10 (a set with fewer: the ids it lacks are absent classes, as held-out ones are)
+    num_classes = max(NUM_CLASSES, int(labels.max()) + 1 if len(labels) else 0)
     # a class the split lacks (--holdout-classes) gets no share of the batch
     absent = tuple(sorted(set(range(num_classes)) - set(torch.unique(labels).tolist())))
     counts = class_counts_per_batch(batch_size, focus_classes, focus_oversample, num_classes, absent)

@@ -88,6 +88,61 @@ def load(spec: str = "fashion-mnist", opts: Options | None = None) -> ImageSet:
     return _decoded(spec, path, entries, replace(opts, class_names=order))
 
 
+def options_for(cfg, data_dir: str | None = None, progress: bool = True) -> Options:
+    """The reading options a `config.TrainConfig` sets (`data_dir`: where Fashion-MNIST is, over the config's)."""
+    names = tuple(n.strip() for n in cfg.class_names.split(",")) if getattr(cfg, "class_names", None) else None
+    return Options(data_dir=data_dir or cfg.data_dir, image_size=cfg.image_size, resize=cfg.resize,
+                   channels=cfg.channels, test_frac=cfg.test_frac, class_names=names, skip_bad=cfg.skip_bad,
+                   progress=progress)  # fmt: skip
+
+
+def for_config(cfg, data_dir: str | None = None, progress: bool = True) -> ImageSet:
+    """The image set a run's config names (a run's own `Run.config`: the set it was trained on)."""
+    return load(cfg.data, options_for(cfg, data_dir, progress))
+
+
+def fit_config(cfg, data: ImageSet):
+    """`cfg` with --focus resolved to class ids (names, or all), and its class ids checked against the set's
+    classes (one line each); checks that need the class count (the balanced batch) run again with it."""
+    from embedfm.config import class_counts
+
+    k, names = data.num_classes, data.class_names
+    if cfg.focus:
+        if cfg.focus.strip() == "all":
+            ids = tuple(range(k))
+        else:
+            wanted = [n.strip() for n in cfg.focus.split(",") if n.strip()]
+            unknown = [n for n in wanted if n not in names]
+            if unknown:
+                raise DataError(f"--focus {unknown[0]!r} is not a class of this set ({', '.join(names)})")
+            ids = tuple(sorted(names.index(n) for n in wanted))
+        cfg = replace(cfg, focus_classes=ids)
+    for flag, ids in (("--focus-classes", cfg.focus_classes), ("--holdout-classes", cfg.holdout_classes)):
+        bad = [c for c in ids if c >= k]
+        if bad:
+            hint = " (the Fashion-MNIST default; pass --focus NAMES or all)" if flag == "--focus-classes" else ""
+            raise DataError(f"{flag} {','.join(map(str, ids))}{hint}: this set has {k} classes, ids 0-{k - 1}")
+    if k - len(cfg.holdout_classes) < 2:
+        raise DataError("--holdout-classes must leave at least two classes to train on")
+    if cfg.resolved_sampler == "balanced":
+        counts = class_counts(cfg.batch_size, cfg.focus_classes, cfg.focus_oversample, k, cfg.holdout_classes)
+        least = min(n for c, n in enumerate(counts) if c not in cfg.holdout_classes)
+        if least < cfg.m_per_class:
+            raise DataError(
+                f"--batch-size {cfg.batch_size} is too small for the balanced sampler: it must hold "
+                f"{cfg.m_per_class} images of each of {k} classes; raise it or lower --m-per-class"
+            )
+    return cfg
+
+
+def run_meta(data: ImageSet) -> dict:
+    """What a checkpoint records of a set that is not Fashion-MNIST: its class names and what reading it found
+    (`Run.class_names`, `Run.data_notes`). Nothing for Fashion-MNIST, whose checkpoints stay as they were."""
+    if data.class_names == CLASS_NAMES and not data.notes:
+        return {}
+    return {"classes": list(data.class_names), "data_notes": data.notes}
+
+
 # ----------------------------------------------------------------------------------------------
 # listing: (file, class name, split or None) for every image
 

@@ -38,15 +38,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from embedfm import checkpoint, diagnostics, distributed, rundir
+from embedfm import checkpoint, diagnostics, distributed, rundir, sources
 from embedfm.config import TrainConfig
-from embedfm.data import FashionMNIST, load_fashion_mnist, to_float
+from embedfm.data import MEAN, STD, FashionMNIST, ImageSet, to_float
 from embedfm.errors import EmbedfmError, NonFiniteError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 from embedfm.inference import autocast, embed, select_device
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import focus_group_error
-from embedfm.models import build_model, count_macs, count_params
+from embedfm.models import build_model, count_macs, count_params, init_pretrained, norm_of
 from embedfm.objectives import average_loss_grads, build_objective, loss_parameters
 from embedfm.run import Run
 from embedfm.sampling import Splits, augment, balanced_batches, make_splits, shuffled_batches
@@ -92,6 +92,7 @@ class TrainState:
     dd: distributed.Dist = field(default_factory=distributed.Dist)
     hooks: Hooks = field(default_factory=Hooks)
     progress: bool = False  # a progress bar per epoch
+    model_args: dict = field(default_factory=dict)  # what rebuilds `net` (saved in every checkpoint)
 
     @classmethod
     def start(
@@ -103,22 +104,40 @@ class TrainState:
         dd: distributed.Dist | None = None,
         hooks: Hooks | None = None,
         progress: bool = False,
+        model_args: dict | None = None,
     ) -> TrainState:
         """A fresh run's state, `steps` steps per epoch: every random stream seeded, then (in this order, which
-        fixes what each draws) the network, the objective, the optimizer and its one-cycle schedule."""
+        fixes what each draws) the network, the objective, the optimizer and its one-cycle schedule. `model_args`:
+        the network's, sized for the data (`model_args_for`); default: the config's (Fashion-MNIST's shape)."""
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         gen = seed_everything(cfg.seed)
         # channels_last: oneDNN's fastest conv layout on CPU
-        net = build_model(**cfg.model_args).to(device, memory_format=torch.channels_last)
-        objective = build_objective(cfg)  # a loss with parameters draws them here, after the weights
+        model_args = model_args or cfg.model_args
+        net = build_model(**model_args).to(device, memory_format=torch.channels_last)
+        # a loss with parameters draws them here, after the weights
+        objective = build_objective(cfg, model_args["num_classes"])
         if isinstance(objective, torch.nn.Module):
             objective.to(device)
         opt, sched = make_optimizer(net, cfg, cfg.epochs * steps, loss_parameters(objective))
         # the uint8 train split beside the model (the CPU: the split itself)
         train_splits = splits.train_on(device)
         dd, hooks = dd or distributed.Dist(), hooks or Hooks()
-        return cls(net, net, objective, opt, sched, gen, train_splits, device, dd, hooks, progress)
+        return cls(net, net, objective, opt, sched, gen, train_splits, device, dd, hooks, progress, model_args)
+
+
+def model_args_for(cfg: TrainConfig, data: ImageSet) -> dict:
+    """The network's `model_args` for this data: the config's, with the set's class count, and (only where they
+    are not Fashion-MNIST's, so its checkpoints stay as they were) its channels, image size and pixel statistics;
+    a tv: backbone's weights file for the record."""
+    args = {**cfg.model_args, "num_classes": data.num_classes}
+    if (data.in_channels, data.image_size) != (1, (28, 28)):
+        args.update(in_channels=data.in_channels, image_size=list(data.image_size))
+    if (data.mean, data.std) != ((MEAN,), (STD,)):
+        args["norm"] = {"mean": list(data.mean), "std": list(data.std)}
+    if cfg.weights:
+        args["weights"] = cfg.weights
+    return args
 
 
 VAL_KNN_REFS = 5_000  # train images used as kNN reference for the per-epoch validation kNN (cheap)
@@ -228,7 +247,8 @@ def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> d
     ref_emb = embed(model, splits.train_x[:n_ref], device).emb
     if not all(bool(torch.isfinite(t).all()) for t in (logits, emb, ref_emb)):
         raise NonFiniteError("non-finite logits or embeddings in validation")
-    knn = KNNClassifier(k=min(cfg.knn_k, n_ref)).fit(ref_emb.numpy(), splits.train_y[:n_ref].numpy())
+    knn = KNNClassifier(k=min(cfg.knn_k, n_ref), num_classes=logits.shape[1])
+    knn.fit(ref_emb.numpy(), splits.train_y[:n_ref].numpy())
     knn_pred = torch.from_numpy(knn.predict(emb.numpy()))
     # --ce-weight 0: the softmax head is not trained, the kNN is the run's classifier (docs/losses.md)
     pred = knn_pred if cfg.loss == "triplet" and cfg.ce_weight == 0 else logits.argmax(1)
@@ -271,7 +291,8 @@ def train(
         rundir.check_writable(cfg.out, overwrite, resume)
     set_deterministic(cfg.deterministic)  # before the first CUDA work
     device = select_device(cfg.device)
-    data = data or load_fashion_mnist(cfg.data_dir)
+    data = data or sources.for_config(cfg)
+    cfg = sources.fit_config(cfg, data)  # --focus names → ids, class ids checked against the set's classes
     splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     steps = steps_per_epoch(cfg, len(splits.train_y))
     # one writer per run dir: rank 0 holds the lock (the only rank that writes) until the run ends
@@ -285,7 +306,10 @@ def train(
                 rundir.prepare(cfg.out, overwrite, resume)
             dd.barrier()
             main_log = log if dd.main else quiet
-            state = TrainState.start(cfg, splits, steps, device, dd, hooks, progress and dd.main)
+            args = model_args_for(cfg, data)
+            state = TrainState.start(cfg, splits, steps, device, dd, hooks, progress and dd.main, args)
+            if cfg.weights and old is None:  # a new run starts from the file; a resumed one from its checkpoint
+                init_pretrained(state.net, cfg.weights, log=main_log)
             return _loop(state, cfg, data, splits, old, main_log)
         finally:
             distributed.close(dd)
@@ -360,7 +384,7 @@ def _loop(state: TrainState, cfg: TrainConfig, data: FashionMNIST, splits: Split
             run,
             {
                 **own,
-                "model_args": cfg.model_args,
+                "model_args": state.model_args,
                 "model": net.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
@@ -369,6 +393,7 @@ def _loop(state: TrainState, cfg: TrainConfig, data: FashionMNIST, splits: Split
                 "config": cfg.to_dict(),
                 "rng": rng_state(gen),
                 "data": data.fingerprint(),
+                **sources.run_meta(data),
                 "splits": {"n_train": len(splits.train_y), "n_val": len(splits.val_y)},
             },
         )
@@ -460,14 +485,15 @@ def prepare_batch(
     gen: torch.Generator,
     device: torch.device,
     dd: distributed.Dist | None = None,
+    norm: tuple = ((MEAN,), (STD,)),
 ):
     """A uint8 global batch (B, 28, 28) → this rank's augmented float batch (B / world, 1, 28, 28), channels-last,
     and its labels (B / world,), on `device`. The batch is augmented where it is: on the GPU when the train split
     is held there, and the copies to `device` are then no-ops."""
     dd = dd or distributed.Dist()
     # every rank augments the whole global batch (keeps the generators in step), then takes its shard
-    x = dd.shard(augment(images, cfg.crop_pad, cfg.flip, gen, cfg.random_erasing))  # (B / world, 28, 28)
-    x = to_float(x).to(device).contiguous(memory_format=torch.channels_last)  # (B / world, 1, 28, 28)
+    x = dd.shard(augment(images, cfg.crop_pad, cfg.flip, gen, cfg.random_erasing))  # (B / world, [C,] H, W)
+    x = to_float(x, *norm).to(device).contiguous(memory_format=torch.channels_last)  # (B / world, C, H, W)
     return x, dd.shard(labels).to(device)
 
 
@@ -526,7 +552,7 @@ def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: f
         dynamic_ncols=True,
     )
     for step, idx in enumerate(bar):
-        x, y = prepare_batch(splits.train_x[idx], splits.train_y[idx], cfg, gen, device, dd)
+        x, y = prepare_batch(splits.train_x[idx], splits.train_y[idx], cfg, gen, device, dd, norm_of(state.net))
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(step_seed(cfg.seed, epoch, step, dd.rank))
