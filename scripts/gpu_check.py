@@ -3,7 +3,7 @@
     .venv/bin/python scripts/gpu_check.py [--out PATH] [--data-dir DIR] [--epochs 3] [--no-device-tests]
 
 With CUDA it
-1. runs the device tests (`tests/test_device.py`: training, validation, resume with --deterministic, eval's
+1. runs the device tests (`pytest -m device`: training, validation, resume with --deterministic, eval's
    embedding and kNN, on `cuda:0` as well as on the shadow device);
 2. trains the default recipe (CE, fastcnn) and the best-model recipe (resnet20, CE + triplet, random crops) for
    `--epochs` epochs each in bf16 autocast (what `embedfm train` runs) and in fp32, and each once more in bf16 with
@@ -115,10 +115,10 @@ def precision(name: str):
 
 
 def device_tests(cuda: bool) -> dict:
-    tests = ROOT / "tests" / "test_device.py"
-    if not tests.is_file():
+    tests = ROOT / "tests"
+    if not tests.is_dir():
         return {"skipped": f"{tests} not found"}
-    cmd = [sys.executable, "-m", "pytest", str(tests), "-m", "not slow", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", str(tests), "-m", "device and not slow", "-p", "no:cacheprovider"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]

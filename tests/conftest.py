@@ -20,6 +20,7 @@ import pytest
 import torch
 from fuzzing import CKPT, TINY_RUN, _hang, _header, _steady
 from safetensors.torch import load, save
+from shadow import DEVICES, SHADOW, ShadowDevice
 
 from embedfm import checkpoint, index, rundir, summarize
 from embedfm.cli import main
@@ -71,6 +72,19 @@ def one_line_stderr(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+def evaluated_dir(run, probs, train_emb, test_emb, labels, train_labels):
+    """A run dir holding only what eval writes for floor and ensemble: its config's focus classes and the arrays."""
+    from embedfm.evaluate import save_embeddings
+
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"focus_classes": [0, 2, 4, 6]}))
+    save_embeddings(
+        run,
+        {"test_probs": probs, "train_embeddings": train_emb, "test_embeddings": test_emb, "test_labels": labels,
+         "train_labels": train_labels, "pred_softmax": probs.argmax(1)},
+    )  # fmt: skip
 
 
 # the smallest budget a real run accepts: seconds on fake data
@@ -206,3 +220,17 @@ def study(tmp_path, tiny, no_fsync):
     rows = summarize.summarize([str(s)], log=lambda *a: None)
     assert len(rows) == 2
     return s
+
+
+# ---------------------------------------------------------------------------------------------- devices
+# (the shadow device is in shadow.py)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """The device under test: the shadow device everywhere, and cuda:0 where CUDA is present."""
+    if request.param == "cuda":
+        yield torch.device("cuda", 0)
+        return
+    with ShadowDevice():
+        yield SHADOW

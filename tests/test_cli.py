@@ -1,72 +1,33 @@
-"""Through the command line: the train → eval → viz path on a small real subset, and bad input."""
+"""embedfm.cli: bad input is one line and exit 2 (through `main` in this process, and once through the embedfm
+program), --help for every command and flag, the COMMANDS table."""
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SUBSET, make_fake_dataset, write_idx
+from conftest import ROOT, make_fake_dataset, write_idx
 
 from embedfm.cli import main
 from embedfm.data import FILES
-
-pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "embedfm", *map(str, args)], capture_output=True, text=True)
 
 
-def test_train_eval_viz_on_real_subset(tmp_path, real_runs):
-    ce, trip, reported = real_runs  # trained and evaluated by the shared fixture (conftest.real_runs)
-    for run in (ce, trip):
-        assert (run / "checkpoint.safetensors").is_file() and (run / "DONE").is_file()
-        cfg = json.loads((run / "config.json").read_text())
-        assert cfg["limit"] == 2000
-        hist = json.loads((run / "history.json").read_text())
-        assert len(hist) == 1 and {"train_loss", "val_loss", "val_acc", "val_knn_acc"} <= set(hist[0])
-    assert json.loads((trip / "history.json").read_text())[0]["triplets"] > 0  # the miner found triplets
-
-    report = json.loads((reported / "report.json").read_text())
-    assert report["focus_classes"] == [0, 2, 4, 6]
-    for name, loss in (("ce", "ce"), ("triplet", "triplet")):
-        r = report["runs"][name]
-        assert r["loss"] == loss and r["backbone"] == "fastcnn" and r["embedding_dim"] == 64
-        for clf in ("softmax", "knn", "knn_flip"):  # knn_flip: tta_flip is on by default
-            c = r["classifiers"][clf]
-            assert 0.3 < c["accuracy"] <= 1  # 20 steps on 2000 images: far above chance (0.1)
-            assert np.array(c["confusion"]).sum() == SUBSET["test"]
-            assert set(c["per_class"]) == {str(i) for i in range(10)}
-            assert 0 <= c["focus_group_error"] <= 1
-        assert r["classifiers"]["knn"]["k"] == 10
-        assert set(r["retrieval"]) >= {"precision_at_1", "r_precision", "map_at_r"}
-        z = np.load(reported / name / "embeddings.npz")
-        assert z["test_embeddings"].shape == (SUBSET["test"], 64) and z["train_embeddings"].shape == (2000, 64)
-        assert set(z.files) == {
-            "train_embeddings",
-            "train_labels",
-            "test_embeddings",
-            "test_labels",
-            "pred_softmax",
-            "pred_knn",
-            "pred_knn_flip",
-            "test_probs",  # out-of-sample class probabilities, for embedfm floor / ensemble
-        }
-        np.testing.assert_allclose(z["test_probs"].sum(1), 1.0, rtol=1e-5)
-        assert (z["test_probs"].argmax(1) == z["pred_softmax"]).all()
-        for clf in ("knn", "knn_flip"):
-            acc = (z[f"pred_{clf}"] == z["test_labels"]).mean()
-            assert acc == pytest.approx(r["classifiers"][clf]["accuracy"])
-    for f in ("report.md", "confusion.png", "confusion_diff.png"):
-        assert (reported / f).is_file()
-
-    assert main(["viz", str(ce), str(trip), "--out", str(tmp_path), "--max-points", "400"]) == 0
-    assert (tmp_path / "umap.png").stat().st_size > 10_000
-    sil = json.loads((tmp_path / "umap.json").read_text())["focus_silhouette"]
-    assert set(sil) == {"ce", "triplet"}
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """`embedfm ARGS` through `main` in this process (no interpreter importing torch each time), as run_cli gives it:
+    the exit status (argparse's SystemExit included), stdout, stderr."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["embedfm", *map(str, args)], code, out, err)
 
 
 def _bad_data(kind: str, tmp: Path) -> Path:
@@ -107,9 +68,9 @@ BAD_TRAIN = {
 
 
 @pytest.mark.parametrize("kind", list(BAD_TRAIN))
-def test_bad_data_is_one_line_exit_2(tmp_path, kind):
+def test_bad_data_is_one_line_exit_2(tmp_path, kind, capsys):
     d = _bad_data(kind, tmp_path)
-    r = run_cli("train", "--data-dir", d, "--out", tmp_path / "out", "--epochs", "1", "--no-progress")
+    r = run_main(capsys, "train", "--data-dir", d, "--out", tmp_path / "out", "--epochs", "1", "--no-progress")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and BAD_TRAIN[kind] in lines[0], r.stderr
@@ -122,54 +83,72 @@ def test_bad_data_is_one_line_exit_2(tmp_path, kind):
         (["--epochs", "0"], "--epochs must be positive"),
         (["--lr", "-0.1"], "--lr must be positive"),
         (["--loss", "triplet", "--batch-size", "30"], "too small for the balanced sampler"),
-        (["--backbone", "nope"], "invalid choice: 'nope'"),
+        (["--backbone", "nope"], "--backbone 'nope' is not one of fastcnn"),
         (["--focus-classes", "0,10"], "class ids in 0-9"),
         (["--loss", "arcface"], "invalid choice: 'arcface'"),
         (["--epochs", "three"], "invalid int value"),
     ],
 )
-def test_bad_train_flags(tmp_path, flags, message):
-    r = run_cli("train", "--out", tmp_path / "out", *flags)
+def test_bad_train_flags(tmp_path, flags, message, capsys):
+    r = run_main(capsys, "train", "--out", tmp_path / "out", *flags)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_refuses_to_overwrite_finished_run(fake_run):
+def test_refuses_to_overwrite_finished_run(fake_run, capsys):
     out, data = fake_run
     before = (out / "checkpoint.safetensors").read_bytes()
-    r = run_cli("train", "--out", out, "--data-dir", data, "--epochs", "1", "--no-progress")
+    r = run_main(capsys, "train", "--out", out, "--data-dir", data, "--epochs", "1", "--no-progress")
     assert r.returncode == 2 and "already holds a finished run" in r.stderr
     assert (out / "checkpoint.safetensors").read_bytes() == before
 
 
-def test_bad_data_with_overwrite_keeps_the_existing_run(tmp_path, fake_run):
+def test_bad_data_with_overwrite_keeps_the_existing_run(tmp_path, fake_run, capsys):
     src, _ = fake_run
     before = (src / "checkpoint.safetensors").read_bytes()
-    r = run_cli("train", "--out", src, "--overwrite", "--data-dir", _bad_data("truncated", tmp_path), "--no-progress")
+    r = run_main(
+        capsys, "train", "--out", src, "--overwrite", "--data-dir", _bad_data("truncated", tmp_path), "--no-progress"
+    )
     assert r.returncode == 2 and "truncated" in r.stderr
     assert (src / "checkpoint.safetensors").read_bytes() == before and (src / "DONE").exists()
 
 
-def test_eval_bad_run_dirs(tmp_path, fake_run):
+def test_eval_bad_run_dirs(tmp_path, fake_run, capsys):
     out, data = fake_run
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = run_cli("eval", empty)
+    r = run_main(capsys, "eval", empty)
     assert r.returncode == 2 and "no checkpoint" in r.stderr
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "checkpoint.safetensors").write_bytes((out / "checkpoint.safetensors").read_bytes()[:500])
-    r = run_cli("eval", corrupt)
+    r = run_main(capsys, "eval", corrupt)
     assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("eval", out, "--k", "1000", "--data-dir", data)
+    r = run_main(capsys, "eval", out, "--k", "1000", "--data-dir", data)
     assert r.returncode == 2 and "larger than the number of reference embeddings" in r.stderr
 
 
+@pytest.mark.slow
+def test_the_embedfm_program_says_one_line_and_exits_2(tmp_path):
+    """The console script end to end, for the in-process cases above: bad data (raised in the command) and a bad
+    flag (argparse's) are one line on stderr, exit status 2, no traceback."""
+    program = Path(sys.executable).with_name("embedfm")
+    for args, message in (
+        (["train", "--data-dir", _bad_data("truncated", tmp_path), "--out", tmp_path / "out", "--no-progress"],
+         BAD_TRAIN["truncated"]),
+        (["train", "--out", tmp_path / "out", "--epochs", "three"], "invalid int value"),
+    ):  # fmt: skip
+        r = subprocess.run([program, *map(str, args)], capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
 def test_debug_flag_shows_traceback(tmp_path):
     r = run_cli("--debug", "eval", tmp_path / "nothing")
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
-def test_help_explains_every_flag():
+def test_help_explains_every_flag(capsys):
     """Every flag of every command has help text, and --help runs for each command."""
     import argparse
 
@@ -183,12 +162,13 @@ def test_help_explains_every_flag():
                 continue
             assert action.help and len(action.help) > 8, f"embedfm {name} {action.option_strings or action.dest}"
     for cmd in COMMANDS:
-        r = run_cli(cmd, "--help")
+        r = run_main(capsys, cmd, "--help")
         assert r.returncode == 0 and f"usage: embedfm {cmd}" in r.stdout
         assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout  # unset says nothing
-    assert "--triplet-weight" in run_cli("train", "--help").stdout
+    assert "--triplet-weight" in run_main(capsys, "train", "--help").stdout
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     """`--help` only parses: building the parsers (config defaults, tune's defaults) must not pull in torch."""
     code = "import sys; from embedfm.cli import build_parser; build_parser(); print('torch' in sys.modules)"
@@ -279,6 +259,7 @@ def test_a_command_is_one_table_entry(monkeypatch, capsys):
     assert "act on a thing" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_study_is_a_command(monkeypatch, capsys):
     """`embedfm study STAGE studies/NAME.py` runs embedfm.study's stages (check: seconds for the mlp study), with
     check's exit status; `python -m embedfm.study` is the same command."""

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from fuzzing import SEED, _json_mutations, fuzz, one_line_error
 
 from embedfm import rundir
-from embedfm.config import FIELDS, TrainConfig, resolve
+from embedfm.config import FIELDS, RECIPES, TrainConfig, resolve, with_recipe
 from embedfm.errors import ConfigError
 
 
@@ -176,7 +177,7 @@ def test_every_loss_of_the_table_reaches_config_tune_the_study_and_the_docs():
 
 def _loss_comparison_methods() -> dict:
     """The loss comparison's methods: its study definition (studies/losses.py), or the script it was before."""
-    from conftest import ROOT, load_script
+    from conftest import ROOT
 
     definition = ROOT / "studies" / "losses.py"
     return runpy.run_path(str(definition))["METHODS"] if definition.is_file() else load_script("loss_study").METHODS
@@ -336,3 +337,30 @@ def test_a_balanced_batch_that_cannot_be_filled_is_refused_at_once(tmp_path, con
     (tmp_path / "config.json").write_text(json.dumps(config))
     signal.alarm(1)  # a check that does not loop answers in microseconds
     one_line_error(resolve, str(tmp_path / "config.json"), {})
+
+
+def test_recipe_sits_between_defaults_and_file_and_flags(tmp_path):
+    fast = RECIPES["fast"]
+    assert fast, "the fast recipe sets something"
+    cfg = resolve(None, {"recipe": "fast"})
+    assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in fast.items())
+    # a config file beats the preset, a flag beats the file
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"recipe": "fast", "epochs": 2}))
+    assert resolve(str(f), {}).epochs == 2
+    assert resolve(str(f), {"epochs": 5}).epochs == 5
+    assert resolve(None, {}).recipe == "default" and resolve(None, {}).epochs == TrainConfig().epochs
+
+
+def test_unknown_recipe_is_one_line():
+    with pytest.raises(ConfigError, match="--recipe 'turbo' is not one of default, fast"):
+        resolve(None, {"recipe": "turbo"})
+    assert with_recipe({"recipe": 3}) == {"recipe": 3}  # a bad type is left for from_dict to name
+
+
+@pytest.mark.parametrize("bad", [(8, 16), (0, 8, 16), (8, 16, 2000)])
+def test_widths_are_checked(bad):
+    with pytest.raises(ConfigError, match="--widths"):
+        TrainConfig(widths=bad)
+    with pytest.raises(ConfigError, match="--widths applies to"):
+        TrainConfig(widths=(8, 16, 32), backbone="lenet")

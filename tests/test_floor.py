@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import evaluated_dir as _arrays
 from conftest import make_fake_dataset
 
 from embedfm.cli import main
@@ -81,12 +82,16 @@ def test_cleanlab_finds_planted_label_errors_in_the_focus_classes():
 
 # A cross-fit to count on paper: 7 test images, 4 runs. Sorted by name, a and c form half A, b and d half B.
 CF_LABELS = [0, 2, 4, 6, 6, 1, 4]
+
+
 CF_PREDS = {
     "a": [2, 2, 4, 0, 6, 1, 8],  # focus-group errors: 0, 3 (6 leaves the group, 5 is not in it)
     "b": [2, 4, 4, 0, 4, 1, 8],  # 0, 1, 3, 4
     "c": [2, 2, 6, 0, 6, 3, 8],  # 0, 2, 3
     "d": [2, 4, 4, 2, 6, 3, 8],  # 0, 1, 3
 }
+
+
 # suspects (a focus-class image every run of the half calls one and the same other class):
 #   half A (a, c): 0 (both 2), 3 (both 0), 6 (both 8); 2 is not (4 → 6 in c only); half B (b, d): 0, 1 (both 4), 6
 # (run: cross-fitted share on suspects, error on the rest; in-sample share, error on the rest), rest = focus minus
@@ -202,49 +207,6 @@ def test_floor_end_to_end_on_two_real_runs(real_runs, tmp_path, capsys):
     assert main(["floor", str(ce), "--out", str(tmp_path)]) == 2
     assert main(["floor", str(ce), str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "Traceback" not in capsys.readouterr().err
-
-
-def _arrays(run, probs, train_emb, test_emb, labels, train_labels):
-    from embedfm.evaluate import save_embeddings
-
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"focus_classes": [0, 2, 4, 6]}))
-    save_embeddings(
-        run,
-        {"test_probs": probs, "train_embeddings": train_emb, "test_embeddings": test_emb, "test_labels": labels,
-         "train_labels": train_labels, "pred_softmax": probs.argmax(1)},
-    )  # fmt: skip
-
-
-def test_ensemble_averages_probabilities_and_concatenates_unit_embeddings(tmp_path):
-    from embedfm.ensemble import ensemble
-
-    labels = np.array([0, 2, 4, 6, 1])
-    train_labels = np.array([0, 2, 4, 6, 1])
-    eye = np.eye(10)
-    # run a predicts [0, 2, 4, 0, 3] (3 of 5 right), run b [2, 4, 4, 6, 2] (2 of 5). Averaged, a's confident 0 beats
-    # b's hesitant 2 on image 0, b's confident 6 beats a's hesitant 0 on image 3, and image 4 stays wrong (3 or 2)
-    pa = 0.04 + np.array([0.9, 0.1, 0.3, 0.1, 0.6])[:, None] * eye[[0, 2, 4, 0, 3]]
-    pb = 0.04 + np.array([0.2, 0.6, 0.3, 0.9, 0.5])[:, None] * eye[[2, 4, 4, 6, 2]]
-    rng = np.random.default_rng(0)
-    train_a, test_a = 7.0 * rng.normal(size=(5, 4)), rng.normal(size=(5, 4))  # scale must not matter
-    train_b, test_b = rng.normal(size=(5, 3)), 0.1 * rng.normal(size=(5, 3))
-    _arrays(tmp_path / "a", pa, train_a, test_a, labels, train_labels)
-    _arrays(tmp_path / "b", pb, train_b, test_b, labels, train_labels)
-    r = ensemble([str(tmp_path / "a"), str(tmp_path / "b")], out=tmp_path, k=1, log=lambda _: None)
-    # averaged: [0, 4, 4, 6, 3]: right on images 0, 2, 3; a different set than either run's
-    assert (pa + pb).argmax(1).tolist() == [0, 4, 4, 6, 3]
-    conf = np.array(r["softmax_average"]["confusion"])
-    assert conf[0, 0] == 1 and conf[2, 4] == 1 and conf[4, 4] == 1 and conf[6, 6] == 1 and conf[1, 3] == 1
-    assert r["single_runs_mean"]["accuracy"] == pytest.approx((3 / 5 + 2 / 5) / 2)
-    # brute force: cosine 1-NN over [unit(a), unit(b)] side by side
-    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-    cat = lambda x, y: np.hstack([norm(x), norm(y)])
-    train, test = cat(train_a, train_b), cat(test_a, test_b)
-    expected = train_labels[np.argmax(test @ train.T, axis=1)]
-    assert r["knn_concatenated"]["accuracy"] == pytest.approx((expected == labels).mean())
-    assert "Ensemble of 2 runs" in (tmp_path / "ensemble.md").read_text()
-    assert main(["ensemble", str(tmp_path / "a")]) == 2  # one run: one line, exit 2
 
 
 def test_a_run_evaluated_before_the_probabilities_were_saved_is_one_line_naming_them(tmp_path):

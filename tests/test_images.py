@@ -13,7 +13,7 @@ from fuzzing import one_line_data_error as one_line_error
 from PIL import Image
 
 from embedfm.errors import DataError
-from embedfm.images import MAX_IMAGE_PIXELS, load_image
+from embedfm.images import MAX_IMAGE_PIXELS, load_image, to_fashion_mnist
 
 
 def png_bytes(width, height, bit_depth=1, colour_type=0, idat=None) -> bytes:
@@ -143,3 +143,15 @@ def test_fuzz_load_image(tmp_path, fmt):
                 failures.append(f"{what}: returned {out.shape} {out.dtype}")
     assert not failures, "\n".join(failures[:20])
     assert 0 < valid < N_MUTATIONS
+
+
+def test_photo_on_white_becomes_a_centred_bright_garment():
+    photo = np.full((300, 200), 255, dtype=np.uint8)  # white background, portrait
+    photo[50:250, 60:140] = 40  # a dark garment, 200 tall × 80 wide
+    a = to_fashion_mnist(Image.fromarray(photo).convert("RGB"))
+    assert a.shape == (28, 28) and a.dtype == np.uint8
+    assert a[:, 0].max() == 0 and a.max() >= 200  # black background, bright garment (inverted)
+    rows, cols = np.nonzero(a > 128)
+    assert rows.min() == 0 and rows.max() == 27  # longest side fills 28 pixels
+    assert abs((cols.min() + cols.max()) / 2 - 13.5) <= 1  # centred horizontally
+    assert 9 <= cols.max() - cols.min() + 1 <= 13  # aspect kept: 80/200 × 28 ≈ 11

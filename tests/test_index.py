@@ -21,6 +21,7 @@ from fuzzing import (
 )
 
 from embedfm import index
+from embedfm.index import make_index, set_search_params
 
 
 @pytest.fixture
@@ -114,3 +115,29 @@ def test_a_resigned_damaged_index_faiss_is_one_line(tmp_path, tiny):
         assert got[0].ntotal == meta["n"] and got[0].d == meta["dim"]
 
     fuzz(8, np.random.default_rng(SEED), lambda rng: byte_mutation(raw, rng, [(0, 120)]), attempt, loads=None)
+
+
+def unit(n, d, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_flat_index_equals_brute_force_top_k():
+    ref, q = unit(500, 16), unit(20, 16, seed=1)
+    sims, ids = make_index(ref, "Flat").search(q, 5)
+    brute = np.argsort(-(q @ ref.T), axis=1, kind="stable")[:, :5]  # (20, 5) by a loop-free brute force
+    assert (ids == brute).all()
+    assert np.allclose(sims, np.take_along_axis(q @ ref.T, brute, axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW8", "IVF8,PQ8x4"])
+def test_approximate_indexes_find_most_true_neighbours_at_full_probe(factory):
+    ref, q = unit(2000, 16), unit(50, 16, seed=1)
+    exact = make_index(ref, "Flat").search(q, 10)[1]
+    index = make_index(ref, factory)
+    set_search_params(index, nprobe=8, ef_search=64)  # IVF: every list; HNSW: wide search
+    found = index.search(q, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    # PQ8x4 on 16-d keeps 8 codes of 4 bits, 4 bytes of 64: lossy by design (4-bit codes train 16 centroids per
+    # sub-quantizer, under a second; PQ4's 8-bit codes, as compressed, train 256 each from 2,000 points: seconds)
+    assert recall >= (0.3 if "PQ" in factory else 0.95)

@@ -1,5 +1,8 @@
+from __future__ import annotations
+
 import numpy as np
 import pytest
+from shadow import IGNORE_META_COPY
 
 from embedfm.errors import EmbedfmError
 from embedfm.knn import KNNClassifier, vote
@@ -63,3 +66,67 @@ def test_unknown_tie_rule():
 def test_k_larger_than_reference():
     with pytest.raises(EmbedfmError, match="larger than the number of reference"):
         KNNClassifier(k=5).fit(np.zeros((3, 4), np.float32), np.zeros(3))
+
+
+class FakeGpuIndex:
+    """faiss's GPU index as far as the kNN uses it: remembers its GPU, refuses k above GPU_MAX_K."""
+
+    def __init__(self, device: int, index):
+        self.device, self.index = device, index
+
+    def search(self, q, k):
+        if k > 2048:
+            raise RuntimeError("Error: 'k > 0 && k <= GPU_MAX_SELECTION_K' failed")
+        return self.index.search(q, k)
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_knn_goes_to_this_process_gpu_and_large_k_searches_on_the_cpu(monkeypatch):
+    """Defect 6: the index went to GPU 0 whatever the process's GPU, and k > 2048 failed on the GPU. faiss's GPU
+    API is faked here (this faiss may be a CPU build)."""
+    import faiss
+
+    from embedfm import knn
+
+    made = []
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, d, index: made.append(d) or FakeGpuIndex(d, index),
+                        raising=False)  # fmt: skip
+    monkeypatch.setattr(knn, "_gpu_resources", {})
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3000, 8)).astype(np.float32)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    labels, queries = rng.integers(0, 10, 3000), ref[:20] + 0.01
+
+    clf = knn.KNNClassifier(k=10).fit(ref, labels)
+    assert made == [1] and clf.index.device == 1  # torchrun's LOCAL_RANK 1: GPU 1
+    cpu_clf = knn.KNNClassifier(k=10)
+    cpu_clf.index = cpu_clf.cpu_index = knn.build_index(ref, use_gpu=False)
+    cpu_clf.labels = labels
+    np.testing.assert_array_equal(clf.kneighbors(queries)[1], cpu_clf.kneighbors(queries)[1])
+    np.testing.assert_array_equal(clf.kneighbors(queries, k=2500)[1], cpu_clf.kneighbors(queries, k=2500)[1])
+
+    monkeypatch.setenv("LOCAL_RANK", "5")  # a GPU faiss does not see: the CPU index
+    assert not isinstance(knn.build_index(ref), FakeGpuIndex)
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_gpu_status_never_raises(monkeypatch):
+    import faiss
+
+    from embedfm import knn
+
+    ok, why = knn.gpu_status()
+    assert isinstance(ok, bool) and why
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+
+    def broken():
+        raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(faiss, "get_num_gpus", broken)
+    ok, why = knn.gpu_status()
+    assert not ok and "insufficient" in why and not knn.gpu_available()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embedfm.metrics import classifier_metrics, focus_group_error, retrieval_metrics
+from embedfm.metrics import ap_at_r, classifier_metrics, focus_group_error, retrieval_metrics
 
 
 def test_focus_group_error_by_hand():
@@ -38,3 +38,20 @@ def test_retrieval_metrics_by_hand():
     # b0: [a2] → 0; b1: [b0] → 1.  Both R-precision and MAP@R average to 3/5.
     assert r["r_precision"] == pytest.approx(3 / 5)
     assert r["map_at_r"] == pytest.approx(3 / 5)
+
+
+def test_ap_at_r_matches_a_loop_and_pytorch_metric_learning():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 6)
+    e = rng.normal(size=(24, 5)) + y[:, None]
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    got = ap_at_r(e, y, chunk=7)
+    for i in range(len(y)):  # the definition, one query at a time
+        d = np.linalg.norm(e - e[i], axis=1)
+        d[i] = np.inf
+        order = np.argsort(d)
+        r = (y == y[i]).sum() - 1
+        rel = y[order[:r]] == y[i]
+        expected = sum(rel[: j + 1].mean() for j in range(r) if rel[j]) / r
+        assert got[i] == pytest.approx(expected)
+    assert got.mean() == pytest.approx(retrieval_metrics(e, y)["map_at_r"])

@@ -1,8 +1,11 @@
 """embedfm.models: the backbones' shapes, sizes and MAC counts, and a train step with each."""
 
+from __future__ import annotations
+
 import pytest
 import torch
 from conftest import labelled_batch as _batch
+from shadow import IGNORE_META_COPY
 
 from embedfm.config import TrainConfig
 from embedfm.models import BACKBONES, build_model, count_macs
@@ -53,3 +56,14 @@ def test_config_names_every_backbone():
     from embedfm import config
 
     assert sorted(config.BACKBONES) == sorted(BACKBONES)
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_count_macs_runs_on_the_models_device(device):
+    """Defect 1: `count_macs` fed the model a CPU tensor, after `train` had moved the model to the GPU."""
+    from embedfm.models import build_model, count_macs
+
+    torch.manual_seed(0)
+    expected = count_macs(build_model())
+    assert count_macs(build_model().to(device)) == expected

@@ -1,12 +1,15 @@
 """embedfm.objectives: CE, CE + a metric loss, the miners, focus mining, pinned figures, the own-tuple counts the
 diagnostics use."""
 
+from __future__ import annotations
+
 import json
 import math
 
 import pytest
 import torch
 from conftest import labelled_batch as _batch
+from shadow import IGNORE_META_COPY
 
 from embedfm.config import METRIC_LOSSES, PARAMETRIC_LOSSES, TrainConfig
 from embedfm.models import build_model
@@ -212,3 +215,19 @@ def test_own_diagnostics_of_the_contrastive_loss_count_its_pairs():
     assert 0 < sum(want) < len(want)
     assert sorted(anchors.tolist()) == sorted(int(y[a]) for a, _ in pos + neg)
     assert build_objective(TrainConfig(loss="triplet", metric_loss="supcon")).tuple_losses(emb, y) is None
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_focus_mining_on_the_device(device):
+    """Defect 2: with --mining focus the objective's focus ids stayed on the CPU beside device labels."""
+    from embedfm.models import build_model
+    from embedfm.objectives import build_objective
+
+    torch.manual_seed(0)
+    model = build_model(backbone="linear", embedding_dim=8).to(device)
+    x = torch.randn(40, 1, 28, 28).to(device)
+    y = (torch.arange(40) % 10).to(device)
+    loss, stats = build_objective(TrainConfig(loss="triplet", mining="focus"))(*model(x), y)
+    loss.backward()
+    assert stats["triplets"].item() > 0 and torch.isfinite(loss).item()

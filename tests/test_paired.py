@@ -2,35 +2,15 @@
 brute-force enumerations and a coverage simulation."""
 
 import itertools
-import json
 import math
 
 import numpy as np
 import pytest
 
 from embedfm.errors import EmbedfmError
-from embedfm.metrics import ap_at_r, retrieval_metrics
 from embedfm.paired import FIGURES, Scored, adjust, compare, decode, holm, score, sign_flip_p, two_level
-from embedfm.summarize import summarize_paired
 
 FOCUS = (0, 2, 4, 6)
-
-
-def test_ap_at_r_matches_a_loop_and_pytorch_metric_learning():
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(4), 6)
-    e = rng.normal(size=(24, 5)) + y[:, None]
-    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
-    got = ap_at_r(e, y, chunk=7)
-    for i in range(len(y)):  # the definition, one query at a time
-        d = np.linalg.norm(e - e[i], axis=1)
-        d[i] = np.inf
-        order = np.argsort(d)
-        r = (y == y[i]).sum() - 1
-        rel = y[order[:r]] == y[i]
-        expected = sum(rel[: j + 1].mean() for j in range(r) if rel[j]) / r
-        assert got[i] == pytest.approx(expected)
-    assert got.mean() == pytest.approx(retrieval_metrics(e, y)["map_at_r"])
 
 
 def test_sign_flip_p_by_hand_and_against_every_flip():
@@ -189,51 +169,3 @@ def test_records_that_are_not_digit_strings_are_one_line():
     bad = record(np.array([1, 2]), np.array([1, 2, 3]), np.zeros(2), 0)
     with pytest.raises(EmbedfmError, match="different lengths"):
         score(bad, "softmax", FOCUS, "run 'x'")
-
-
-def fake_study(fake_run, tmp_path, variants: dict[str, dict]) -> tuple:
-    """The fake run evaluated once, its report entry copied under each name of `variants` with those config
-    values: methods scored on the very same images. Returns (study dir, the evaluated entry)."""
-    from embedfm.cli import main
-
-    run, data = fake_run
-    out = tmp_path / "study"
-    assert main(["eval", str(run), "--out", str(out), "--data-dir", str(data), "--no-progress"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    (entry,) = report["runs"].values()
-    report["runs"] = {}
-    for name, config in variants.items():
-        copy = json.loads(json.dumps(entry))
-        copy["config"].update(config)
-        report["runs"][name] = copy
-    (out / "report.json").write_text(json.dumps(report))
-    return out, entry
-
-
-def test_summarize_paired_writes_a_table(fake_run, tmp_path):
-    # the same fake run under two method names: CE control and a "triplet" copy of it
-    out, entry = fake_study(fake_run, tmp_path, {"ce": {}, "copy": {"loss": "triplet"}})
-    assert set(entry["per_image"]) >= {"labels", "softmax", "knn", "ap_at_r"}
-    assert len(entry["per_image"]["labels"]) == len(entry["per_image"]["ap_at_r"])
-    res = summarize_paired([str(out)], draws=50, log=lambda _t: None)
-    (cmp,) = res["comparisons"]
-    assert cmp["accuracy"]["difference"] == 0 and cmp["accuracy"]["interval_images"] == [0, 0]
-    assert cmp["pairs"] == 1 and cmp["accuracy"]["interval"] is None  # one seed: no seed-level interval
-    text = (out / "paired.md").read_text()
-    assert "two-level bootstrap" in text and "Given these trained models" in text
-    assert json.loads((out / "paired.json").read_text())["draws"] == 50
-
-
-def test_two_ce_controls_are_compared_once_random_batches_as_the_control(fake_run, tmp_path):
-    # the balanced-batch CE control is found first (as "ce-balanced_s0" sorts before "ce_s0"), the random one last
-    variants = {
-        "balanced": {"loss": "ce", "sampler": "balanced"},
-        "triplet": {"loss": "triplet", "sampler": "auto"},
-        "random": {"loss": "ce", "sampler": "auto"},
-    }
-    out, _entry = fake_study(fake_run, tmp_path, variants)
-    res = summarize_paired([str(out)], draws=20, log=lambda _t: None)
-    pairs = [(c["method"], c["control"]) for c in res["comparisons"]]
-    ce_random, ce_balanced, triplet = (f"{loss} / fastcnn / 1 ep (sampler={s})" for loss, s in
-                                       (("ce", "random"), ("ce", "balanced"), ("triplet", "balanced")))  # fmt: skip
-    assert pairs == [(ce_balanced, ce_random), (triplet, ce_random), (triplet, ce_balanced)]

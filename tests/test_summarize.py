@@ -10,6 +10,7 @@ from fuzzing import SEED, _json_mutations, fuzz
 
 from embedfm import rundir, summarize
 from embedfm.cli import main
+from embedfm.summarize import summarize_paired
 
 
 def _rows(path: Path) -> list[dict]:
@@ -128,3 +129,51 @@ def test_summarize_labels_a_config_key_only_one_method_has(tmp_path, tiny):
         (tmp_path / name / rundir.REPORT).write_text(json.dumps(rep))
     rows = summarize.summarize([str(tmp_path)], log=lambda *a: None)
     assert [r[0] for r in rows] == ["ce / linear / 1 ep (future_key=3)", "ce / linear / 1 ep (future_key=None)"]
+
+
+def fake_study(fake_run, tmp_path, variants: dict[str, dict]) -> tuple:
+    """The fake run evaluated once, its report entry copied under each name of `variants` with those config
+    values: methods scored on the very same images. Returns (study dir, the evaluated entry)."""
+    from embedfm.cli import main
+
+    run, data = fake_run
+    out = tmp_path / "study"
+    assert main(["eval", str(run), "--out", str(out), "--data-dir", str(data), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (entry,) = report["runs"].values()
+    report["runs"] = {}
+    for name, config in variants.items():
+        copy = json.loads(json.dumps(entry))
+        copy["config"].update(config)
+        report["runs"][name] = copy
+    (out / "report.json").write_text(json.dumps(report))
+    return out, entry
+
+
+def test_summarize_paired_writes_a_table(fake_run, tmp_path):
+    # the same fake run under two method names: CE control and a "triplet" copy of it
+    out, entry = fake_study(fake_run, tmp_path, {"ce": {}, "copy": {"loss": "triplet"}})
+    assert set(entry["per_image"]) >= {"labels", "softmax", "knn", "ap_at_r"}
+    assert len(entry["per_image"]["labels"]) == len(entry["per_image"]["ap_at_r"])
+    res = summarize_paired([str(out)], draws=50, log=lambda _t: None)
+    (cmp,) = res["comparisons"]
+    assert cmp["accuracy"]["difference"] == 0 and cmp["accuracy"]["interval_images"] == [0, 0]
+    assert cmp["pairs"] == 1 and cmp["accuracy"]["interval"] is None  # one seed: no seed-level interval
+    text = (out / "paired.md").read_text()
+    assert "two-level bootstrap" in text and "Given these trained models" in text
+    assert json.loads((out / "paired.json").read_text())["draws"] == 50
+
+
+def test_two_ce_controls_are_compared_once_random_batches_as_the_control(fake_run, tmp_path):
+    # the balanced-batch CE control is found first (as "ce-balanced_s0" sorts before "ce_s0"), the random one last
+    variants = {
+        "balanced": {"loss": "ce", "sampler": "balanced"},
+        "triplet": {"loss": "triplet", "sampler": "auto"},
+        "random": {"loss": "ce", "sampler": "auto"},
+    }
+    out, _entry = fake_study(fake_run, tmp_path, variants)
+    res = summarize_paired([str(out)], draws=20, log=lambda _t: None)
+    pairs = [(c["method"], c["control"]) for c in res["comparisons"]]
+    ce_random, ce_balanced, triplet = (f"{loss} / fastcnn / 1 ep (sampler={s})" for loss, s in
+                                       (("ce", "random"), ("ce", "balanced"), ("triplet", "balanced")))  # fmt: skip
+    assert pairs == [(ce_balanced, ce_random), (triplet, ce_random), (triplet, ce_balanced)]

@@ -1,18 +1,24 @@
 """train.py pieces: the learning-rate schedule at any step count, the state a probe drives `run_epoch` with."""
 
+from __future__ import annotations
+
 import errno
 import json
 import os
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, make_fake_dataset
 from conftest import one_line_stderr as _one_line_error
 from fuzzing import _at, _resave
+from shadow import IGNORE_META_COPY, exact
 
 from embedfm import checkpoint, rundir
 from embedfm import checkpoint as ckpt_io
+from embedfm.checkpoint import load_model
 from embedfm.cli import main
 from embedfm.config import PARAMETRIC_LOSSES, TrainConfig
 from embedfm.errors import EmbedfmError
@@ -205,7 +211,8 @@ SPELLED_OUT = {
     "sampler": "balanced", "focus_classes": (0, 2, 4, 6), "focus_oversample": 1.5, "optimizer": "adamw", "lr": 0.004,
     "weight_decay": 0.05, "label_smoothing": 0.1, "warmup_frac": 0.2, "crop_pad": 0, "flip": True,
     "random_erasing": 0.0, "holdout_classes": (), "tta_flip": True, "tta_shift": 0, "knn_k": 10, "seed": 0,
-    "compile": False, "deterministic": False,
+    "compile": False, "deterministic": False, "weights": None, "data": "fashion-mnist", "image_size": None,
+    "resize": "crop", "channels": "auto", "test_frac": 0.2, "class_names": None, "skip_bad": False, "focus": None,
 }  # fmt: skip
 
 
@@ -380,8 +387,8 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_checkpoint(tmp_path, fake
     real_build = train_mod.build_objective
     calls = {"n": 0}
 
-    def poisoned_from_epoch_2(cfg):  # 200 images / batch 50 = 4 steps per epoch
-        obj = real_build(cfg)
+    def poisoned_from_epoch_2(cfg, num_classes=10):  # 200 images / batch 50 = 4 steps per epoch
+        obj = real_build(cfg, num_classes)
 
         def f(logits, emb, y):
             calls["n"] += 1
@@ -457,3 +464,115 @@ def test_resume_of_a_moved_run_writes_where_the_run_is(tmp_path, fake_data_dir):
     assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
     assert rundir.is_done(moved) and json.loads((moved / rundir.CONFIG).read_text())["out"] == str(moved)
     assert not rundir.is_done(src)  # the original run dir is untouched
+
+
+def test_widths_are_trained_saved_and_rebuilt(tmp_path, fake_data_dir):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--data-dir", str(fake_data_dir), "--epochs", "1",
+                 "--widths", "8,16,24", *TINY]) == 0  # fmt: skip
+    model, ckpt = load_model(out)
+    assert ckpt["config"]["widths"] == [8, 16, 24]
+    assert model.backbone.out_features == 2 * 24  # fastcnn: mean and max pooled
+    assert json.loads((out / "config.json").read_text())["widths"] == [8, 16, 24]
+
+
+def _tiny(out: Path, data: Path, **kw) -> TrainConfig:
+    base = dict(
+        out=str(out),
+        data_dir=str(data),
+        loss="triplet",
+        mining="focus",
+        crop_pad=2,
+        limit=100,  # 2 steps of 40 an epoch: every op runs through the shadow device's Python dispatch
+        val_size=20,
+        batch_size=40,
+        m_per_class=2,
+        epochs=1,
+        knn_k=3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _train(cfg: TrainConfig, device: torch.device, monkeypatch, **kw) -> dict:
+    import embedfm.train as train_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "select_device", lambda name: device)
+        return train_mod.train(cfg, progress=False, log=lambda *a: None, **kw)
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_training_validation_and_eval_run_on_the_device(tmp_path, fake_data_dir, device, monkeypatch):
+    """`train` (data held and augmented on the device, focus mining, validation with its kNN) and eval's embedding
+    and kNN on the device; on the shadow device both equal the CPU run's figures bit for bit."""
+    import embedfm.evaluate as evaluate_mod
+
+    cpu = _train(_tiny(tmp_path / "cpu", fake_data_dir), torch.device("cpu"), monkeypatch)
+    dev = _train(_tiny(tmp_path / "dev", fake_data_dir), device, monkeypatch)
+    assert len(dev["history"]) == 1 and all(np.isfinite(v) for v in _figures(dev["history"])[0].values())
+    if exact(device):
+        assert _figures(dev["history"]) == _figures(cpu["history"])
+
+    entry_cpu, arrays_cpu = evaluate_mod.evaluate_run(tmp_path / "cpu", k=3, progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(evaluate_mod, "select_device", lambda name: device)
+        entry_dev, arrays_dev = evaluate_mod.evaluate_run(tmp_path / "cpu", k=3, progress=False)
+    assert arrays_dev["test_embeddings"].dtype == np.float32
+    if exact(device):
+        assert entry_dev["classifiers"] == entry_cpu["classifiers"] and entry_dev["retrieval"] == entry_cpu["retrieval"]
+        for key, a in arrays_cpu.items():
+            np.testing.assert_array_equal(arrays_dev[key], a)
+    else:  # bf16 autocast on CUDA: the embeddings agree to bf16 precision (predictions of this 1-epoch model on
+        # random images are near ties, so they are not compared)
+        np.testing.assert_allclose(arrays_dev["test_embeddings"], arrays_cpu["test_embeddings"], atol=0.05)
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_resume_on_the_device_equals_an_uninterrupted_run(tmp_path, fake_data_dir, device, monkeypatch):
+    """A run stopped after epoch 1 and resumed on the device ends with the uninterrupted run's weights, bit for
+    bit: on CUDA with --deterministic (the per-step CUDA seed makes the miner's draws resumable)."""
+    from embedfm import checkpoint
+    from embedfm.train import Hooks
+
+    det = device.type == "cuda"
+    # the MLP: what resume moves to the device (weights, optimizer state) does not depend on the backbone
+    cfg = lambda name: _tiny(tmp_path / name, fake_data_dir, backbone="mlp", epochs=2, deterministic=det)
+    straight = _train(cfg("straight"), device, monkeypatch)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(cfg("resumed"), device, monkeypatch, hooks=Hooks(on_epoch=stop))
+    resumed = _train(TrainConfig(out=str(tmp_path / "resumed")), device, monkeypatch, resume=True)
+    try:
+        assert _figures(resumed["history"]) == _figures(straight["history"])
+        a = checkpoint.load_checkpoint(tmp_path / "straight")["model"]
+        b = checkpoint.load_checkpoint(tmp_path / "resumed")["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_deterministic_setting_is_a_flag_and_sets_torch_and_cublas(tmp_path, fake_data_dir, monkeypatch):
+    """--deterministic turns on PyTorch's deterministic algorithms and the cuBLAS workspace before CUDA work;
+    a CPU run under it trains (no op in the step lacks a deterministic kernel on the CPU)."""
+    from embedfm.cli import build_parser
+    from embedfm.train import set_deterministic, step_seed
+
+    assert build_parser().parse_args(["train", "--deterministic", "true"]).deterministic is True
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        _train(_tiny(tmp_path / "det", fake_data_dir, deterministic=True), torch.device("cpu"), monkeypatch)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        set_deterministic(False)  # what the next run of the process does first, unless it asks for determinism
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    seeds = {step_seed(0, e, s, r) for e in range(3) for s in range(50) for r in range(4)}
+    assert len(seeds) == 600 and step_seed(0, 1, 2, 3) == step_seed(0, 1, 2, 3)

@@ -1,5 +1,7 @@
 """embedfm tune: a study on tiny fake data resumes in its SQLite file, and its best config trains."""
 
+from __future__ import annotations
+
 import csv
 import json
 from pathlib import Path
@@ -7,9 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import make_fake_dataset
+from shadow import IGNORE_META_COPY
 
 from embedfm.cli import main
 from embedfm.config import TrainConfig
+from embedfm.errors import EmbedfmError
 from embedfm.tune import PARAMS, SPACE, TuneConfig, defaults_point, resolve_base, searched
 
 pytestmark = pytest.mark.slow  # trains, or starts embedfm processes (seconds each)
@@ -120,3 +124,15 @@ def test_tune_triplet_trial_and_bad_flags(tmp_path, capsys):
 
     assert main(["tune", "--trials", "0", "--data-dir", str(data), "--out", str(tmp_path / "x")]) == 2
     assert "--trials must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.device
+@pytest.mark.filterwarnings(IGNORE_META_COPY)
+def test_tune_refuses_torchrun_in_one_line(tmp_path, monkeypatch):
+    """Defect 5: under torchrun only rank 0 pruned a trial and the others hung in a collective; tune refuses."""
+    from embedfm.tune import TuneConfig, tune
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(EmbedfmError, match=r"not run under torchrun \(WORLD_SIZE=2\)") as e:
+        tune(TuneConfig(out=str(tmp_path / "study")), log=lambda *a: None)
+    assert "\n" not in str(e.value) and not (tmp_path / "study").exists()
