@@ -6,7 +6,8 @@ other, each written once with one message.
   header alone (`checkpoint.read_meta`: no tensors, no pickle), so describing a run costs no weights. The network
   (`model(device)`) and the training state `--resume` needs (weights, optimizer, scheduler, RNG, objective) are
   loaded from the whole checkpoint when asked for. No other module indexes a checkpoint dict by key.
-- `Run.check_data(data)`: was this run trained on these images? (`api`, `evaluate`, `explore`)
+- `Run.check_data(data)`: was this run trained on these images? (`api`, `evaluate`, `explore`); `Run.load_data()`
+  reads the set the run's config names (`sources.for_config`) and checks it; `Run.class_names` its class names.
 - `check_same_data(runs)`: were these runs trained on the same data? (`evaluate`, `EvaluatedRuns`)
 - `check_same_images(names, labels)`: were these runs evaluated on the same images, given each run's labels in image
   order (embeddings.npz or report.json's per-image record)? (`ensemble`, `floor`, `explore`, `paired`)
@@ -107,6 +108,30 @@ class Run:
         return self._meta.get("data")
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of classes 0..K-1 of the set the run trained on (Fashion-MNIST's for runs that record none)."""
+        names = self._meta.get("classes")
+        if isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == self.num_classes:
+            return tuple(names)
+        return CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(str(c) for c in range(self.num_classes))
+
+    @property
+    def data_notes(self) -> dict:
+        """What reading a folder / CSV set found (files skipped, train-test duplicates, how the test split was made);
+        empty for Fashion-MNIST."""
+        notes = self._meta.get("data_notes")
+        return notes if isinstance(notes, dict) else {}
+
+    def load_data(self, data_dir: str | None = None, progress: bool = True):
+        """The image set this run trained on (its config's --data and reading options), checked against the run's
+        fingerprint: one line if it changed. `data_dir`: where Fashion-MNIST is, over the config's."""
+        from embedfm import sources
+
+        data = sources.for_config(self.config, data_dir, progress)
+        self.check_data(data)
+        return data
+
+    @property
     def splits(self) -> dict:
         """Sizes of the run's splits as trained ({"n_train", "n_val", ...}; empty for runs from before)."""
         splits = self._meta.get("splits")
@@ -115,6 +140,11 @@ class Run:
     def check_data(self, data) -> None:
         """One line if the run was trained on other data than `data` (a `data.FashionMNIST`) holds."""
         if self.data_fingerprint is not None and self.data_fingerprint != data.fingerprint():
+            if self.config.data != "fashion-mnist":
+                raise EmbedfmError(
+                    f"{self.dir}: trained on other images than --data {self.config.data} holds now (files added, "
+                    "removed or changed since); train again on the set as it is"
+                )
             raise EmbedfmError(
                 f"{self.dir}: trained on different data than {data.source} holds; give the data dir it was trained "
                 "on (--data-dir)"
