@@ -103,10 +103,18 @@ def for_config(cfg, data_dir: str | None = None, progress: bool = True) -> Image
 
 def fit_config(cfg, data: ImageSet):
     """`cfg` with --focus resolved to class ids (names, or all), and its class ids checked against the set's
-    classes (one line each); checks that need the class count (the balanced batch) run again with it."""
-    from embedfm.config import class_counts
+    classes (one line each); checks that need the class count (the balanced batch) run again with it. On a set of
+    fewer than 25,000 training images other than Fashion-MNIST, the default --val-size (Fashion-MNIST's 5,000)
+    becomes a tenth of the training split."""
+    from embedfm.config import FIELDS, class_counts
 
+    default_val = FIELDS["val_size"].default
     k, names = data.num_classes, data.class_names
+    n_train = len(data.train_labels)
+    if cfg.data != "fashion-mnist" and cfg.val_size == default_val and n_train < 5 * default_val:
+        cfg = replace(cfg, val_size=max(10, round(n_train / 10)))  # the default is Fashion-MNIST's: 1/10 of a set
+    if cfg.val_size >= n_train:
+        raise DataError(f"--val-size {cfg.val_size} leaves no training images of this set's {n_train}; lower it")
     if cfg.focus:
         if cfg.focus.strip() == "all":
             ids = tuple(range(k))
