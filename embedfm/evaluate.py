@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedfm import CLASS_NAMES, rundir
-from embedfm.data import load_fashion_mnist
+from embedfm import rundir
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_npz
 from embedfm.gallery import most_confused
@@ -53,8 +52,9 @@ def evaluate_run(
     focus = tuple(focus or cfg.focus_classes)
     device = select_device("auto")
     model = run.model(device)
-    data = data or load_fashion_mnist(cfg.data_dir)
+    data = data or run.load_data(progress=progress)
     run.check_data(data)
+    num_classes = run.num_classes
     splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     if k > len(splits.train_y):
         raise EmbedfmError(f"k={k} is larger than the number of reference embeddings ({len(splits.train_y)})")
@@ -71,11 +71,12 @@ def evaluate_run(
         desc="embed test",
     )
     y_train, y_test = splits.train_y.numpy(), splits.test_y.numpy()
-    knn = KNNClassifier(k=k, metric=metric).fit(train_emb.numpy(), y_train)
+    knn = KNNClassifier(k=k, metric=metric, num_classes=num_classes).fit(train_emb.numpy(), y_train)
     pred_knn = knn.predict(test_emb.numpy())
     pred_softmax = test_logits.argmax(1).numpy()
-    knn_metrics = lambda pred: {**classifier_metrics(y_test, pred, focus), "k": k, "metric": metric}
-    classifiers = {"softmax": classifier_metrics(y_test, pred_softmax, focus), "knn": knn_metrics(pred_knn)}
+    scores = lambda pred: classifier_metrics(y_test, pred, focus, num_classes=num_classes)
+    knn_metrics = lambda pred: {**scores(pred), "k": k, "metric": metric}
+    classifiers = {"softmax": scores(pred_softmax), "knn": knn_metrics(pred_knn)}
     # test_probs: out-of-sample class probabilities, what `embedfm floor` (confident learning) reads
     arrays = {"pred_softmax": pred_softmax, "pred_knn": pred_knn, "test_probs": test_logits.float().softmax(1).numpy()}
     if test_emb_flip is not None:
@@ -95,8 +96,9 @@ def evaluate_run(
         "config": cfg.to_dict(),
         "classifiers": classifiers,
         "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
-        "per_image": per_image(y_test, arrays, ap_at_r(test_emb.numpy(), y_test)),
     }
+    if num_classes <= 10:  # per-image records are digit strings, one digit per image
+        entry["per_image"] = per_image(y_test, arrays, ap_at_r(test_emb.numpy(), y_test))
     if cfg.holdout_classes:  # the unseen-class test (embedfm.unseen): the train images of each held-out class
         pools = {
             c: embed(model, data.train_images[data.train_labels == c], device).emb.numpy() for c in cfg.holdout_classes
@@ -153,7 +155,7 @@ def evaluate(
     check_same_data(opened, names)
     out = Path(out) if out else default_out(run_dirs)
     with rundir.lock(out, "eval", log):  # one writer per report dir
-        data = load_fashion_mnist(data_dir) if data_dir else None
+        data = opened[0].load_data(data_dir, progress=progress)
         runs, preds = {}, {}
         for name, r, run in zip(names, run_dirs, opened):
             entry, arrays = evaluate_run(r, data=data, k=k, metric=metric, focus=focus, progress=progress, run=run)
@@ -169,10 +171,13 @@ def evaluate(
                 f"MAP@R {entry['retrieval']['map_at_r']:.4f} ({entry['eval_seconds']:.0f} s)"
             )
         focus_used = tuple(focus or opened[0].config.focus_classes)
-        report = {"focus_classes": list(focus_used), "class_names": list(CLASS_NAMES), "runs": runs}
+        report = {"focus_classes": list(focus_used), "class_names": list(opened[0].class_names), "runs": runs}
+        if opened[0].config.data != "fashion-mnist":  # the set, named in report.md (Fashion-MNIST's report as ever)
+            report = {"data": opened[0].config.data, **report}
         # the faces behind the focus-class confusions: the test images of each confusion, run by run
-        data = data or load_fashion_mnist(opened[0].config.data_dir)
-        most_confused(data.test_images.numpy(), labels, preds, focus_used, out / "most_confused.png")
+        most_confused(
+            data.test_images.numpy(), labels, preds, focus_used, out / "most_confused.png", class_names=data.class_names
+        )
         write_report(report, out)
     log(f"report: {out / 'report.md'}")
     return report

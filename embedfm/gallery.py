@@ -17,6 +17,22 @@ from embedfm import CLASS_NAMES
 from embedfm.fileio import atomic_save_figure
 
 PER_PAIR = 10
+MAX_PAIRS = 12  # rows of the gallery: the most confused pairs (4 focus classes have 12; a 10-class focus 90)
+
+
+def as_hwc(images: np.ndarray) -> np.ndarray:
+    """A batch of uint8 images (N, H, W) grey or (N, 3, H, W) colour → (N, H, W, 3), what imshow draws as is."""
+    a = np.asarray(images)
+    return np.moveaxis(a, 1, -1) if a.ndim == 4 else np.repeat(a[..., None], 3, axis=-1)
+
+
+def show_image(ax, image: np.ndarray, **kw) -> None:
+    """One image (H, W) grey (with the grey colour map, as ever) or (3, H, W) colour onto a matplotlib axis."""
+    a = np.asarray(image)
+    if a.ndim == 3:
+        ax.imshow(np.moveaxis(a, 0, -1), **kw)
+    else:
+        ax.imshow(a, cmap="gray", **{"vmin": 0, "vmax": 255, **kw})
 
 
 def confused_pairs(
@@ -44,22 +60,25 @@ def most_confused(
     out_png: str | Path,
     per_pair: int = PER_PAIR,
     classifier: str = "knn",
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> Path:
     """Draw the gallery into `out_png`; returns its path.
 
-    images: (N, 28, 28) uint8 test images; labels: (N,) true labels; preds: {run name: (N,) predictions}, in
-    report order (the first is the baseline); focus: the focus classes; classifier: named in the title only."""
+    images: (N, H, W) grey or (N, 3, H, W) colour uint8 test images; labels: (N,) true labels; preds: {run name:
+    (N,) predictions}, in report order (the first is the baseline); focus: the focus classes; classifier: named in
+    the title only;
+    class_names: the names of the set's classes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = np.asarray(images)
+    images = as_hwc(images)
     names = list(preds)
-    pairs = confused_pairs(labels, preds, focus)
-    side = images.shape[1]
+    pairs = confused_pairs(labels, preds, focus)[:MAX_PAIRS]
+    side, width = images.shape[1], images.shape[2]
     right = {n: np.asarray(p) == np.asarray(labels) for n, p in preds.items()}
-    step = side + 6  # 2-pixel frame + 1 pixel of white each side
+    step = width + 6  # 2-pixel frame + 1 pixel of white each side
     fig, axes = plt.subplots(
         max(1, len(pairs)),
         len(names),
@@ -74,8 +93,8 @@ def most_confused(
                 x = 3 + j * step
                 others_right = [o for o in names if o != name and right[o][i]]
                 if others_right:  # a green frame: another run gets this image right
-                    rgb[0 : side + 4, x - 2 : x + side + 2] = (44, 160, 44)
-                rgb[2 : side + 2, x : x + side] = np.asarray(images[i])[..., None]
+                    rgb[0 : side + 4, x - 2 : x + width + 2] = (44, 160, 44)
+                rgb[2 : side + 2, x : x + width] = images[i]
             ax.imshow(rgb, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -85,7 +104,7 @@ def most_confused(
             shown = f"first {per_pair} of {n}" if n > per_pair else f"{n}"
             ax.set_title(f"{name}: {shown}", fontsize=7, loc="left", pad=2)
             if col == 0:
-                ax.set_ylabel(f"{CLASS_NAMES[a]}\n→ {CLASS_NAMES[b]}", fontsize=7, rotation=0, ha="right", va="center")
+                ax.set_ylabel(f"{class_names[a]}\n→ {class_names[b]}", fontsize=7, rotation=0, ha="right", va="center")
     if not pairs:
         axes[0, 0].axis("off")
         axes[0, 0].text(0.5, 0.5, "fewer than two focus classes: no confusions to show", ha="center", va="center")

@@ -55,12 +55,31 @@ def require(doc, keys: tuple, kind: str, where: str, fix: str = EVAL_AGAIN):
     return value
 
 
+def class_names(report: dict) -> tuple[str, ...]:
+    """The names of the report's classes 0..K-1 (Fashion-MNIST's for reports that record none)."""
+    names = report.get("class_names") if isinstance(report, dict) else None
+    if isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return CLASS_NAMES
+
+
+def class_label(c: int, name: str) -> str:
+    """ "3 dress"; a class named by its id ("3") is "3" alone."""
+    return name if name == str(c) else f"{c} {name}"
+
+
+def is_fashion_mnist(report: dict) -> bool:
+    """Whether the report is of Fashion-MNIST's classes (the shirt-recall column and its test-set line)."""
+    return class_names(report) == CLASS_NAMES
+
+
 def check_report(report, where: str) -> None:
     """What render_markdown reads from a report: focus classes, and per run its classifiers' figures (softmax
     and kNN per class), retrieval figures and the run's description."""
     focus = require(report, ("focus_classes",), "list", where)
-    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(CLASS_NAMES) for c in focus):
-        raise EmbedfmError(f"{where}: 'focus_classes' must be class ids 0-{len(CLASS_NAMES) - 1}; {EVAL_AGAIN}")
+    k = len(class_names(report))
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < k for c in focus):
+        raise EmbedfmError(f"{where}: 'focus_classes' must be class ids 0-{k - 1}; {EVAL_AGAIN}")
     for name, r in require(report, ("runs",), "dict", where).items():
         w = f"{where}: run {name!r}"
         for key in ("run_dir", "loss", "backbone", "seed", "epochs", "train_seconds", "embedding_dim"):
@@ -70,7 +89,8 @@ def check_report(report, where: str) -> None:
         for clf in {"softmax": None, "knn": None, **require(r, ("classifiers",), "dict", w)}:
             for key in ("accuracy", "focus_group_error"):
                 require(r, ("classifiers", clf, key), "number", w)
-            for c in range(len(CLASS_NAMES)) if clf in ("softmax", "knn") else (SHIRT,):
+            per = range(k) if clf in ("softmax", "knn") else (SHIRT,) if is_fashion_mnist(report) else ()
+            for c in per:
                 for key in ("precision", "recall", "f1") if clf in ("softmax", "knn") else ("recall",):
                     require(r, ("classifiers", clf, "per_class", str(c), key), "number", w)
 
@@ -89,25 +109,26 @@ def _label(clf: str, c: dict) -> str:
 
 def summary_table(report: dict) -> list[str]:
     """One row per run and classifier (softmax, kNN, and kNN with flip-averaged queries where evaluated)."""
-    rows = []
+    rows, fm = [], is_fashion_mnist(report)  # shirt recall: Fashion-MNIST's hardest class, no other set's
     for name, r in report["runs"].items():
         for clf, c in r["classifiers"].items():
             ret = r["retrieval"]
-            shirt = c["per_class"][str(SHIRT)]["recall"]
+            shirt = [f"{c['per_class'][str(SHIRT)]['recall']:.3f}"] if fm else []
             rows.append(
-                [name, r["loss"], _label(clf, c), _pct(c["accuracy"]), _pct(c["focus_group_error"]), f"{shirt:.3f}",
+                [name, r["loss"], _label(clf, c), _pct(c["accuracy"]), _pct(c["focus_group_error"]), *shirt,
                  f"{ret['precision_at_1']:.4f}", f"{ret['map_at_r']:.4f}"]
             )  # fmt: skip
-    header = ["run", "loss", "classifier", "accuracy", "focus-group error", "shirt recall", "P@1", "MAP@R"]
+    header = ["run", "loss", "classifier", "accuracy", "focus-group error", *(["shirt recall"] if fm else []), "P@1",
+              "MAP@R"]  # fmt: skip
     return md_table(header, rows).split("\n")
 
 
 def per_class_table(report: dict) -> list[str]:
-    focus = set(report["focus_classes"])
+    focus, names = set(report["focus_classes"]), class_names(report)
     cols = [(n, clf) for n in report["runs"] for clf in ("softmax", "knn")]
     rows = []
-    for c in range(10):
-        name = f"**{c} {CLASS_NAMES[c]}**" if c in focus else f"{c} {CLASS_NAMES[c]}"
+    for c in range(len(names)):
+        name = f"**{class_label(c, names[c])}**" if c in focus else class_label(c, names[c])
         cells = []
         for n, clf in cols:
             pc = report["runs"][n]["classifiers"][clf]["per_class"][str(c)]
@@ -118,7 +139,7 @@ def per_class_table(report: dict) -> list[str]:
 
 def unseen_table(report: dict) -> list[str]:
     """The unseen-class test (runs trained with --holdout-classes): retrieval and few-shot kNN per held-out class."""
-    rows = []
+    rows, names = [], class_names(report)
     for name, r in report["runs"].items():
         unseen = r.get("unseen")
         if not isinstance(unseen, dict):
@@ -130,7 +151,7 @@ def unseen_table(report: dict) -> list[str]:
                     for n, f in u["few_shot"].items()
                 )
                 rows.append(
-                    [name, f"{c} {CLASS_NAMES[int(c)]}", f"{u['map_at_r']:.4f}", f"{u['r_precision']:.4f}", shots]
+                    [name, class_label(int(c), names[int(c)]), f"{u['map_at_r']:.4f}", f"{u['r_precision']:.4f}", shots]
                 )
             except (KeyError, TypeError, ValueError, IndexError):
                 raise EmbedfmError(f"run {name!r}: unseen-class figures damaged; {EVAL_AGAIN}") from None
@@ -149,11 +170,18 @@ def unseen_table(report: dict) -> list[str]:
 
 
 def render_markdown(report: dict, figures: list[str]) -> str:
-    focus = ", ".join(f"{c} {CLASS_NAMES[c]}" for c in report["focus_classes"])
+    names = class_names(report)
+    focus = ", ".join(class_label(c, names[c]) for c in report["focus_classes"])
+    if is_fashion_mnist(report):
+        test_set = "10 000 Fashion-MNIST images"
+    else:
+        n = int(np.asarray(next(iter(report["runs"].values()))["classifiers"]["softmax"]["confusion"]).sum())
+        data = report.get("data", "the runs' set")
+        test_set = f"{n:,} images of {data}, {len(names)} classes ({', '.join(names)})"
     md = [
         "# embedfm evaluation report",
         "",
-        f"Test set: 10 000 Fashion-MNIST images. Focus classes: {focus}.",
+        f"Test set: {test_set}. Focus classes: {focus}.",
         "Focus-group error = share of focus-class test images predicted as a *different* focus class. "
         'kNN: FAISS exact search over the run\'s train-split embeddings (cosine); "flip-averaged queries": '
         "each test image's embedding averaged with its mirror's. "
@@ -191,6 +219,9 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
     runs = report["runs"]
     names = list(runs)
     focus = report["focus_classes"]
+    names_ = class_names(report)
+    k = len(names_)
+    font = 7 if k <= 12 else max(3, 7 * 12 / k)  # tick labels shrink with the class count
 
     def norm(cm):
         cm = np.asarray(cm, dtype=float)
@@ -199,16 +230,16 @@ def plot_confusions(report: dict, out: Path) -> list[str]:
     def draw(ax, m, title, cmap, vmin, vmax):
         im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(10), [str(i) for i in range(10)], fontsize=7)
-        ax.set_yticks(range(10), [f"{i} {CLASS_NAMES[i]}" for i in range(10)], fontsize=7)
+        ax.set_xticks(range(k), [str(i) for i in range(k)], fontsize=font)
+        ax.set_yticks(range(k), [class_label(i, names_[i]) for i in range(k)], fontsize=font)
         for t in ax.get_yticklabels() + ax.get_xticklabels():
             if int(t.get_text().split()[0]) in focus:
                 t.set_fontweight("bold")
                 t.set_color("crimson")
         ax.set_xlabel("predicted", fontsize=8)
         signed = vmin < 0
-        for i in range(10):
-            for j in range(10):
+        for i in range(k if k <= 30 else 0):  # no cell figures where the cells are too small to read
+            for j in range(k):
                 if abs(m[i, j]) >= (0.25 if signed else 0.5):
                     ax.text(
                         j,

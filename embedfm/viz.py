@@ -20,6 +20,7 @@ import numpy as np
 from embedfm import CLASS_NAMES, rundir
 from embedfm.errors import EmbedfmError
 from embedfm.fileio import atomic_save_figure, atomic_write_json
+from embedfm.report import class_label
 from embedfm.run import Run, read_embeddings
 
 NUMBA_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedfm" / "numba"
@@ -106,21 +107,44 @@ def load_test_embeddings(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, d
     return emb, labels, cfg
 
 
-def draw_panel(ax, xy: np.ndarray, labels: np.ndarray, focus: tuple[int, ...], title: str) -> None:
-    others = [c for c in range(10) if c not in focus]
+def class_colors(k: int) -> list[str]:
+    """One colour per class of a K-class set: Fashion-MNIST's ten as ever; more from matplotlib's tab20, then
+    spread around the hue circle."""
+    if k <= len(OTHER_COLORS):
+        return OTHER_COLORS[:k]
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["tab20"] if k <= 20 else colormaps["hsv"]
+    return [to_hex(cmap(c if k <= 20 else c / k)) for c in range(k)]
+
+
+def draw_panel(
+    ax,
+    xy: np.ndarray,
+    labels: np.ndarray,
+    focus: tuple[int, ...],
+    title: str,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+) -> None:
+    k = len(class_names)
+    colors = class_colors(k)
+    focus_colors = FOCUS_COLORS if k <= len(OTHER_COLORS) else {}
+    others = [c for c in range(k) if c not in focus]
     for c in others:
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=1, c=OTHER_COLORS[c], alpha=0.25, linewidths=0, label=f"{c} {CLASS_NAMES[c]}")
+        label = class_label(c, class_names[c])
+        ax.scatter(xy[m, 0], xy[m, 1], s=1, c=colors[c], alpha=0.25, linewidths=0, label=label)
     for c in focus:
         m = labels == c
         ax.scatter(
             xy[m, 0],
             xy[m, 1],
             s=3,
-            c=FOCUS_COLORS.get(c, OTHER_COLORS[c]),
+            c=focus_colors.get(c, colors[c]),
             alpha=0.8,
             linewidths=0,
-            label=f"{c} {CLASS_NAMES[c]}",
+            label=class_label(c, class_names[c]),
         )
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
@@ -146,6 +170,7 @@ def visualize(
     names = rundir.run_names(run_dirs)
     loaded = [load_test_embeddings(r) for r in run_dirs]
     focus = tuple(focus or loaded[0][2]["focus_classes"])
+    class_names = Run.open(run_dirs[0]).class_names
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 6), squeeze=False)
     rng = np.random.default_rng(seed)
     stats = {}
@@ -159,6 +184,7 @@ def visualize(
             labels[idx],
             focus,
             f"{name} ({cfg['loss']}, {cfg['backbone']})\nfocus-class silhouette (cosine, {emb.shape[1]}-d): {sil:.3f}",
+            class_names,
         )
         stats[name] = sil
         log(f"{name}: focus-class silhouette {sil:.3f}")
@@ -168,7 +194,7 @@ def visualize(
         [handles[i] for i in order],
         [lbls[i] for i in order],
         loc="lower center",
-        ncol=10,
+        ncol=min(10, len(lbls)),
         fontsize=8,
         markerscale=5,
         frameon=False,
