@@ -45,13 +45,15 @@ class Explore:
     neighbors: np.ndarray  # (R, N, k) indices into train_ids: each test image's nearest training images per run
     train_ids: np.ndarray  # (M,) indices into the training set of every image that is someone's neighbour
     train_labels: np.ndarray  # (M,)
-    test_images: np.ndarray  # (N, 28, 28) uint8
-    train_images: np.ndarray  # (M, 28, 28) uint8
+    test_images: np.ndarray  # (N, H, W) grey or (N, 3, H, W) colour uint8
+    train_images: np.ndarray  # (M, H, W) or (M, 3, H, W) uint8
+    class_names: tuple[str, ...] = CLASS_NAMES  # the names of the runs' classes 0..K-1
 
     @property
     def confusions(self) -> np.ndarray:
-        """(R, 10, 10): [run, true, predicted] → number of the images shown."""
-        cm = np.zeros((len(self.names), len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
+        """(R, K, K): [run, true, predicted] → number of the images shown."""
+        k = len(self.class_names)
+        cm = np.zeros((len(self.names), k, k), dtype=np.int64)
         for r, pred in enumerate(self.preds):
             np.add.at(cm[r], (self.labels, pred), 1)
         return cm
@@ -104,7 +106,6 @@ def prepare(
 ) -> Explore:
     """Read the runs' embeddings.npz (computed by eval where missing), lay the test embeddings out with UMAP
     and find each test image's k nearest training images in each run."""
-    from embedfm.data import load_fashion_mnist
     from embedfm.knn import build_index
     from embedfm.viz import focus_silhouette, load_test_embeddings, umap_2d
 
@@ -120,11 +121,13 @@ def prepare(
     check_comparable(run_dirs, [a["test_labels"] for a in arrays])
     labels = arrays[0]["test_labels"].astype(np.int64)
     focus = tuple(focus or configs[0]["focus_classes"])
-    if not all(0 <= c < len(CLASS_NAMES) for c in focus):
-        raise EmbedfmError(f"focus classes must be class ids 0-{len(CLASS_NAMES) - 1}, got {list(focus)}")
-    data = load_fashion_mnist(data_dir or configs[0]["data_dir"])
-    for r in run_dirs:
-        Run.open(r).check_data(data)
+    runs = [Run.open(r) for r in run_dirs]
+    class_names = runs[0].class_names
+    if not all(0 <= c < len(class_names) for c in focus):
+        raise EmbedfmError(f"focus classes must be class ids 0-{len(class_names) - 1}, got {list(focus)}")
+    data = runs[0].load_data(data_dir, progress=False)
+    for run in runs[1:]:
+        run.check_data(data)
     if len(data.test_labels) != len(labels) or not np.array_equal(data.test_labels.numpy(), labels):
         raise EmbedfmError(f"{data.source}: test labels differ from {names[0]}'s embeddings.npz; pass --data-dir")
 
@@ -165,6 +168,7 @@ def prepare(
         train_labels=data.train_labels.numpy()[train_ids].astype(np.int64),
         test_images=data.test_images.numpy()[shown],
         train_images=data.train_images.numpy()[train_ids],
+        class_names=tuple(class_names),
     )
 
 

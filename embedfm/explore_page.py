@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from embedfm.explore import Explore
 
 SIDE = 28  # Fashion-MNIST images are SIDE × SIDE
+MAX_SIDE = 64  # thumbnails of larger images are shrunk to this side
 PAGE_BUDGET = 15_000_000  # bytes: the page for 2 runs × 10,000 test images must stay under this
 BUDGET_MARGIN = 200_000  # what the estimate of the training sprite's size may be off by
 # (side, grey levels) of the training-image thumbnails, best first: the sprite takes the first that fits the budget
@@ -53,15 +54,36 @@ def asset(name: str) -> str:
     return (files("embedfm") / "explore_assets" / name).read_text(encoding="utf-8")
 
 
+def thumbnails(images: np.ndarray) -> np.ndarray:
+    """A set's images (n, H, W) grey or (n, 3, H, W) colour → square thumbnails (n, s, s) or (n, s, s, 3):
+    non-square images centred on black, s = the longer side, at most MAX_SIDE (larger ones shrunk). Fashion-MNIST's
+    (n, 28, 28) come back as they are."""
+    from PIL import Image
+
+    a = np.asarray(images)
+    if a.ndim == 4:
+        a = np.moveaxis(a, 1, -1)
+    n, h, w = a.shape[:3]
+    if h == w and h <= MAX_SIDE:
+        return a
+    side = max(h, w)
+    sq = np.zeros((n, side, side, *a.shape[3:]), dtype=np.uint8)
+    sq[:, (side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = a
+    if side <= MAX_SIDE:
+        return sq
+    return np.stack([np.asarray(Image.fromarray(im).resize((MAX_SIDE, MAX_SIDE), Image.LANCZOS)) for im in sq])
+
+
 def sprite(images: np.ndarray) -> tuple[np.ndarray, int]:
-    """(n, s, s) → (one grey image with the n images in a grid, columns). Image i sits at pixel
-    x = (i % cols) · s, y = (i // cols) · s; the grid is about square, so neither side grows long."""
-    n, side = len(images), images.shape[1]
+    """(n, s, s) grey or (n, s, s, 3) colour → (one image with the n images in a grid, columns). Image i sits at
+    pixel x = (i % cols) · s, y = (i // cols) · s; the grid is about square, so neither side grows long."""
+    n, side, extra = len(images), images.shape[1], images.shape[3:]
     cols = sprite_cols(n)
     rows = max(1, math.ceil(n / cols))
-    grid = np.zeros((rows * cols, side, side), dtype=np.uint8)
+    grid = np.zeros((rows * cols, side, side, *extra), dtype=np.uint8)
     grid[:n] = images
-    return grid.reshape(rows, cols, side, side).transpose(0, 2, 1, 3).reshape(rows * side, cols * side), cols
+    out = grid.reshape(rows, cols, side, side, *extra).transpose(0, 2, 1, 3, *range(4, 4 + len(extra)))
+    return out.reshape(rows * side, cols * side, *extra), cols
 
 
 def sprite_cols(n: int) -> int:
@@ -70,14 +92,18 @@ def sprite_cols(n: int) -> int:
 
 def png_bytes(grey: np.ndarray, levels: int = 256) -> bytes:
     """A grey image as PNG; with `levels` < 256, quantised to that many evenly spaced greys and stored as a
-    palette PNG of log2(levels) bits a pixel (16 levels: less than half the bytes of the 8-bit image)."""
+    palette PNG of log2(levels) bits a pixel (16 levels: less than half the bytes of the 8-bit image). A colour
+    image (H, W, 3) likewise, quantised to `levels` colours."""
     from PIL import Image
 
     buf = io.BytesIO()
     if levels >= 256:
-        Image.fromarray(grey, "L").save(buf, "PNG")  # optimize=True: 1 % smaller, twice the time
+        Image.fromarray(grey, "RGB" if grey.ndim == 3 else "L").save(buf, "PNG")  # optimize: 1 % smaller, 2× time
         return buf.getvalue()
     bits = max(1, math.ceil(math.log2(levels)))
+    if grey.ndim == 3:
+        Image.fromarray(grey, "RGB").quantize(colors=levels).save(buf, "PNG", bits=bits)
+        return buf.getvalue()
     q = (grey.astype(np.int32) * (levels - 1) + 127) // 255
     img = Image.fromarray(q.astype(np.uint8), "P")
     img.putpalette([g for v in range(levels) for g in (round(v * 255 / (levels - 1)),) * 3])
@@ -102,13 +128,14 @@ def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
 
 
-def _class_color(c: int, focus: tuple[int, ...]) -> str:
-    from embedfm.viz import FOCUS_COLORS, OTHER_COLORS
+def _class_color(c: int, focus: tuple[int, ...], k: int = len(CLASS_NAMES)) -> str:
+    from embedfm.viz import FOCUS_COLORS, OTHER_COLORS, class_colors
 
-    return FOCUS_COLORS.get(c, OTHER_COLORS[c]) if c in focus else OTHER_COLORS[c]
+    colors = class_colors(k)
+    return FOCUS_COLORS.get(c, colors[c]) if c in focus and k <= len(OTHER_COLORS) else colors[c]
 
 
-def _page_data(ex: Explore, test_cols: int, train_cols: int) -> dict:
+def _page_data(ex: Explore, test_cols: int, train_cols: int, side: int = SIDE) -> dict:
     """What the page's JavaScript reads (JSON in a <script> element). Integer arrays travel as base64 of
     little-endian bytes, decoded into typed arrays."""
     idx_dtype = _ids(np.arange(len(ex.train_ids)))
@@ -124,7 +151,7 @@ def _page_data(ex: Explore, test_cols: int, train_cols: int) -> dict:
         )
     return {
         "names": ex.names,
-        "classNames": list(CLASS_NAMES),
+        "classNames": list(ex.class_names),
         "focus": list(ex.focus),
         "classifier": ex.classifier,
         "n": len(ex.labels),
@@ -140,17 +167,17 @@ def _page_data(ex: Explore, test_cols: int, train_cols: int) -> dict:
         "trainLabels": _b64(ex.train_labels.astype(np.uint8)),
         "confusions": ex.confusions.tolist(),
         "comparisons": comparisons,
-        "sprites": {"test": {"cols": test_cols}, "train": {"cols": train_cols}, "side": SIDE},
+        "sprites": {"test": {"cols": test_cols}, "train": {"cols": train_cols}, "side": side},
         "scales": {"g": GALLERY_SCALE, "n": NEIGHBOR_SCALE, "p": PREVIEW_SCALE},
     }
 
 
-def _sprite_css(name: str, cols: int) -> str:
+def _sprite_css(name: str, cols: int, side: int = SIDE) -> str:
     """A thumbnail class per display scale, showing the sprite held by the custom property --efm-NAME (set at
     load); the page's JavaScript sets each thumbnail's background-position."""
     css = []
     for cls, scale in (("g", GALLERY_SCALE), ("n", NEIGHBOR_SCALE), ("p", PREVIEW_SCALE)):
-        s = SIDE * scale
+        s = side * scale
         css.append(
             f".efm-{name}.{cls}{{background-image:var(--efm-{name});width:{s:g}px;height:{s:g}px;"
             f"background-size:{cols * s:g}px auto}}"
@@ -200,7 +227,7 @@ def _confusion_panel(ex: Explore, r: int, cm: np.ndarray, size: int):
     from bokeh.palettes import Blues256
     from bokeh.plotting import figure
 
-    n = len(CLASS_NAMES)
+    n = len(ex.class_names)
     true, pred = np.divmod(np.arange(n * n), n)
     counts = cm.ravel()
     share = counts / np.maximum(cm.sum(1), 1)[true]
@@ -211,8 +238,8 @@ def _confusion_panel(ex: Explore, r: int, cm: np.ndarray, size: int):
             "pred": pred,
             "count": counts,
             "share": (100 * share).round(1),
-            "true_name": [CLASS_NAMES[t] for t in true],
-            "pred_name": [CLASS_NAMES[p] for p in pred],
+            "true_name": [ex.class_names[t] for t in true],
+            "pred_name": [ex.class_names[p] for p in pred],
             "color": [palette[min(255, int(s * 255))] for s in share],
             "text_color": ["white" if s > 0.55 else "#222" for s in share],
             "label": [str(c) if c else "" for c in counts],
@@ -250,7 +277,7 @@ def _confusion_panel(ex: Explore, r: int, cm: np.ndarray, size: int):
            nonselection_text_alpha="text_alpha")  # fmt: skip
     p.add_tools(TapTool(renderers=[cells]))
     p.add_tools(HoverTool(renderers=[cells], tooltips="@true_name → @pred_name: @count (@share% of the row)"))
-    ticks = {i: (f"★ {c}" if i in ex.focus else c) for i, c in enumerate(CLASS_NAMES)}
+    ticks = {i: (f"★ {c}" if i in ex.focus else c) for i, c in enumerate(ex.class_names)}
     for axis in (p.xaxis, p.yaxis):
         axis.ticker = list(range(n))
         axis.major_label_overrides = ticks
@@ -263,19 +290,23 @@ def _confusion_panel(ex: Explore, r: int, cm: np.ndarray, size: int):
 
 
 def neighbor_sprite(images: np.ndarray, room: int, seed: int = 0) -> tuple[bytes, int, int]:
-    """(PNG, thumbnail side, grey levels) of the training-image sprite: the first rung of THUMB_LADDER whose
-    base64 fits in `room` bytes (estimated from a sample of the images; the last rung if none fits)."""
+    """(PNG, thumbnail side, grey levels) of the training-image sprite (`images`: square thumbnails, see
+    `thumbnails`): the first rung of THUMB_LADDER (its sides scaled from 28 to the thumbnails' side) whose base64
+    fits in `room` bytes (estimated from a sample of the images; the last rung if none fits)."""
     from PIL import Image
 
+    full = images.shape[1]
+    ladder = [(full if s == SIDE else max(4, round(s * full / SIDE)), levels) for s, levels in THUMB_LADDER]
+
     def shrink(imgs: np.ndarray, side: int) -> np.ndarray:
-        if side == SIDE:
+        if side == full:
             return imgs
         return np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.LANCZOS)) for im in imgs])
 
     n = len(images)
     sample = images[np.random.default_rng(seed).permutation(n)[:SAMPLE]] if n > SAMPLE else images
-    for rung, (side, levels) in enumerate(THUMB_LADDER):
-        last = rung == len(THUMB_LADDER) - 1
+    for rung, (side, levels) in enumerate(ladder):
+        last = rung == len(ladder) - 1
         per_image = len(png_bytes(sprite(shrink(sample, side))[0], levels)) / max(1, len(sample))
         if per_image * n * 4 / 3 > room and not last:
             continue
@@ -303,9 +334,8 @@ def page_html(ex: Explore, title: str | None = None, budget: int = PAGE_BUDGET) 
     cols["size"] = np.where(focus, FOCUS_SIZE, OTHER_SIZE).astype(np.uint8)
     cols["alpha"] = np.where(focus, FOCUS_ALPHA, OTHER_ALPHA).astype(np.float32)
     source = ColumnDataSource(cols, name="points")
-    colors = LinearColorMapper(
-        palette=[_class_color(c, ex.focus) for c in range(len(CLASS_NAMES))], low=-0.5, high=len(CLASS_NAMES) - 0.5
-    )
+    k = len(ex.class_names)
+    colors = LinearColorMapper(palette=[_class_color(c, ex.focus, k) for c in range(k)], low=-0.5, high=k - 0.5)
     only_focus = BooleanFilter(booleans=[True] * len(ex.labels), name="focus_filter")
     view = CDSView(filter=only_focus)
     size = 560 if len(ex.names) <= 2 else 440
@@ -319,13 +349,15 @@ def page_html(ex: Explore, title: str | None = None, budget: int = PAGE_BUDGET) 
               "cmplots": [p for p, _ in confusions]}  # fmt: skip
     doc.js_on_event(DocumentReady, CustomJS(args=models, code="EFM.init({source, filter, umaps, cms, cmplots});"))
 
-    test_grid, test_cols = sprite(ex.test_images)
-    train_cols = sprite_cols(len(ex.train_images))
-    data = json.dumps(_page_data(ex, test_cols, train_cols), separators=(",", ":")).replace("</", "<\\/")
+    test_thumbs, train_thumbs = thumbnails(ex.test_images), thumbnails(ex.train_images)
+    side = test_thumbs.shape[1]
+    test_grid, test_cols = sprite(test_thumbs)
+    train_cols = sprite_cols(len(train_thumbs))
+    data = json.dumps(_page_data(ex, test_cols, train_cols, side), separators=(",", ":")).replace("</", "<\\/")
     variables = {
         # the sprites' rules, a blank line, then the page's own style sheet
         "efm_css": "\n".join(
-            [_sprite_css("test", test_cols), _sprite_css("train", train_cols), "", asset("explore.css")]
+            [_sprite_css("test", test_cols, side), _sprite_css("train", train_cols, side), "", asset("explore.css")]
         ),
         "efm_test_png": base64.b64encode(png_bytes(test_grid)).decode(),
         "efm_train_png": _TRAIN_PNG,
@@ -336,8 +368,9 @@ def page_html(ex: Explore, title: str | None = None, budget: int = PAGE_BUDGET) 
     }
     page = file_html(doc, resources=INLINE, title=title, template=asset("page.html"), template_variables=variables)
     room = budget - len(page.encode()) - BUDGET_MARGIN
-    png, side, levels = neighbor_sprite(ex.train_images, room)
-    thumbs = f"{side}×{side} pixels, {levels} greys" if levels < 256 or side < SIDE else "lossless"
+    png, thumb_side, levels = neighbor_sprite(train_thumbs, room)
+    shades = "colours" if train_thumbs.ndim == 4 else "greys"
+    thumbs = f"{thumb_side}×{thumb_side} pixels, {levels} {shades}" if levels < 256 or thumb_side < side else "lossless"
     train = f'id="efm-sprite-train">{_TRAIN_PNG}<'
     page = page.replace(train, f'id="efm-sprite-train">{base64.b64encode(png).decode()}<', 1)
     return page.replace(_THUMBS, thumbs, 1)
@@ -345,9 +378,9 @@ def page_html(ex: Explore, title: str | None = None, budget: int = PAGE_BUDGET) 
 
 def _legend_html(ex: Explore) -> str:
     items = [
-        f'<span class="efm-sw" style="background:{_class_color(c, ex.focus)}"></span>'
+        f'<span class="efm-sw" style="background:{_class_color(c, ex.focus, len(ex.class_names))}"></span>'
         + (f"<b>{html.escape(name)}</b>" if c in ex.focus else html.escape(name))
-        for c, name in enumerate(CLASS_NAMES)
+        for c, name in enumerate(ex.class_names)
     ]
     return "".join(f"<span>{i}</span>" for i in items)
 
@@ -390,7 +423,7 @@ def _comparison_html(ex: Explore) -> str:
             tot["fixed"] += nf
             tot["broken"] += nb
             out.append(
-                f'<tr data-class="{c}"><td>{html.escape(CLASS_NAMES[c])}</td>'
+                f'<tr data-class="{c}"><td>{html.escape(ex.class_names[c])}</td>'
                 + "".join(
                     f'<td><button class="efm-list" data-b="{b}" data-class="{c}" data-kind="{kind}" '
                     f'data-count="{m}">{m}</button></td>'
