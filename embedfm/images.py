@@ -186,3 +186,53 @@ def resize(a: np.ndarray, size: int, mode: str) -> np.ndarray:
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = r
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# an outside image (a search query, a catalogue file) in a run's format
+
+
+def run_format(run) -> tuple[int, int, int] | None:
+    """The image format a run's model takes, (channels, height, width), or None for a Fashion-MNIST run (whose
+    outside images are framed the Fashion-MNIST way, `to_fashion_mnist`)."""
+    if run.config.data == "fashion-mnist":
+        return None
+    args = run.model_args
+    size = args.get("image_size", (28, 28))
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(args.get("in_channels", 1)), int(h), int(w)
+
+
+def to_run_format(a: np.ndarray, fmt: tuple[int, int, int], resize_mode: str = "crop") -> np.ndarray:
+    """uint8 (H, W) grey or (H, W, 3) colour pixels (`pixels`) → a run's format `fmt` (channels, height, width):
+    resized as the run's set was (`resize`, its --resize mode; a non-square format: stretched to it), colour made
+    grey (ITU-R 601 luma, as PIL's) or grey repeated into three channels. (H, W) for one channel, else (3, H, W)."""
+    from PIL import Image
+
+    c, h, w = fmt
+    if a.shape[:2] != (h, w):
+        if h == w:
+            a = resize(a, h, resize_mode)
+        else:
+            a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    if c == 1 and a.ndim == 3:
+        a = np.asarray(Image.fromarray(a, "RGB").convert("L"), dtype=np.uint8)
+    elif c == 3 and a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return np.ascontiguousarray(np.moveaxis(a, -1, 0)) if c == 3 else np.ascontiguousarray(a)
+
+
+def load_image_as(
+    path: str | os.PathLike,
+    fmt: tuple[int, int, int] | None,
+    resize_mode: str = "crop",
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Read an image file in a run's format (`run_format`): None → `load_image` (Fashion-MNIST's framing, (28,
+    28)); else `pixels` through `to_run_format`. One DataError line for a bad file, as `load_image`."""
+    if fmt is None:
+        return load_image(path, max_pixels)
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:  # a dir, a missing file, a FIFO, an empty file: load_image's line
+        return load_image(p, max_pixels)
+    return to_run_format(open_checked(p, str(p), max_pixels, pixels), fmt, resize_mode)

@@ -5,7 +5,8 @@ from the sub-folder name when it is a class name or id), or an IDX image file (l
 optional IDX label file). The index dir (default `RUN/index/`) holds:
 
     index.faiss    the FAISS index (inner product on unit-norm embeddings = cosine similarity)
-    catalogue.npz  id → label (-1 = unknown), source ("train:123", a file path), 28×28 image
+    catalogue.npz  id → label (-1 = unknown), source ("train:123", a file path), image in the run's format
+                   (28×28 grey for Fashion-MNIST; others' (H, W) or (3, H, W), recorded as index.json's image_shape)
     index.json     what was built: factory string, run, catalogue, sizes, build time, search defaults
     items-*.log    items added and removed since (`live.py`), folded into `index-*.faiss` / `catalogue-*.npz`
                    snapshots that index.json then names
@@ -28,10 +29,10 @@ import faiss
 import numpy as np
 
 from embedfm import CLASS_NAMES, rundir
-from embedfm.data import load_fashion_mnist, read_idx
+from embedfm.data import read_idx
 from embedfm.errors import DataError, EmbedfmError
 from embedfm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json, read_npz
-from embedfm.images import IMAGE_SUFFIXES, load_image
+from embedfm.images import IMAGE_SUFFIXES, load_image_as, run_format
 from embedfm.inference import embed_images, select_device
 from embedfm.run import Run
 
@@ -66,22 +67,47 @@ FILE_DEFAULTS = {"index_file": INDEX_FILE, "catalogue_file": CATALOGUE_FILE, "lo
 
 
 # ----------------------------------------------------------------------------------------------
-# catalogues: (images (N, 28, 28) uint8, labels (N,) int64, sources (N,) str)
+# catalogues: (images (N, 28, 28) uint8 (the run's format: (N, H, W) or (N, 3, H, W)), labels (N,) int64,
+# sources (N,) str)
+
+FASHION_SHAPE = (28, 28)
 
 
-def catalogue_from(source: str, data_dir: str | None = None, labels_file: str | None = None):
+def image_shape(meta: dict) -> tuple[int, ...]:
+    """The shape of one catalogue image of an index (index.json's image_shape; 28 × 28 for indexes without one)."""
+    shape = meta.get("image_shape", list(FASHION_SHAPE))
+    return tuple(shape) if isinstance(shape, list) else FASHION_SHAPE
+
+
+def item_shape(run: Run | None) -> tuple[int, ...]:
+    """The shape of one image of a run's format as stored: (H, W) grey, (3, H, W) colour."""
+    fmt = run_format(run) if run is not None else None
+    if fmt is None:
+        return FASHION_SHAPE
+    return fmt[1:] if fmt[0] == 1 else fmt
+
+
+def catalogue_from(source: str, data_dir: str | None = None, labels_file: str | None = None, run: Run | None = None):
+    """A catalogue in `run`'s image format (Fashion-MNIST's where no run is given)."""
     if source in ("train", "test"):
-        data = load_fashion_mnist(data_dir)
+        if run is None:
+            from embedfm.data import load_fashion_mnist
+
+            data = load_fashion_mnist(data_dir)
+        else:
+            data = run.load_data(data_dir, progress=False)
         images = (data.train_images if source == "train" else data.test_images).numpy()
         labels = (data.train_labels if source == "train" else data.test_labels).numpy().astype(np.int64)
         return images, labels, np.array([f"{source}:{i}" for i in range(len(labels))])
     p = Path(source)
     if p.is_dir():
-        return folder_catalogue(p)
+        return folder_catalogue(p, run)
     if p.is_file():
-        images = read_idx(p)
-        if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise DataError(f"{p}: expected an IDX file of 28×28 images, got shape {images.shape}")
+        shape = item_shape(run)
+        images = read_idx(p, None)
+        if images.shape[1:] != shape:
+            want = "×".join(map(str, shape))
+            raise DataError(f"{p}: expected an IDX file of {want} images (the run's), got shape {images.shape}")
         labels = np.full(len(images), -1, dtype=np.int64)
         if labels_file:
             labels = read_idx(Path(labels_file)).astype(np.int64)
@@ -91,12 +117,16 @@ def catalogue_from(source: str, data_dir: str | None = None, labels_file: str | 
     raise DataError(f"catalogue {source!r}: not 'train', 'test', a folder of images or an IDX file")
 
 
-def folder_catalogue(root: Path):
+def folder_catalogue(root: Path, run: Run | None = None):
+    """The images under `root` in `run`'s format (`images.load_image_as`), labelled by their folder's name where it
+    is one of the run's class names or ids (Fashion-MNIST's without a run)."""
     files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
         raise DataError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    by_name = {n.lower(): i for i, n in enumerate(CLASS_NAMES)} | {str(i): i for i in range(len(CLASS_NAMES))}
-    images = np.stack([load_image(f) for f in files])
+    names = run.class_names if run is not None else CLASS_NAMES
+    by_name = {str(i): i for i in range(len(names))} | {n.lower(): i for i, n in enumerate(names)}
+    fmt, mode = (run_format(run), run.config.resize) if run is not None else (None, "crop")
+    images = np.stack([load_image_as(f, fmt, mode) for f in files])
     labels = np.array([by_name.get(f.parent.name.lower(), -1) for f in files], dtype=np.int64)
     return images, labels, np.array([str(f) for f in files])
 
@@ -180,7 +210,7 @@ def build(
     run = Run.open(run_dir)  # a bad run or index type fails before minutes of embedding
     model = run.model(select_device("auto"))
     out = Path(out) if out else Path(run_dir) / "index"
-    images, labels, sources = catalogue_from(catalogue, data_dir, labels_file)
+    images, labels, sources = catalogue_from(catalogue, data_dir, labels_file, run)
     empty_index(factory, run.embedding_dim, len(images))
     t0 = time.perf_counter()
     emb = embed_images(model, images, progress, desc="embed catalogue")  # (N, D)
@@ -202,6 +232,8 @@ def build(
         "ef_search": ef_search,
         "faiss_version": faiss.__version__,
     }
+    if images.shape[1:] != FASHION_SHAPE:  # 28 × 28 grey indexes as ever; others say what their images are
+        meta["image_shape"] = list(images.shape[1:])
     with rundir.lock(out, "index", log):  # one writer per index dir
         meta.update(state_names(_generation(out) + 1, snapshot=False))
         save(out, index, {"images": images, "labels": labels, "sources": sources}, meta)
@@ -266,7 +298,7 @@ def load(index_dir: str | Path):
         index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
     except RuntimeError as e:
         raise EmbedfmError(f"{d}: unreadable index ({_first_line(e)}); rebuild it with `embedfm index`") from None
-    catalogue = _read_catalogue(d / meta.get("catalogue_file", CATALOGUE_FILE))
+    catalogue = _read_catalogue(d / meta.get("catalogue_file", CATALOGUE_FILE), image_shape(meta))
     if index.ntotal != meta["n"] or index.d != meta["dim"] or len(catalogue["labels"]) != index.ntotal:
         sizes = f"index {index.ntotal} × {index.d}, index.json {meta['n']} × {meta['dim']}"
         raise EmbedfmError(f"{d}: {sizes} and catalogue {len(catalogue['labels'])} items disagree; rebuild it")
@@ -296,6 +328,10 @@ def _read_meta(d: Path) -> dict:
     for key, rx in NAMES.items():
         if key in meta and not (isinstance(meta[key], str) and rx.match(meta[key])):
             raise EmbedfmError(f"{d / META_FILE}: {key} {str(meta[key])[:80]!r} is not a file name of an index dir")
+    shape = meta.get("image_shape", list(FASHION_SHAPE))
+    if not (isinstance(shape, list) and len(shape) in (2, 3) and all(type(v) is int and 1 <= v <= 4096 for v in shape)
+            and (len(shape) == 2 or shape[0] == 3)):  # fmt: skip
+        raise EmbedfmError(f"{d / META_FILE}: image_shape {str(shape)[:40]} is not (H, W) or (3, H, W)")
     g = meta.get("generation", 0)
     if not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < 10**9:
         raise EmbedfmError(f"{d / META_FILE}: generation {str(g)[:40]!r} is not a non-negative int")
@@ -315,7 +351,7 @@ def _probe_in_child(path: Path, timeout: float = 120.0) -> None:
         raise EmbedfmError(f"{path}: unreadable index ({why}); rebuild it with `embedfm index`")
 
 
-def _read_catalogue(path: Path) -> dict:
+def _read_catalogue(path: Path, shape: tuple[int, ...] = FASHION_SHAPE) -> dict:
     """images, labels, sources and the ids and alive mask of every slot of the index (a built index's ids are its
     rows, all alive; items added and removed since change that: `live.py`)."""
     cat = read_npz(path, ("images", "labels", "sources"), "rebuild it with `embedfm index`", optional=("ids", "alive"))
@@ -323,7 +359,7 @@ def _read_catalogue(path: Path) -> dict:
     n = len(labels)
     ids = cat.setdefault("ids", np.arange(n, dtype=np.int64))
     alive = cat.setdefault("alive", np.ones(n, dtype=bool))
-    ok = (images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
+    ok = (images.dtype == np.uint8 and images.shape[1:] == shape
           and labels.ndim == 1 and labels.dtype.kind == "i" and sources.ndim == 1 and sources.dtype.kind in "U"
           and ids.ndim == 1 and ids.dtype == np.int64 and alive.ndim == 1 and alive.dtype == np.bool_
           and len(images) == n == len(sources) == len(ids) == len(alive))  # fmt: skip

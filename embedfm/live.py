@@ -125,6 +125,7 @@ class LiveIndex:
         self.dim = int(index.d)
         self.ids, self.labels = _Grow(cat["ids"].astype(np.int64)), _Grow(cat["labels"].astype(np.int64))
         self.alive, self.image_rows = _Grow(cat["alive"].astype(bool)), _Grow(cat["images"])
+        self.image_shape = tuple(cat["images"].shape[1:])  # (28, 28) for Fashion-MNIST; (H, W) or (3, H, W)
         self.sources = [str(s) for s in cat["sources"]]
         self.slot_of = {int(i): s for s, i in enumerate(self.ids.view) if self.alive.a[s]}
         self.nprobe, self.ef_search = _search_params(index)
@@ -243,10 +244,11 @@ class LiveIndex:
             )
 
     def images(self, slots: np.ndarray) -> np.ndarray:
-        """The catalogue images of `slots` (..., 28, 28) uint8; black where a slot is -1."""
+        """The catalogue images of `slots` (..., *image_shape) uint8; black where a slot is -1."""
         with self.lock.read():
             safe = np.where(slots >= 0, slots, 0)
-            return np.where((slots >= 0)[..., None, None], self.image_rows.view[safe], 0).astype(np.uint8)
+            mask = (slots >= 0).reshape(slots.shape + (1,) * len(self.image_shape))
+            return np.where(mask, self.image_rows.view[safe], 0).astype(np.uint8)
 
     def item(self, item_id: int) -> tuple[np.ndarray, int, str]:
         """(image, label, source) of a live item, or one line saying there is none."""
@@ -288,8 +290,9 @@ class LiveIndex:
         self._need_writable()
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        if x.ndim != 2 or x.shape[1] != self.dim or images.shape != (len(x), 28, 28):
-            raise EmbedfmError(f"expected (N, {self.dim}) embeddings and (N, 28, 28) images, got {x.shape}, "
+        if x.ndim != 2 or x.shape[1] != self.dim or images.shape != (len(x), *self.image_shape):
+            shape = ", ".join(map(str, self.image_shape))
+            raise EmbedfmError(f"expected (N, {self.dim}) embeddings and (N, {shape}) images, got {x.shape}, "
                                f"{images.shape}")  # fmt: skip
         sources = [""] * len(x) if sources is None else [str(s) for s in sources]
         with self._writer:
@@ -432,10 +435,11 @@ class LiveIndex:
         if rec["op"] == "add":
             items = rec["items"]
             n = len(items)
-            if len(blob) != n * (784 + 4 * self.dim):
+            size = int(np.prod(self.image_shape))  # 784 for Fashion-MNIST's
+            if len(blob) != n * (size + 4 * self.dim):
                 raise ValueError(f"{len(blob)} bytes for {n} items")
-            images = np.frombuffer(blob[: n * 784], dtype=np.uint8).reshape(n, 28, 28)
-            x = np.frombuffer(blob[n * 784 :], dtype=np.float32).reshape(n, self.dim)
+            images = np.frombuffer(blob[: n * size], dtype=np.uint8).reshape(n, *self.image_shape)
+            x = np.frombuffer(blob[n * size :], dtype=np.float32).reshape(n, self.dim)
             ids, labels = self.check_add([it["id"] for it in items], [it["label"] for it in items])
             sources = [str(it["source"]) for it in items]
             self._apply_add(ids, labels, sources, images, x)
@@ -539,19 +543,20 @@ def class_vote(labels: np.ndarray, num_classes: int) -> list[dict | None]:
 def add_files(run_dir: str, paths: list[str], index_dir: str | None = None, ids=None, label=None, log=print) -> list:
     """Embed image files (a folder: its images, labels from sub-folder names) with the run's model and add them.
     ids: one per image (default: after the largest id there is). Returns the ids added."""
+    from embedfm.images import load_image_as, run_format
     from embedfm.index import folder_catalogue
     from embedfm.inference import embed_images, select_device
     from embedfm.run import Run
 
-    network = Run.open(run_dir).model(select_device("auto"))
+    run = Run.open(run_dir)
+    network = run.model(select_device("auto"))
+    fmt = run_format(run)
     images, labels, sources = [], [], []
     for p in map(Path, paths):
         if p.is_dir():
-            im, lab, src = folder_catalogue(p)
+            im, lab, src = folder_catalogue(p, run)
         else:
-            from embedfm.images import load_image
-
-            im, lab, src = load_image(p)[None], np.array([-1]), np.array([str(p)])
+            im, lab, src = load_image_as(p, fmt, run.config.resize)[None], np.array([-1]), np.array([str(p)])
         images.append(im)
         labels.append(lab)
         sources.extend(src.tolist())
