@@ -17,7 +17,9 @@ what `embedfm search` finds.
 
 Images are given as uint8 arrays (N, 28, 28) (or one (28, 28) image), or as image file paths (one path or a
 list), which are converted like Fashion-MNIST (`images.load_image`: grey, inverted when the background is light,
-cropped, centred, 28 × 28).
+cropped, centred, 28 × 28). A run trained on another set (`--data folder:DIR` ...) takes its own format: arrays
+(N, H, W) grey or (N, 3, H, W) colour of its image size, and files brought to that size and those channels
+(`images.load_image_as`, the run's --resize); its `class_names` are its set's.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from embedfm import CLASS_NAMES, rundir
+from embedfm import rundir
 from embedfm.errors import EmbedfmError
+from embedfm.images import run_format
 
 __all__ = ["Model", "Outputs", "SearchResult", "as_images", "load"]
 
@@ -72,24 +75,28 @@ def load(run_dir: str | os.PathLike, device=None, data_dir: str | os.PathLike | 
     return Model(run.model(device), run, data_dir=data_dir)
 
 
-def as_images(images) -> np.ndarray:
-    """Images as given to the API → uint8 (N, 28, 28).
+def as_images(images, fmt: tuple[int, int, int] | None = None, resize_mode: str = "crop") -> np.ndarray:
+    """Images as given to the API → uint8 (N, 28, 28), or (N, H, W) / (N, 3, H, W) in a run's format `fmt`
+    (channels, height, width: `images.run_format`).
 
     Accepts a uint8 array (N, 28, 28) or (28, 28) (NumPy, a CPU torch tensor or nested lists), an image file
-    path, or a list of paths (each converted like Fashion-MNIST by `images.load_image`)."""
-    from embedfm.images import load_image
+    path, or a list of paths (each converted like Fashion-MNIST by `images.load_image`, or to `fmt` by
+    `images.load_image_as`)."""
+    from embedfm.images import load_image_as
 
+    shape = (28, 28) if fmt is None else (fmt[1:] if fmt[0] == 1 else fmt)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images):
-        return np.stack([load_image(p) for p in images])
+        return np.stack([load_image_as(p, fmt, resize_mode) for p in images])
     x = np.asarray(images)
-    if x.ndim == 2:
+    if x.ndim == len(shape):
         x = x[None]
-    if x.size == 0 and x.ndim != 3:  # an empty list
-        return np.zeros((0, 28, 28), dtype=np.uint8)
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise EmbedfmError(f"expected images of shape (N, 28, 28) or image file paths, got an array of {x.shape}")
+    if x.size == 0 and x.ndim != len(shape) + 1:  # an empty list
+        return np.zeros((0, *shape), dtype=np.uint8)
+    if x.shape[1:] != shape:
+        want = ", ".join(map(str, shape))
+        raise EmbedfmError(f"expected images of shape (N, {want}) or image file paths, got an array of {x.shape}")
     if x.dtype != np.uint8:
         raise EmbedfmError(
             f"expected uint8 pixels (0-255, like Fashion-MNIST), got {x.dtype}; "
@@ -112,9 +119,8 @@ class Model:
         self.config = run.config
         self.embedding_dim = run.embedding_dim
         self.num_classes = run.num_classes
-        self.class_names = (
-            CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(map(str, range(self.num_classes)))
-        )
+        self.class_names = run.class_names  # the set's (Fashion-MNIST's for its runs)
+        self._format = run_format(run)  # None: Fashion-MNIST's (28, 28) framing
         self.data_dir = data_dir
         self.reference_source: str | None = None  # "embeddings.npz" or "embedded", once `reference()` ran
         self._splits = None
@@ -138,7 +144,7 @@ class Model:
         (`inference.embed_images`)."""
         from embedfm.inference import embed_images
 
-        x = as_images(images)
+        x = as_images(images, self._format, self.config.resize)
         if len(x) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         return embed_images(self.network, np.ascontiguousarray(x), progress=False)
@@ -150,7 +156,7 @@ class Model:
 
         from embedfm.inference import embed
 
-        x = as_images(images)
+        x = as_images(images, self._format, self.config.resize)
         if len(x) == 0:
             return Outputs(np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32))
         out = embed(
@@ -238,18 +244,16 @@ class Model:
     # ------------------------------------------------------------------------------------------ data
 
     def split(self, name: str = "test") -> tuple[np.ndarray, np.ndarray]:
-        """The run's own data split: images (N, 28, 28) uint8 and labels (N,) int64.
+        """The run's own data split: images (N, 28, 28) uint8 (its set's shape) and labels (N,) int64.
 
         "train" is what the run trained on (after its --limit), "val" its validation split, "test" the test set:
         the splits `embedfm train` and `embedfm eval` use. Fails if the data differ from what the run saw."""
         if name not in SPLITS:
             raise EmbedfmError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
         if self._splits is None:
-            from embedfm.data import load_fashion_mnist
             from embedfm.sampling import make_splits
 
-            data = load_fashion_mnist(self.data_dir or self.config.data_dir)
-            self.run.check_data(data)
+            data = self.run.load_data(self.data_dir, progress=False)
             self._splits = make_splits(
                 data, self.config.val_size, self.config.limit, holdout=self.config.holdout_classes
             )
