@@ -7,12 +7,14 @@ Into --out (default RUN/export/):
                      tensors.tsv              one embedding per line, D tab-separated floats
                      metadata.tsv             a header, then per point: source (test:N), label, class name, the
                                               softmax prediction's class name, whether it is right
-                     sprite.png               the images, 28 × 28 each, row-major in a square grid
+                     sprite.png               the images, 28 × 28 each, row-major in a square grid (another
+                                              set's: square, at most 64 pixels a side, in colour if they are)
                      projector_config.pbtxt   names the three files (`single_image_dim: 28, 28`)
                  `tensorboard --logdir RUN/export` then shows them under "Projector".
     onnx         model.onnx: the embedding network (BN folded). Input `images`: float32 (N, 1, 28, 28), uint8
-                 pixels normalised as `data.to_float` does, (x / 255 - 0.2860) / 0.3530; outputs `logits` (N, C)
-                 and `embedding` (N, D, unit norm); N is a dynamic axis. Checked with `onnx.checker`, and against
+                 pixels normalised as `data.to_float` does, (x / 255 - 0.2860) / 0.3530 (a run on another set:
+                 (N, C, H, W) of its images, normalised with its set's per-channel pixel statistics); outputs `logits`
+                 (N, C) and `embedding` (N, D, unit norm); N is a dynamic axis. Checked with `onnx.checker`, and against
                  torch with onnxruntime where it is installed. Needs the `export` extra
                  (`pip install 'embedfm[export]'`: onnx, onnxscript, onnxruntime).
     npz          embeddings.npz: what `embedfm eval` saves in the run dir (train and test embeddings and labels,
@@ -122,32 +124,43 @@ def export_tensorboard(model, out: Path, split: str = "test", max_points: int = 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / TENSORS, buf.getvalue())
     atomic_write_text(out / METADATA, "\n".join(rows) + "\n")
-    atomic_write_bytes(out / SPRITE, sprite_png(images))
-    atomic_write_text(out / PROJECTOR_CONFIG, projector_config(tensor_name))
+    png, thumb = sprite_png(images)
+    atomic_write_bytes(out / SPRITE, png)
+    atomic_write_text(out / PROJECTOR_CONFIG, projector_config(tensor_name, thumb))
     return [out / TENSORS, out / METADATA, out / SPRITE, out / PROJECTOR_CONFIG]
 
 
 def sprite_grid(images):
     """uint8 (N, 28, 28) → one uint8 (S·28, S·28) image, S = ceil(sqrt(N)): image i at row i // S, column i % S,
-    the cells after the last image black. The order the Embedding Projector reads a sprite in."""
+    the cells after the last image black. The order the Embedding Projector reads a sprite in. Another set's
+    images (N, H, W) or (N, 3, H, W) become square thumbnails first (`explore_page.thumbnails`; colour stays)."""
     import numpy as np
 
-    n = len(images)
+    from embedfm.explore_page import thumbnails
+
+    images = thumbnails(images)
+    n, thumb, extra = len(images), images.shape[1], images.shape[3:]
     side = max(1, math.ceil(math.sqrt(n)))
-    grid = np.zeros((side * side, THUMB, THUMB), dtype=np.uint8)
+    if side * thumb > SPRITE_MAX_PX:
+        most = (SPRITE_MAX_PX // thumb) ** 2
+        raise EmbedfmError(f"{n} thumbnails of {thumb} pixels exceed the projector's sprite; --max-points {most}")
+    grid = np.zeros((side * side, thumb, thumb, *extra), dtype=np.uint8)
     grid[:n] = images
-    return grid.reshape(side, side, THUMB, THUMB).transpose(0, 2, 1, 3).reshape(side * THUMB, side * THUMB)
+    grid = grid.reshape(side, side, thumb, thumb, *extra).swapaxes(1, 2)
+    return grid.reshape(side * thumb, side * thumb, *extra)
 
 
-def sprite_png(images) -> bytes:
+def sprite_png(images) -> tuple[bytes, int]:
+    """(the sprite as PNG, the side of one thumbnail)."""
     from PIL import Image
 
+    grid = sprite_grid(images)
     buf = io.BytesIO()
-    Image.fromarray(sprite_grid(images)).save(buf, format="PNG")
-    return buf.getvalue()
+    Image.fromarray(grid).save(buf, format="PNG")
+    return buf.getvalue(), grid.shape[0] // max(1, math.ceil(math.sqrt(len(images))))
 
 
-def projector_config(tensor_name: str) -> str:
+def projector_config(tensor_name: str, thumb: int = THUMB) -> str:
     """projector_config.pbtxt (text protobuf of TensorBoard's ProjectorConfig), paths relative to its dir."""
     name = tensor_name.replace("\\", "\\\\").replace('"', '\\"')
     return (
@@ -157,8 +170,8 @@ def projector_config(tensor_name: str) -> str:
         f'  metadata_path: "{METADATA}"\n'
         "  sprite {\n"
         f'    image_path: "{SPRITE}"\n'
-        f"    single_image_dim: {THUMB}\n"
-        f"    single_image_dim: {THUMB}\n"
+        f"    single_image_dim: {thumb}\n"
+        f"    single_image_dim: {thumb}\n"
         "  }\n"
         "}\n"
     )
@@ -169,7 +182,8 @@ def projector_config(tensor_name: str) -> str:
 
 def onnx_model(network, run_name: str = ""):
     """The network (BN folded, fp32, CPU) as an onnx ModelProto with a dynamic batch axis, checked by
-    `onnx.checker`. Input `images` (N, 1, 28, 28) normalised floats; outputs `logits` (N, C), `embedding` (N, D)."""
+    `onnx.checker`. Input `images` (N, C, H, W) normalised floats (C, H, W: the run's, (1, 28, 28) for
+    Fashion-MNIST's); outputs `logits` (N, C), `embedding` (N, D)."""
     import json
     import warnings
 
@@ -181,11 +195,12 @@ def onnx_model(network, run_name: str = ""):
     import torch
 
     from embedfm import __version__
-    from embedfm.data import MEAN, STD
     from embedfm.models import fuse_for_inference
 
+    c, h, w = input_shape(network)
+    mean, std = norm_text(network)
     net = fuse_for_inference(network).to("cpu", torch.float32).eval()
-    example = torch.zeros(2, 1, THUMB, THUMB)
+    example = torch.zeros(2, c, h, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(
@@ -201,15 +216,39 @@ def onnx_model(network, run_name: str = ""):
     proto = program.model_proto
     proto.doc_string = (
         f"embedfm {__version__} embedding network{' of ' + run_name if run_name else ''}. Input '{ONNX_INPUT}': "
-        f"float32 (N, 1, 28, 28), uint8 pixels as (x / 255 - {MEAN}) / {STD}. Outputs 'logits' (N, C), "
+        f"float32 (N, {c}, {h}, {w}), uint8 pixels as (x / 255 - {mean}) / {std}. Outputs 'logits' (N, C), "
         "'embedding' (N, D), unit norm."
     )
-    meta = {"embedfm_version": __version__, "run": run_name, "normalisation": json.dumps({"mean": MEAN, "std": STD})}
+    meta = {"embedfm_version": __version__, "run": run_name, "normalisation": json.dumps({"mean": mean, "std": std})}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     return proto
+
+
+def input_shape(network) -> tuple[int, int, int]:
+    """(channels, height, width) of a network's input images: the model's own where it records them, else
+    Fashion-MNIST's (1, 28, 28)."""
+    from embedfm.models import EmbeddingNet
+
+    while not isinstance(network, EmbeddingNet):
+        inner = getattr(network, "module", None) or getattr(network, "_orig_mod", None)
+        if inner is None:
+            return 1, THUMB, THUMB
+        network = inner
+    c, h, w = getattr(network, "input_shape", (1, THUMB, THUMB))
+    return int(c), int(h), int(w)
+
+
+def norm_text(network) -> tuple:
+    """The network's input normalisation (`models.norm_of`): mean and std, plain numbers for one channel (as
+    Fashion-MNIST's always read), lists for three."""
+    from embedfm.models import norm_of
+
+    mean, std = norm_of(network)
+    one = lambda v: v[0] if len(v) == 1 else list(v)
+    return one(tuple(mean)), one(tuple(std))
 
 
 def export_onnx(model, out: Path, log=print) -> Path:
@@ -248,11 +287,14 @@ def max_difference(network, model_bytes: bytes, n: int = 64, seed: int = 0) -> f
 
     from embedfm.data import to_float
     from embedfm.inference import embed
-    from embedfm.models import fuse_for_inference
+    from embedfm.models import fuse_for_inference, norm_of
 
-    images = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, THUMB, THUMB), dtype=np.uint8))
+    c, h, w = input_shape(network)
+    shape = (n, h, w) if c == 1 else (n, c, h, w)
+    images = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
     want = embed(fuse_for_inference(network).to("cpu", torch.float32), images, torch.device("cpu"))
-    logits, emb = onnx_session(model_bytes).run(None, {ONNX_INPUT: to_float(images).numpy()})
+    x = to_float(images, *norm_of(network)).numpy()
+    logits, emb = onnx_session(model_bytes).run(None, {ONNX_INPUT: x if c > 1 else x.reshape(n, 1, h, w)})
     return float(max(np.abs(logits - want.logits.numpy()).max(), np.abs(emb - want.emb.numpy()).max()))
 
 
@@ -261,10 +303,10 @@ def max_difference(network, model_bytes: bytes, n: int = 64, seed: int = 0) -> f
 
 def export_npz(run_dir, out: Path, data_dir=None, progress: bool = True) -> Path:
     """embeddings.npz as `embedfm eval` writes it (eval's `evaluate_run`, k=10, cosine), into `out`."""
-    from embedfm.data import load_fashion_mnist
     from embedfm.evaluate import evaluate_run
+    from embedfm.run import Run
 
-    data = load_fashion_mnist(data_dir) if data_dir else None
-    _, arrays = evaluate_run(run_dir, data=data, progress=progress)
+    run = Run.open(run_dir)
+    _, arrays = evaluate_run(run_dir, data=run.load_data(data_dir, progress=progress), progress=progress, run=run)
     atomic_save_npz(out / NPZ_FILE, arrays)
     return out / NPZ_FILE
