@@ -47,23 +47,32 @@ def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, lo
         raise EmbedfmError("an ensemble needs at least 2 evaluated runs")
     runs = EvaluatedRuns.open(run_dirs, KEYS, references=True).arrays  # the same data, test and train images
     labels, train_labels = runs[0]["test_labels"], runs[0]["train_labels"]
-    focus = focus_of(run_dirs[0])
+    from embedfm import CLASS_NAMES
+    from embedfm.run import Run
+
+    names = Run.open(run_dirs[0]).class_names
+    k_classes = len(names)
+    focus = focus_of(run_dirs[0], k_classes)
+    fm = names == CLASS_NAMES  # shirt recall: Fashion-MNIST's figure, no other set's
+    scores = lambda pred: classifier_metrics(labels, pred, focus, num_classes=k_classes)
 
     softmax = np.mean([r["test_probs"] for r in runs], axis=0).argmax(1)
     train_cat, test_cat = concatenated(runs, "train"), concatenated(runs, "test")
-    knn = KNNClassifier(k=k, metric="cosine").fit(train_cat, train_labels).predict(test_cat)
-    singles = [classifier_metrics(labels, r["test_probs"].argmax(1), focus) for r in runs]
+    knn = KNNClassifier(k=k, metric="cosine", num_classes=k_classes).fit(train_cat, train_labels).predict(test_cat)
+    singles = [scores(r["test_probs"].argmax(1)) for r in runs]
     result = {
         "runs": [str(r) for r in run_dirs],
         "focus_classes": list(focus),
-        "softmax_average": classifier_metrics(labels, softmax, focus),
-        "knn_concatenated": {**classifier_metrics(labels, knn, focus), "k": k},
+        "softmax_average": scores(softmax),
+        "knn_concatenated": {**scores(knn), "k": k},
         "retrieval_concatenated": retrieval_metrics(test_cat, labels),
         "single_runs_mean": {
             **{key: float(np.mean([s[key] for s in singles])) for key in ("accuracy", "focus_group_error")},
-            "shirt_recall": float(np.mean([s["per_class"][str(SHIRT)]["recall"] for s in singles])),
+            **({"shirt_recall": float(np.mean([s["per_class"][str(SHIRT)]["recall"] for s in singles]))} if fm else {}),
         },
     }
+    if not fm:
+        result["class_names"] = list(names)
     out = Path(out) if out else rundir.default_out(run_dirs)
     atomic_write_json(out / "ensemble.json", result)
     text = markdown(result)
@@ -73,8 +82,11 @@ def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, lo
 
 
 def markdown(r: dict) -> str:
+    fm = "class_names" not in r  # another set's ensemble: no shirt recall
+
     def row(name: str, figures: dict) -> tuple:
         shirt = figures["per_class"][str(SHIRT)]["recall"] if "per_class" in figures else figures.get("shirt_recall")
+        shirt = shirt if fm else None
         return name, figures["accuracy"], figures["focus_group_error"], shirt
 
     rows = [

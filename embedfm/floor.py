@@ -84,11 +84,11 @@ def final_val_acc(run_dir: str | Path) -> float:
     return float(val)
 
 
-def focus_of(run_dir: str | Path) -> tuple[int, ...]:
-    """The focus classes of a run (its config.json), checked: one line if they are not class ids."""
+def focus_of(run_dir: str | Path, k: int = len(CLASS_NAMES)) -> tuple[int, ...]:
+    """The focus classes of a run (its config.json), checked: one line if they are not class ids (0..k-1)."""
     cfg = read_json(Path(run_dir) / rundir.CONFIG, "retrain the run")
     focus = cfg.get("focus_classes") if isinstance(cfg, dict) else None
-    if not (isinstance(focus, list) and focus and all(type(c) is int and 0 <= c < len(CLASS_NAMES) for c in focus)):
+    if not (isinstance(focus, list) and focus and all(type(c) is int and 0 <= c < k for c in focus)):
         raise EmbedfmError(f"{run_dir}/{rundir.CONFIG}: focus_classes is not a list of class ids; retrain the run")
     return tuple(focus)
 
@@ -270,7 +270,7 @@ def crossfit_reports(run_dirs: list[str], out: str | Path | None = None, log=pri
     read = [report_predictions(r) for r in run_dirs]
     check_comparable(run_dirs, [y for y, _ in read])
     labels = read[0][0]
-    focus = focus_of(run_dirs[0])
+    focus = focus_of(run_dirs[0], max(len(CLASS_NAMES), int(labels.max(initial=0)) + 1))
     names = [Path(r).name for r in run_dirs]
     result = crossfit(labels, np.stack([p for _, p in read]), names, focus, [final_val_acc(r) for r in run_dirs])
     write_crossfit(result, Path(out) if out else rundir.default_out(run_dirs), log)
@@ -283,12 +283,14 @@ def write_crossfit(result: dict, out: Path, log=print) -> None:
     log(crossfit_markdown(result))
 
 
-def short(c: int) -> str:
+def short(c: int, class_names: tuple[str, ...] = CLASS_NAMES) -> str:
     """A class name short enough for a gallery title: 'T-shirt/top' → 'T-shirt'."""
-    return CLASS_NAMES[int(c)].split("/")[0]
+    return class_names[int(c)].split("/")[0][:16]
 
 
-def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -> None:
+def gallery(
+    images: np.ndarray, labels, probs, agreement, indices, path: Path, class_names: tuple[str, ...] = CLASS_NAMES
+) -> None:
     """An 8 × 8 grid of the first GALLERY suspected issues: image, given → predicted label, share of runs."""
     import matplotlib
 
@@ -304,9 +306,12 @@ def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -
         ax.axis("off")
     for ax, i in zip(axes.ravel(), shown):
         pred = int(probs[i].argmax())
-        ax.imshow(images[i], cmap="gray_r")
+        if images[i].ndim == 3:  # colour (3, H, W)
+            ax.imshow(np.moveaxis(images[i], 0, -1))
+        else:
+            ax.imshow(images[i], cmap="gray_r")
         ax.set_title(
-            f"#{i}\n{short(labels[i])} → {short(pred)}\n{100 * agreement[i]:.0f} % of runs",
+            f"#{i}\n{short(labels[i], class_names)} → {short(pred, class_names)}\n{100 * agreement[i]:.0f} % of runs",
             fontsize=6.5,
         )
     fig.suptitle("Suspected label issues in the focus classes (given → predicted, share of runs predicting it)")
@@ -316,7 +321,7 @@ def gallery(images: np.ndarray, labels, probs, agreement, indices, path: Path) -
 
 def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_dir: str | None = None, log=print):
     """Analyse the runs; write floor.json, floor.md and label_issues.png into `out`. Returns the figures."""
-    from embedfm.data import load_fashion_mnist
+    from embedfm.run import Run
 
     if len(run_dirs) < 2:
         raise EmbedfmError("embedfm floor needs at least 2 evaluated runs (errors shared by every run)")
@@ -324,7 +329,9 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
         raise EmbedfmError(f"--k must be at least 1, got {k}")
     runs = read_runs(run_dirs)
     labels = runs[0]["test_labels"]
-    focus = focus_of(run_dirs[0])
+    run = Run.open(run_dirs[0])
+    class_names = run.class_names
+    focus = focus_of(run_dirs[0], len(class_names))
     preds = np.stack([r["pred_softmax"] for r in runs])
     probs_each = np.stack([r["test_probs"] for r in runs])
     probs = probs_each.mean(0)
@@ -332,7 +339,7 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
     shared = shared_errors(labels, preds, focus)
     test_issues = label_issues(labels, probs, focus)
     first = runs[0]
-    loo = knn_loo_probs(first["train_embeddings"], first["train_labels"], k)
+    loo = knn_loo_probs(first["train_embeddings"], first["train_labels"], k, len(class_names))
     train_issues = label_issues(first["train_labels"], loo, focus)
 
     suspect = np.zeros(len(labels), dtype=bool)
@@ -346,7 +353,7 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
         "shared": shared,
         "test_label_issues": {
             "count": len(test_issues),
-            "by_class": {CLASS_NAMES[c]: int((labels[test_issues] == c).sum()) for c in focus},
+            "by_class": {class_names[c]: int((labels[test_issues] == c).sum()) for c in focus},
             "all_wrong_same_way_among_them": int(np.isin(shared["all_wrong_same_way_indices"], test_issues).sum()),
             "indices": test_issues.tolist(),
         },
@@ -354,17 +361,17 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
             "from_run": first["name"],
             "k": k,
             "count": len(train_issues),
-            "by_class": {CLASS_NAMES[c]: int((first["train_labels"][train_issues] == c).sum()) for c in focus},
+            "by_class": {class_names[c]: int((first["train_labels"][train_issues] == c).sum()) for c in focus},
         },
         "best_run": {"name": best["name"], "val_acc": best["val_acc"], **per_run[best["name"]]},
         # the same figures for every run, so that the floor does not rest on which run validation happened to pick
         "per_run": per_run,
     }
     out = Path(out) if out else rundir.default_out(run_dirs)
-    data = load_fashion_mnist(data_dir or read_json(Path(run_dirs[0]) / rundir.CONFIG).get("data_dir"))
+    data = run.load_data(data_dir, progress=False)
     if not np.array_equal(data.test_labels.numpy(), labels):
         raise EmbedfmError(f"{data.source}: its test labels differ from the runs' embeddings.npz; pass --data-dir")
-    gallery(data.test_images.numpy(), labels, probs, agreement, test_issues, out / "label_issues.png")
+    gallery(data.test_images.numpy(), labels, probs, agreement, test_issues, out / "label_issues.png", class_names)
     atomic_write_json(out / "floor.json", result)
     atomic_write_text(out / "floor.md", markdown(result))
     log(markdown(result))
