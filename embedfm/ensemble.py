@@ -48,9 +48,10 @@ def ensemble(run_dirs: list[str], out: str | Path | None = None, k: int = 10, lo
     runs = EvaluatedRuns.open(run_dirs, KEYS, references=True).arrays  # the same data, test and train images
     labels, train_labels = runs[0]["test_labels"], runs[0]["train_labels"]
     from embedfm import CLASS_NAMES
-    from embedfm.run import Run
+    from embedfm.floor import open_run
 
-    names = Run.open(run_dirs[0]).class_names
+    run = open_run(run_dirs[0])
+    names = run.class_names if run is not None else CLASS_NAMES
     k_classes = len(names)
     focus = focus_of(run_dirs[0], k_classes)
     fm = names == CLASS_NAMES  # shirt recall: Fashion-MNIST's figure, no other set's

@@ -84,6 +84,17 @@ def final_val_acc(run_dir: str | Path) -> float:
     return float(val)
 
 
+def open_run(run_dir: str | Path):
+    """The run (`run.Run`) of a run dir, or None where it has no readable checkpoint (evaluated files only: the
+    figures read those; class names and data are then Fashion-MNIST's)."""
+    from embedfm.run import Run
+
+    try:
+        return Run.open(run_dir)
+    except EmbedfmError:
+        return None
+
+
 def focus_of(run_dir: str | Path, k: int = len(CLASS_NAMES)) -> tuple[int, ...]:
     """The focus classes of a run (its config.json), checked: one line if they are not class ids (0..k-1)."""
     cfg = read_json(Path(run_dir) / rundir.CONFIG, "retrain the run")
@@ -321,7 +332,6 @@ def gallery(
 
 def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_dir: str | None = None, log=print):
     """Analyse the runs; write floor.json, floor.md and label_issues.png into `out`. Returns the figures."""
-    from embedfm.run import Run
 
     if len(run_dirs) < 2:
         raise EmbedfmError("embedfm floor needs at least 2 evaluated runs (errors shared by every run)")
@@ -329,8 +339,8 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
         raise EmbedfmError(f"--k must be at least 1, got {k}")
     runs = read_runs(run_dirs)
     labels = runs[0]["test_labels"]
-    run = Run.open(run_dirs[0])
-    class_names = run.class_names
+    run = open_run(run_dirs[0])
+    class_names = run.class_names if run is not None else CLASS_NAMES
     focus = focus_of(run_dirs[0], len(class_names))
     preds = np.stack([r["pred_softmax"] for r in runs])
     probs_each = np.stack([r["test_probs"] for r in runs])
@@ -368,7 +378,12 @@ def floor(run_dirs: list[str], out: str | Path | None = None, k: int = 10, data_
         "per_run": per_run,
     }
     out = Path(out) if out else rundir.default_out(run_dirs)
-    data = run.load_data(data_dir, progress=False)
+    if run is not None:
+        data = run.load_data(data_dir, progress=False)
+    else:  # evaluated files without a checkpoint: Fashion-MNIST, where the config says
+        from embedfm.data import load_fashion_mnist
+
+        data = load_fashion_mnist(data_dir or read_json(Path(run_dirs[0]) / rundir.CONFIG).get("data_dir"))
     if not np.array_equal(data.test_labels.numpy(), labels):
         raise EmbedfmError(f"{data.source}: its test labels differ from the runs' embeddings.npz; pass --data-dir")
     gallery(data.test_images.numpy(), labels, probs, agreement, test_issues, out / "label_issues.png", class_names)
