@@ -222,14 +222,15 @@ def config_of(study: Study, method: str) -> str | None:
 
 
 def tune_all(study: Study) -> None:
-    from embedfm.data import load_fashion_mnist
+    from embedfm import sources
     from embedfm.tune import TuneConfig, resolve_base, tune
 
-    data = load_fashion_mnist(None)
+    loaded: dict = {}  # each set the methods name, read once
     budget = {k: v for k, v in study.tune.items() if k in ("trials", "objective", "pruner", "sampler_seed")}
     trial = {k: v for k, v in study.tune.items() if k not in budget}
     for name, settings in study.methods.items():
         base = resolve_base(None, {**trial, **settings})
+        data = loaded.get(base.data) or loaded.setdefault(base.data, sources.for_config(base, progress=False))
         tune(TuneConfig(base=base, out=str(Path(study.work) / "tune" / name), **budget), data=data, log=say)
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from embedfm import sources
 from embedfm.config import TrainConfig
-from embedfm.data import FashionMNIST, load_fashion_mnist
+from embedfm.data import FashionMNIST
 from embedfm.inference import embed
 from embedfm.sampling import make_splits
 from embedfm.train import Hooks, Step, train
@@ -84,7 +85,7 @@ def run(
     (replaced if there), where its final checkpoint stays for re-scoring. `every_step(step)` runs after every step
     (e.g. an EMA update), `on_check(step, splits)` at each check, its figures added to the point; both are left out
     of the training seconds like the validations."""
-    data = data or load_fashion_mnist(cfg.data_dir)
+    data = data or sources.for_config(cfg, progress=False)  # the set the config names
     splits = make_splits(data, cfg.val_size, cfg.limit, holdout=cfg.holdout_classes)
     traj = Trajectory()
     last: dict = {}
@@ -142,7 +143,7 @@ def ablation_line(path: Path, row: dict, seed: int, cfg: TrainConfig, runs: Path
     from embedfm import machine
     from embedfm.checkpoint import load_model
 
-    data = data or load_fashion_mnist(cfg.data_dir)
+    data = data or sources.for_config(cfg, progress=False)  # the set the config names
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"machine": machine.describe()}) + "\n")

@@ -350,7 +350,7 @@ def tune(tc: TuneConfig, data=None, log=print) -> dict:
     then write best_config.json, trials.csv/md and the plots. Returns a summary dict."""
     import optuna
 
-    from embedfm.data import load_fashion_mnist
+    from embedfm import sources
 
     world = os.environ.get("WORLD_SIZE", "1")
     if world != "1":
@@ -362,7 +362,7 @@ def tune(tc: TuneConfig, data=None, log=print) -> dict:
             "(CUDA_VISIBLE_DEVICES=i) sharing one --storage, each with its own --sampler-seed"
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = data or load_fashion_mnist(tc.base.data_dir)
+    data = data or sources.for_config(tc.base)  # the set the base config names
     study = open_study(tc)
     done = finished(study)
     key = OBJECTIVES[tc.objective][0]
