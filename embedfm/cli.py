@@ -281,6 +281,12 @@ def add_ensemble(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run dirs (at least 2)")
 
 
+def add_confusions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="a trained run dir")
+    p.add_argument("--sizes", type=_seeds, default=[2, 3, 4], metavar="K,K,...", help="group sizes to show")
+    p.add_argument("--top", type=int, default=10, help="most-confused pairs to show")
+
+
 def add_explore(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs, one panel each; the first is the baseline")
     p.add_argument(
@@ -450,6 +456,16 @@ def cmd_ensemble(args) -> None:
     from embedfm.ensemble import ensemble
 
     ensemble(args.runs, out=args.out, k=args.k)
+
+
+def cmd_confusions(args) -> None:
+    from embedfm import confusions
+    from embedfm.run import Run
+
+    run = Run.open(args.run)
+    cm = confusions.validation_confusion(run, args.data_dir, progress=not args.no_progress)
+    print(f"{run.dir}: confusions on its validation split ({int(cm.sum()):,} images)\n")
+    print(confusions.table(cm, run.class_names, tuple(args.sizes), args.top))
 
 
 def cmd_explore(args) -> None:
@@ -659,6 +675,16 @@ COMMANDS: dict[str, Command] = {
             "--out": "dir for ensemble.json / ensemble.md (default: the runs' common parent)",
             "--k": "neighbours of the kNN over the concatenated embeddings",
         },
+    ),
+    "confusions": Command(
+        add_confusions,
+        cmd_confusions,
+        "the classes a trained model confuses most, on its validation split, as tables",
+        "The run's confusion matrix on its own validation split (never the test split): the most-confused pairs (the "
+        "share of each class's images predicted as the other, both ways) and, for each group size K, the K classes "
+        "whose pairwise confusions sum highest, with the --focus-classes flag that names them. `embedfm train --focus "
+        "auto:K` picks its focus classes the same way from a quick CE run.",
+        {"--data-dir": None, "--no-progress": None},
     ),
     "study": Command(
         add_study,

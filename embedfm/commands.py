@@ -8,6 +8,7 @@ directly.
 
 from __future__ import annotations
 
+from embedfm import confusions
 from embedfm.errors import EmbedfmError
 
 
@@ -24,6 +25,9 @@ def train(
         cfg = TrainConfig(out=run)  # train() reads the run's own config from its checkpoint
     else:
         cfg = resolve(config_file, flags)
+        k = confusions.parse_auto(cfg.focus)
+        if k is not None:  # --focus auto:K: a quick CE run on the same set picks the K most-confused classes
+            cfg = confusions.auto_focus(cfg, k, progress=progress)
     try:
         return train_run(cfg, overwrite=overwrite, resume=bool(resume), progress=progress)
     except KeyboardInterrupt:

@@ -198,11 +198,16 @@ class TrainConfig:
     )
     focus: str | None = setting(
         None,
-        "the focus classes by name (comma-separated), or all; sets --focus-classes once the data is read (on a set "
-        "other than fashion-mnist without either flag: all)",
+        "the focus classes by name (comma-separated), all, or auto:K (the K classes a quick CE run confuses most "
+        "on the validation split); sets --focus-classes once the data is read (on a set other than fashion-mnist "
+        "without either flag: all)",
         "batches",
         metavar="NAME,...",
     )
+    focus_run: str | None = setting(
+        None, "set by --focus auto:K: the quick CE run whose validation confusions chose the focus classes", "batches",
+        metavar="DIR",
+    )  # fmt: skip
     focus_oversample: float = setting(
         1.5, "balanced sampler draws focus classes this many times as often (1 = off)", "batches"
     )

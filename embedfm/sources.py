@@ -115,7 +115,10 @@ def fit_config(cfg, data: ImageSet):
         cfg = replace(cfg, val_size=max(10, round(n_train / 10)))  # the default is Fashion-MNIST's: 1/10 of a set
     if cfg.val_size >= n_train:
         raise DataError(f"--val-size {cfg.val_size} leaves no training images of this set's {n_train}; lower it")
-    if cfg.focus:
+    if cfg.focus and cfg.focus.startswith("auto"):
+        if cfg.focus_run is None:  # `embedfm train` (commands.train) runs the quick CE run that resolves it
+            raise DataError(f"--focus {cfg.focus}: resolved by `embedfm train` (confusions.auto_focus) before training")
+    elif cfg.focus:
         if cfg.focus.strip() == "all":
             ids = tuple(range(k))
         else:

@@ -127,3 +127,23 @@ def test_focus_by_name_and_bad_classes_are_one_line(tmp_path, monkeypatch, capsy
         assert main([*base, *flags, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_focus_auto_k_and_the_confusions_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    root = rgb_folder(tmp_path / "colours", size=8)
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{root}", "--focus", "auto:2", "--epochs", "2", "--batch-size", "12",
+                 "--threads", "1", "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    cfg = Run.open(out).config
+    probe = Run.open(cfg.focus_run)
+    assert cfg.focus == "auto:2" and len(cfg.focus_classes) == 2 and probe.config.loss == "ce"
+    assert probe.config.epochs == 2 and probe.config.focus_classes == (0, 1, 2)
+    capsys.readouterr()
+    assert main(["confusions", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "confusions on its validation split" in text and "| K | most-confused group |" in text
+    # a second run with the same settings reuses the finished quick run
+    assert main(["train", "--data", f"folder:{root}", "--focus", "auto:2", "--epochs", "2", "--batch-size", "12",
+                 "--threads", "1", "--no-progress", "--out", str(out), "--overwrite"]) == 0  # fmt: skip
+    assert "reusing the quick CE run" in capsys.readouterr().out
