@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import struct
+import tempfile
 from pathlib import Path
 
 # One OpenMP thread per process: this one and the embedfm processes the tests start (they inherit it). On two
@@ -22,13 +23,30 @@ from fuzzing import CKPT, TINY_RUN, _hang, _header, _steady
 from safetensors.torch import load, save
 from shadow import DEVICES, SHADOW, ShadowDevice
 
-from embedfm import checkpoint, index, rundir, summarize
+from embedfm import checkpoint, diagnostics, index, rundir, summarize
 from embedfm.cli import main
 from embedfm.data import FILES, SYSTEM_DIR
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 
+
+def _tmpfs(path: str = "/dev/shm", room: int = 2**30) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK) and st.f_bavail * st.f_frsize >= room
+
+
+# Temporary files (tmp_path, and those of the processes the tests start) on tmpfs where there is one with a GiB to
+# spare: the fuzzers write thousands of small files, and a write on this machine's disk takes 0.2 ms, on tmpfs 0.03.
+# A TMPDIR set by the caller is kept.
+if "TMPDIR" not in os.environ and _tmpfs():
+    os.environ["TMPDIR"] = "/dev/shm"
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
 ROOT = Path(__file__).resolve().parents[1]
+DRAW_DIAGNOSTICS = diagnostics.plot  # the real one: no_diagnostics_plot stands in for it
 
 
 def load_script(name: str):
@@ -85,6 +103,22 @@ def evaluated_dir(run, probs, train_emb, test_emb, labels, train_labels):
         {"test_probs": probs, "train_embeddings": train_emb, "test_embeddings": test_emb, "test_labels": labels,
          "train_labels": train_labels, "pred_softmax": probs.argmax(1)},
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_diagnostics_plot():
+    """A run drawing RUN/diagnostics.png when training ends is 0.4 s of matplotlib, a third of a tiny run, and a
+    drawing that fails never fails the run (train logs it): the runs of tests that do not look at the drawing skip
+    it. Tests that do (test_diagnostics.py) ask for `diagnostics_plot`; runs the tests start as processes draw it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(diagnostics, "plot", lambda run_dir: None)
+        yield
+
+
+@pytest.fixture
+def diagnostics_plot(monkeypatch):
+    """Training draws RUN/diagnostics.png, as it does outside the tests (see no_diagnostics_plot)."""
+    monkeypatch.setattr(diagnostics, "plot", DRAW_DIAGNOSTICS)
 
 
 # the smallest budget a real run accepts: seconds on fake data

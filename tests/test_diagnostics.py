@@ -12,6 +12,8 @@ from embedfm.config import TrainConfig
 from embedfm.objectives import build_objective
 from embedfm.train import train
 
+pytestmark = pytest.mark.usefixtures("diagnostics_plot")  # the drawing is what these tests check
+
 QUIET = {"progress": False, "log": lambda *a: None}
 
 

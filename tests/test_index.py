@@ -24,16 +24,21 @@ from embedfm import index
 from embedfm.index import make_index, set_search_params
 
 
+@pytest.fixture(scope="module")
+def pristine_index(tiny):
+    """The tiny run's index dir as index.load reads it, its child-process probe included: loaded once."""
+    return index.load(tiny[0] / "index")
+
+
 @pytest.fixture
-def index_dir(tmp_path, tiny, monkeypatch):
+def index_dir(tmp_path, tiny, pristine_index, monkeypatch):
     """A copy of the tiny run's index dir, and the pristine load of it. The child-process probe is a no-op here:
     these fuzzers leave index.faiss whole (its own fuzzer must never reach the probe)."""
     d = tmp_path / "index"
     shutil.copytree(tiny[0] / "index", d)
-    pristine = index.load(d)
     probes = []
     monkeypatch.setattr(index, "_probe_in_child", probes.append)
-    return d, pristine, probes
+    return d, pristine_index, probes
 
 
 def _same_index(got, pristine) -> None:
@@ -130,7 +135,8 @@ def test_flat_index_equals_brute_force_top_k():
     assert np.allclose(sims, np.take_along_axis(q @ ref.T, brute, axis=1), atol=1e-5)
 
 
-@pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW8", "IVF8,PQ8x4"])
+# PQ (a second of training) in the full suite; the fast suite keeps the IVF and HNSW searches
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW8", pytest.param("IVF8,PQ8x4", marks=pytest.mark.slow)])
 def test_approximate_indexes_find_most_true_neighbours_at_full_probe(factory):
     ref, q = unit(2000, 16), unit(50, 16, seed=1)
     exact = make_index(ref, "Flat").search(q, 10)[1]

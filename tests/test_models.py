@@ -28,6 +28,7 @@ def test_count_macs_of_fastcnn():
 
 
 @pytest.mark.numeric
+@pytest.mark.slow  # every backbone backward: the fast suite keeps every forward (above) and fastcnn's train steps
 def test_every_backbone_takes_a_train_step_with_each_loss():
     for name in BACKBONES:
         for loss_name in ("ce", "triplet"):

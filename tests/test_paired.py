@@ -76,6 +76,7 @@ def simulated_study(rng, n: int, image_sd: float, seed_sd: float, noise_sd: floa
     return runs(w + 0.1), runs(0.0), truth
 
 
+@pytest.mark.slow  # a coverage simulation (seconds each); the fast suite keeps the exact enumeration of two_level above
 @pytest.mark.parametrize(
     "image_sd, seed_sd, noise_sd", [(1.0, 0.0, 0.2), (0.0, 0.15, 0.5)], ids=["images-dominate", "seeds-dominate"]
 )

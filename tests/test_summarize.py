@@ -164,6 +164,7 @@ def test_summarize_paired_writes_a_table(fake_run, tmp_path):
     assert json.loads((out / "paired.json").read_text())["draws"] == 50
 
 
+@pytest.mark.slow  # the fast suite keeps test_summarize_paired_writes_a_table (the same summarize_paired)
 def test_two_ce_controls_are_compared_once_random_batches_as_the_control(fake_run, tmp_path):
     # the balanced-batch CE control is found first (as "ce-balanced_s0" sorts before "ce_s0"), the random one last
     variants = {

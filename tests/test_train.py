@@ -127,7 +127,11 @@ def straight_run(tmp_path_factory):
     "what, message",
     [
         ("weight", r"non-finite weights \(\S+\.weight\) after epoch 2; stopped, the last good checkpoint is kept"),
-        ("running_var", "non-finite logits or embeddings in validation after epoch 2; stopped"),
+        pytest.param(  # the same stop, checkpoint and resume as "weight" (fast), found by validation: full suite
+            "running_var",
+            "non-finite logits or embeddings in validation after epoch 2; stopped",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_a_non_finite_network_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
@@ -213,6 +217,7 @@ SPELLED_OUT = {
     "random_erasing": 0.0, "holdout_classes": (), "tta_flip": True, "tta_shift": 0, "knn_k": 10, "seed": 0,
     "compile": False, "deterministic": False, "weights": None, "data": "fashion-mnist", "image_size": None,
     "resize": "crop", "channels": "auto", "test_frac": 0.2, "class_names": None, "skip_bad": False, "focus": None,
+    "focus_run": None,
 }  # fmt: skip
 
 
@@ -266,7 +271,10 @@ def test_the_default_triplet_run_trains_as_before(tmp_path):
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("metric_loss", PARAMETRIC_LOSSES)
+# the first loss with parameters in the fast suite, the others (the same resume path) in the full one
+@pytest.mark.parametrize(
+    "metric_loss", [PARAMETRIC_LOSSES[0], *(pytest.param(m, marks=pytest.mark.slow) for m in PARAMETRIC_LOSSES[1:])]
+)
 def test_a_loss_with_parameters_resumes_bit_identically(tmp_path, metric_loss):
     """Its parameters and their optimizer state are in the checkpoint: a run stopped after epoch 1 and resumed
     equals an uninterrupted one."""
@@ -412,6 +420,7 @@ def test_resume_needs_a_run(tmp_path, capsys):
     assert "no such run dir" in err, err
 
 
+@pytest.mark.slow  # trains twice; the fast suite keeps the atomic write's failure (test_fileio.py) and eval's
 def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(
     tmp_path, fake_data_dir, monkeypatch, capsys
 ):

@@ -89,6 +89,7 @@ def test_unseen_figures_score_the_held_out_queries_only():
     assert out["6"]["few_shot"]["1"]["recall"] == 1.0
 
 
+@pytest.mark.slow  # train + eval; the fast suite keeps the held-out splits, batches and figures above
 def test_train_and_eval_with_a_held_out_class(fake_run, tmp_path):
     from embedfm.cli import main
 

@@ -81,6 +81,7 @@ def test_ablation_rows_add_up_to_the_recipe_and_the_race_runs_it():
     assert race["demo"] == {}
 
 
+@pytest.mark.slow  # three trajectories; the fast suite keeps test_trajectory.py's run and the partial-run merge above
 def test_race_writes_its_json_and_plot_and_resumes(fake_data_dir, tmp_path):
     bench = load_script("bench")
     tiny = {"epochs": 1, "limit": 200, "val_size": 50, "batch_size": 50}
