@@ -30,7 +30,7 @@ from typing import Annotated
 
 import numpy as np
 
-from embedfm import CLASS_NAMES, __version__
+from embedfm import __version__
 from embedfm.errors import EmbedfmError
 
 MAX_BODY = 8 << 20  # bytes per request; more is answered 413 before it is read
@@ -68,12 +68,18 @@ class Service:
     def __init__(self, run_dir: str, network, run, live, token: str | None):
         self.run_dir, self.network, self.run, self.live, self.token = run_dir, network, run, live, token
         self.num_classes = run.num_classes
-        self.class_names = CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(map(str, range(10)))
+        self.class_names = run.class_names
+        from embedfm.images import run_format
+
+        self.format = run_format(run)  # None: Fashion-MNIST's framing of outside images
 
     def decode(self, data: bytes, name: str) -> np.ndarray:
-        from embedfm.images import decode_image
+        """An upload in the run's format: Fashion-MNIST's framing, or the run's own size and channels."""
+        from embedfm.images import decode_image, open_checked, pixels, to_run_format
 
-        return decode_image(data, name, MAX_PIXELS)
+        if self.format is None:
+            return decode_image(data, name, MAX_PIXELS)
+        return to_run_format(open_checked(data, name, MAX_PIXELS, pixels), self.format, self.run.config.resize)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         from embedfm.inference import embed_images

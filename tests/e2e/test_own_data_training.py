@@ -147,3 +147,35 @@ def test_focus_auto_k_and_the_confusions_command(tmp_path, monkeypatch, capsys):
     assert main(["train", "--data", f"folder:{root}", "--focus", "auto:2", "--epochs", "2", "--batch-size", "12",
                  "--threads", "1", "--no-progress", "--out", str(out), "--overwrite"]) == 0  # fmt: skip
     assert "reusing the quick CE run" in capsys.readouterr().out
+
+
+def test_serve_searches_and_adds_colour_images_of_a_folder_run(tmp_path, monkeypatch):
+    """embedfm serve on an RGB folder run: uploads decoded to the run's size and channels, answers in its names."""
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from embedfm import serve
+    from embedfm.live import LiveIndex
+
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    root = rgb_folder(tmp_path / "colours", size=8)
+    out, idx = tmp_path / "run", tmp_path / "idx"
+    assert main(["train", "--data", f"folder:{root}", "--epochs", "2", "--batch-size", "12", "--threads", "1",
+                 "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    assert main(["index", str(out), "--out", str(idx), "--no-progress"]) == 0
+    run = Run.open(out)
+    live = LiveIndex.open(idx, writable=True, command="serve", log=lambda *a: None)
+    try:
+        client = TestClient(serve.create_app(serve.Service(str(out), run.model("cpu"), run, live, "a-long-token")))
+        buf = io.BytesIO()
+        Image.open(root / "red" / "000.png").resize((20, 20)).save(buf, format="PNG")  # another size: resized
+        r = client.post("/search", data={"k": "3"}, files={"image": ("q.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 200, r.text
+        assert r.json()["vote"]["class"] in ("blue", "green", "red")
+        r = client.post("/items", data={"ids": "9999", "labels": "2"}, headers={"Authorization": "Bearer a-long-token"},
+                        files=[("images", ("a.png", buf.getvalue(), "image/png"))])  # fmt: skip
+        assert r.status_code == 201, r.text
+    finally:
+        live.close()
