@@ -97,8 +97,7 @@ def evaluate_run(
         "classifiers": classifiers,
         "retrieval": retrieval_metrics(test_emb.numpy(), y_test),
     }
-    if num_classes <= 10:  # per-image records are digit strings, one digit per image
-        entry["per_image"] = per_image(y_test, arrays, ap_at_r(test_emb.numpy(), y_test))
+    entry["per_image"] = per_image(y_test, arrays, ap_at_r(test_emb.numpy(), y_test))
     if cfg.holdout_classes:  # the unseen-class test (embedfm.unseen): the train images of each held-out class
         pools = {
             c: embed(model, data.train_images[data.train_labels == c], device).emb.numpy() for c in cfg.holdout_classes
@@ -115,14 +114,16 @@ def evaluate_run(
     return entry, arrays
 
 
-def digits(labels: np.ndarray) -> str:
-    """Class ids 0-9 (N,) as one string of N digits: a test set's predictions in 10 kB of readable JSON."""
-    return "".join(map(str, np.asarray(labels, dtype=np.int64).tolist()))
+def digits(labels: np.ndarray) -> str | list[int]:
+    """Class ids (N,) as one string of N digits where every id is 0-9 (a test set's predictions in 10 kB of
+    readable JSON), else as a list of ids (a set of more than ten classes)."""
+    ids = np.asarray(labels, dtype=np.int64).tolist()
+    return "".join(map(str, ids)) if all(0 <= c <= 9 for c in ids) else ids
 
 
 def per_image(y_test: np.ndarray, preds: dict, ap: np.ndarray) -> dict:
     """What a paired comparison of runs needs (`embedfm summarize --paired`): the test labels and each classifier's
-    prediction per test image (digit strings, image order), and each image's AP@R as a query (4 decimals)."""
+    prediction per test image (`digits`, image order), and each image's AP@R as a query (4 decimals)."""
     return {
         "labels": digits(y_test),
         **{name.removeprefix("pred_"): digits(p) for name, p in preds.items() if name.startswith("pred_")},

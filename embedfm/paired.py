@@ -66,8 +66,13 @@ class Scored:
     labels: np.ndarray | None = None  # (N,) the test labels in image order, to check that runs compared share them
 
 
-def decode(digits: str, where: str) -> np.ndarray:
-    """A digit string (one class id per image) → (N,) int64; one line naming `where` if it is not one."""
+def decode(digits: str | list, where: str) -> np.ndarray:
+    """A digit string (one class id per image), or a list of class ids (a set of more than ten classes) → (N,) int64;
+    one line naming `where` if it is neither."""
+    if isinstance(digits, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 31 for c in digits):
+            raise EmbedfmError(f"{where}: per-image predictions are not a list of class ids; run `embedfm eval` again")
+        return np.asarray(digits, dtype=np.int64)
     if not isinstance(digits, str) or not digits.isdigit() or not digits.isascii():
         raise EmbedfmError(f"{where}: per-image predictions are not a string of class digits; run `embedfm eval` again")
     return np.frombuffer(digits.encode(), dtype=np.uint8).astype(np.int64) - ord("0")
