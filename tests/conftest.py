@@ -175,6 +175,28 @@ def fake_run(tmp_path_factory):
     return out, data
 
 
+DEMO_RUN = "artifacts/demo/triplet"  # the run the docs' examples load, relative to the dir they run in
+
+
+@pytest.fixture(scope="session")
+def demo_dir(fake_run, tmp_path_factory):
+    """A dir laid out like the docs assume: the tiny fake run copied to artifacts/demo/triplet, evaluated
+    (embeddings.npz), indexed (RUN/index) and exported to ONNX (RUN/export/model.onnx)."""
+    from embedfm.evaluate import evaluate
+    from embedfm.export import export
+    from embedfm.index import build
+
+    src, data = fake_run
+    root = tmp_path_factory.mktemp("api")
+    run = root / DEMO_RUN
+    shutil.copytree(src, run)
+    quiet = lambda *a, **k: None
+    evaluate([str(run)], progress=False, log=quiet)
+    build(str(run), catalogue="train", data_dir=str(data), progress=False, log=quiet)
+    export(str(run), "onnx", log=quiet)
+    return root
+
+
 # two small real runs: 2,000 training images, 1 epoch (20 steps)
 REAL_SMALL = ["--limit", "2000", "--val-size", "500", "--epochs", "1", "--batch-size", "100", "--no-progress"]
 

@@ -1,46 +1,17 @@
-"""The Python API (`embedfm.load`): docs/api.md's examples run as written; embedding file paths equals embedding
+"""The Python API (`embedfm.load`; docs/api.md's examples: e2e/test_api_docs.py): embedding file paths equals embedding
 the arrays they load to; kNN and softmax predictions equal `KNNClassifier`'s and `embedfm eval`'s; search equals
 brute force over the catalogue; bad input gives one line; `import embedfm` stays torch-free."""
 
-import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEMO_RUN
 from PIL import Image
 
 from embedfm.api import as_images
 from embedfm.errors import EmbedfmError
-
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "api.md"
-DEMO_RUN = "artifacts/demo/triplet"  # the run the docs' examples load, relative to the dir they run in
-
-
-def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(fake_run, tmp_path_factory):
-    """A dir laid out like the docs assume: the tiny fake run copied to artifacts/demo/triplet, evaluated
-    (embeddings.npz), indexed (RUN/index) and exported to ONNX (RUN/export/model.onnx)."""
-    from embedfm.evaluate import evaluate
-    from embedfm.export import export
-    from embedfm.index import build
-
-    src, data = fake_run
-    root = tmp_path_factory.mktemp("api")
-    run = root / DEMO_RUN
-    shutil.copytree(src, run)
-    quiet = lambda *a, **k: None
-    evaluate([str(run)], progress=False, log=quiet)
-    build(str(run), catalogue="train", data_dir=str(data), progress=False, log=quiet)
-    export(str(run), "onnx", log=quiet)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +19,6 @@ def model(demo_dir):
     import embedfm
 
     return embedfm.load(demo_dir / DEMO_RUN, device="cpu")
-
-
-@pytest.mark.slow
-def test_docs_examples_run(demo_dir, monkeypatch):
-    blocks = python_blocks(DOC)
-    assert len(blocks) >= 5, "docs/api.md lost its examples"
-    monkeypatch.chdir(demo_dir)
-    namespace: dict = {}
-    for i, block in enumerate(blocks):
-        try:
-            exec(compile(block, f"docs/api.md block {i + 1}", "exec"), namespace)
-        except Exception as e:
-            raise AssertionError(f"docs/api.md python block {i + 1} fails: {type(e).__name__}: {e}\n{block}") from e
-    assert namespace["m"].reference_source == "embeddings.npz"  # the evaluated run's references were read
 
 
 @pytest.mark.slow

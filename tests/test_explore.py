@@ -1,4 +1,5 @@
-"""`embedfm explore` (the interactive page) and the static "most confused" gallery.
+"""`embedfm explore` (embedfm.explore and embedfm.explore_page: the interactive page; the static "most confused"
+gallery is test_gallery.py's).
 
 Fast tests check the data the page is built from (sprite geometry, counts, fixed/broken against the confusion
 matrices, the page's embedded data) without a browser. The slow ones build a page from two small real runs (fake
@@ -23,14 +24,12 @@ from embedfm.cli import main
 from embedfm.data import FILES, SYSTEM_DIR
 from embedfm.explore import Explore
 from embedfm.explore_page import SIDE, THUMB_LADDER, neighbor_sprite, page_html, png_bytes, sprite, sprite_cols
-from embedfm.gallery import confused_pairs, most_confused
+from embedfm.gallery import confused_pairs
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
 FOCUS = (0, 2, 4, 6)
-
-
-# ----------------------------------------------------------------------------------------------
-# fast: the data behind the page
 
 
 def test_sprite_geometry_and_png_round_trip():
@@ -142,27 +141,6 @@ def test_neighbour_thumbnails_fit_the_room_they_are_given():
     assert neighbor_sprite(images, room=1)[1:] == THUMB_LADDER[-1]  # nothing fits: the smallest
 
 
-def test_most_confused_gallery(tmp_path):
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 10, 600)
-    preds = {n: np.where(rng.random(600) < 0.6, labels, rng.integers(0, 10, 600)) for n in ("ce", "triplet")}
-    images = rng.integers(0, 256, (600, SIDE, SIDE), dtype=np.uint8)
-    pairs = confused_pairs(labels, preds, FOCUS)
-    assert len(pairs) == len(FOCUS) * (len(FOCUS) - 1)  # every ordered pair of distinct focus classes
-    totals = [sum(len(v) for v in ids.values()) for _, _, ids in pairs]
-    assert totals == sorted(totals, reverse=True)  # most confused first
-    for a, b, ids in pairs:
-        for n, p in preds.items():
-            assert len(ids[n]) == ((labels == a) & (p == b)).sum()  # = the confusion-matrix entry
-    path = most_confused(images, labels, preds, FOCUS, tmp_path / "most_confused.png", per_pair=6)
-    w, h = Image.open(path).size
-    assert path.stat().st_size > 20_000 and h > w / 2  # 12 rows of strips
-
-
-# ----------------------------------------------------------------------------------------------
-# slow: a page from real runs, in a real browser
-
-
 def _have_real_data() -> bool:
     return all((SYSTEM_DIR / f).is_file() for f in FILES.values())
 
@@ -238,6 +216,7 @@ const box = view.canvas_view.el.getBoundingClientRect();
 return [box.left + view.frame.x_scale.compute(x), box.top + view.frame.y_scale.compute(y)];
 """
 
+
 # the 28 × 28 pixels at (sx, sy) of the sprite behind a thumbnail element (its CSS background image)
 _PIXELS = """
 const [sel, sx, sy, done] = arguments;
@@ -273,7 +252,6 @@ def test_page_in_headless_chromium(explore_runs, browser, tmp_path):
     from embedfm.checkpoint import load_checkpoint
     from embedfm.data import load_fashion_mnist
     from embedfm.explore import _train_split_ids
-    from embedfm.gallery import confused_pairs
 
     ce, trip, data_dir = explore_runs
     out = tmp_path / "explore.html"
