@@ -521,6 +521,8 @@ def from_dict(d: dict, source: str = "config") -> TrainConfig:
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             raise ConfigError(f"{source}: {name} must be {what}{' or null' * kind.endswith('| None')}, got {shown}")
     d = dict(d)
+    if d.get("data", "fashion-mnist") != "fashion-mnist" and "focus" not in d and "focus_classes" not in d:
+        d["focus"] = "all"  # Fashion-MNIST's four are no default for another set
     for key in ("focus_classes", "widths", "holdout_classes"):
         if d.get(key) is not None:
             d[key] = tuple(d[key])
@@ -555,6 +557,4 @@ def resolve(file: str | None, overrides: dict) -> TrainConfig:
     """defaults < --recipe preset < file < overrides (flags that were actually given, i.e. not None)."""
     d = load_config_file(file) if file else {}
     d.update({k: v for k, v in overrides.items() if v is not None})
-    if d.get("data", "fashion-mnist") != "fashion-mnist" and "focus" not in d and "focus_classes" not in d:
-        d["focus"] = "all"  # Fashion-MNIST's four are no default for another set
     return from_dict(with_recipe(d), source=file or "flags")

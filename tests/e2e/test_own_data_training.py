@@ -179,3 +179,13 @@ def test_serve_searches_and_adds_colour_images_of_a_folder_run(tmp_path, monkeyp
         assert r.status_code == 201, r.text
     finally:
         live.close()
+
+
+def test_tune_reads_a_folder_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    root = rgb_folder(tmp_path / "colours", size=8)
+    out = tmp_path / "tune"
+    assert main(["tune", "--data", f"folder:{root}", "--loss", "ce", "--trials", "1", "--epochs", "1",
+                 "--batch-size", "12", "--threads", "1", "--out", str(out)]) == 0  # fmt: skip
+    best = json.loads((out / "best_config.json").read_text())
+    assert best["data"] == f"folder:{root}" and best["focus"] == "all"
