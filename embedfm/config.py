@@ -39,6 +39,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # `--help`, does not import torch
 BACKBONES = ("fastcnn", "linear", "mlp", "lenet", "vgg", "resnet20")
 WIDE_BACKBONES = ("fastcnn", "vgg", "resnet20")  # the backbones whose three stage widths --widths sets
+PRECISIONS = ("default", "auto", "fp32", "bf16")
 RESIZE_MODES = ("crop", "pad")  # the same as sources.RESIZE_MODES / CHANNELS (sources imports torch)
 CHANNELS = ("auto", "1", "3")
 FOCUS_CLASSES = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt: the group every classifier confuses
@@ -224,6 +225,14 @@ class TrainConfig:
     weight_decay: float = setting(5e-2, "weight decay of conv/linear weights (not of BN or biases)", "optimisation")
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing", "optimisation")
     warmup_frac: float = setting(0.2, "share of steps spent warming up to the peak lr", "optimisation")
+    precision: str = setting(
+        "default",
+        "forward passes under bf16 autocast: default = on CUDA only (as always); auto = on CUDA and on CPUs with AMX "
+        "or AVX-512 BF16 (elsewhere bf16 is emulated and slower); fp32 = never; bf16 = on CUDA and any CPU. BatchNorm "
+        "statistics, losses, the optimizer step and metrics stay fp32",
+        "optimisation",
+        PRECISIONS,
+    )
     # data
     data: str = setting(
         "fashion-mnist",

@@ -60,13 +60,15 @@ def evaluate_run(
         raise EmbedfmError(f"k={k} is larger than the number of reference embeddings ({len(splits.train_y)})")
 
     t0 = time.perf_counter()
-    train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train").emb
+    # under the run's --precision, as it validated while training
+    train_emb = embed(model, splits.train_x, device, progress=progress, desc="embed train", precision=cfg.precision).emb
     test_logits, test_emb, test_emb_flip = embed(
         model,
         splits.test_x,
         device,
         tta_flip=cfg.tta_flip,
         tta_shift=cfg.tta_shift,
+        precision=cfg.precision,
         progress=progress,
         desc="embed test",
     )

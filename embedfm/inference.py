@@ -31,12 +31,27 @@ def select_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (tensor cores; no loss scaling needed); a no-op on CPU, where fp32 is
-    what oneDNN runs fastest for these small convs, and on any other device (torch.autocast refuses device types it
-    does not know, even disabled)."""
-    on = device.type == "cuda"
-    return torch.autocast("cuda" if on else "cpu", dtype=torch.bfloat16, enabled=on)
+def uses_bf16(device: torch.device, precision: str = "default") -> bool:
+    """Whether the forward passes run under bf16 autocast (`--precision`): default: on CUDA (tensor cores; no loss
+    scaling needed), not on the CPU (what embedfm always did); auto: on CUDA and on CPUs that compute bf16 natively
+    (AMX, AVX-512 BF16; elsewhere bf16 is emulated and slower than fp32); fp32: never; bf16: on CUDA and the CPU."""
+    if device.type not in ("cuda", "cpu") or precision == "fp32":
+        return False
+    if device.type == "cuda" or precision == "bf16":
+        return True
+    from embedfm.machine import native_bf16
+
+    return precision == "auto" and native_bf16()
+
+
+def autocast(device: torch.device, precision: str = "default"):
+    """bf16 autocast of the forward pass where `uses_bf16` says so; a no-op elsewhere (torch.autocast refuses device
+    types it does not know, even disabled). Convolutions and matmuls run in bf16; BatchNorm, the losses (the
+    objectives cast logits and embeddings to fp32), the optimizer step and every metric stay fp32; BatchNorm's weights
+    and running statistics stay fp32 (autocast never changes a parameter's dtype) and PyTorch's kernel accumulates its
+    batch statistics in fp32."""
+    on = uses_bf16(device, precision)
+    return torch.autocast(device.type if device.type in ("cuda", "cpu") else "cpu", dtype=torch.bfloat16, enabled=on)
 
 
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -64,6 +79,7 @@ def embed(
     progress: bool = False,
     desc: str = "embed",
     tta_shift: int = 0,
+    precision: str = "default",
 ) -> Embedded:
     """uint8 images (N, 28, 28) → Embedded(logits, embeddings, flip-averaged embeddings) on the CPU, fp32.
 
@@ -81,7 +97,7 @@ def embed(
     logits, embs, flips = [], [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         x = to_float(images[i : i + batch_size], *norm).to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, precision):
             lg, em = model(x)
             if tta_flip:
                 lg_m, em_m = model(x.flip(3))

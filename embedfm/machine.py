@@ -11,6 +11,28 @@ import subprocess
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+# the flags of a CPU that runs bfloat16 matmuls and convolutions natively (oneDNN's bf16 kernels); without them bf16
+# is emulated and slower than fp32 (PyTorch's CPU autocast documentation)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (no subprocess; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(flags: set[str] | None = None) -> bool:
+    """Whether this CPU (or one with `flags`) computes bf16 natively: AMX or AVX-512 BF16."""
+    return bool(set(BF16_FLAGS) & (cpu_flags() if flags is None else set(flags)))
+
+
 def lscpu() -> dict:
     """`lscpu`'s fields as a dict ({} where lscpu is missing)."""
     try:

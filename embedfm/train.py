@@ -242,9 +242,10 @@ def validate(model, splits: Splits, cfg: TrainConfig, device: torch.device) -> d
     """Validation figures: loss, accuracy and focus-group error of the softmax head, accuracy of a kNN
     over a fixed subset of the train split (cheap stand-in for the full-train kNN that eval runs). Raises
     NonFiniteError when a logit or embedding is not finite (the kNN would otherwise fail with a traceback)."""
-    logits, emb, _ = embed(model, splits.val_x, device, tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift)
+    p = cfg.precision
+    logits, emb, _ = embed(model, splits.val_x, device, tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift, precision=p)
     n_ref = min(VAL_KNN_REFS, len(splits.train_y))
-    ref_emb = embed(model, splits.train_x[:n_ref], device).emb
+    ref_emb = embed(model, splits.train_x[:n_ref], device, precision=p).emb
     if not all(bool(torch.isfinite(t).all()) for t in (logits, emb, ref_emb)):
         raise NonFiniteError("non-finite logits or embeddings in validation")
     knn = KNNClassifier(k=min(cfg.knn_k, n_ref), num_classes=logits.shape[1])
@@ -506,12 +507,14 @@ def train_step(
     y: torch.Tensor,
     device: torch.device,
     dd: distributed.Dist | None = None,
+    precision: str = "default",
 ):
-    """One optimisation step on a prepared batch. Returns (loss, loss parts, logits), detached.
+    """One optimisation step on a prepared batch (the forward pass under `--precision`'s autocast). Returns (loss,
+    loss parts, logits), detached.
 
     Raises FloatingPointError, before any weight changes, when the loss is not finite on any rank (all ranks
     stop together)."""
-    with autocast(device):
+    with autocast(device, precision):
         logits, emb = model(x)  # (B, C), (B, D)
     loss, parts = objective(logits, emb, y)  # in fp32 (objectives cast)
     total = dd.sum([loss.item()], device)[0] if dd is not None and dd.enabled else loss.item()
@@ -557,7 +560,9 @@ def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: f
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(step_seed(cfg.seed, epoch, step, dd.rank))
         try:
-            loss, parts, logits = train_step(model, state.objective, state.opt, state.sched, x, y, device, dd)
+            loss, parts, logits = train_step(
+                model, state.objective, state.opt, state.sched, x, y, device, dd, cfg.precision
+            )
         except FloatingPointError as e:
             raise NonFiniteError(
                 f"{e} at epoch {epoch + 1}, step {step + 1}; stopped, the last good checkpoint is "
