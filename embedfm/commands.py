@@ -8,6 +8,9 @@ directly.
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 from embedfm import confusions
 from embedfm.errors import EmbedfmError
 
@@ -28,6 +31,13 @@ def train(
         k = confusions.parse_auto(cfg.focus)
         if k is not None:  # --focus auto:K: a quick CE run on the same set picks the K most-confused classes
             cfg = confusions.auto_focus(cfg, k, progress=progress)
+    if resume:  # as many processes as the run was trained in, unless --procs says otherwise
+        cfg = replace(cfg, procs=flags.get("procs") or _run_procs(cfg.out))
+    if cfg.procs > 1 and "WORLD_SIZE" not in os.environ:  # not yet under a launcher: start the processes
+        from embedfm import distributed
+
+        distributed.launch(cfg, overwrite=overwrite, resume=bool(resume))
+        return {"run_dir": cfg.out}
     try:
         return train_run(cfg, overwrite=overwrite, resume=bool(resume), progress=progress)
     except KeyboardInterrupt:
@@ -40,6 +50,13 @@ def train(
             else f"no epoch had finished, nothing was saved; start again with the same command "
             f"(the run dir {cfg.out} holds only its config)"
         ) from None
+
+
+def _run_procs(run: str) -> int:
+    from embedfm import rundir
+    from embedfm.run import Run
+
+    return Run.open(run).config.procs if rundir.has_checkpoint(run) else 1
 
 
 def ensure_evaluated(run: str, config_file: str | None, flags: dict, log=print, evaluate: bool = True) -> str:

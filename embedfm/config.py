@@ -291,7 +291,12 @@ class TrainConfig:
     )
     seed: int = setting(0, "seed of weights, batches, augmentation and mining", "run")
     device: str = setting("auto", "auto = CUDA when present", "run", DEVICES)
-    threads: int | None = setting(None, "torch CPU threads (default: torch's choice)", "run")
+    threads: int | None = setting(None, "torch CPU threads (default: torch's choice; with --procs, per process)", "run")
+    procs: int = setting(
+        1,
+        "train in N processes on this machine (gloo, DDP; the same run as under torchrun; docs/distributed.md)",
+        "run",
+    )
     compile: bool = setting(
         False,
         "torch.compile the training step (needs a C++ compiler on CPU; speed only, checkpoints hold the plain model)",
@@ -443,6 +448,7 @@ def validate(c: TrainConfig) -> None:
     _check(0 <= c.tta_shift <= 4, f"--tta-shift must be in 0-4 pixels, got {c.tta_shift}")
     _check(c.knn_k >= 1, f"--knn-k must be at least 1, got {c.knn_k}")
     _check(c.threads is None or c.threads >= 1, f"--threads must be at least 1, got {c.threads}")
+    _check(1 <= c.procs <= 64, f"--procs must be in 1-64, got {c.procs}")
     _check(
         all(0 <= k <= (9 if fmnist else 65535) for k in c.holdout_classes)
         and len(set(c.holdout_classes)) == len(c.holdout_classes),

@@ -78,5 +78,58 @@ def close(d: Dist) -> None:
         dist.destroy_process_group()
 
 
+def launch(cfg, overwrite: bool = False, resume: bool = False, log=print) -> None:
+    """`embedfm train --procs N` on one machine: N processes of `cfg.threads` threads each (default: the cores
+    shared out, at least one), started with PyTorch's own launcher (`python -m torch.distributed.run --standalone`,
+    gloo on the CPU) and trained exactly as under torchrun. The resolved config travels in a JSON file beside the run
+    dir. Rank 0's epoch lines come through; the launcher's own messages go to `OUT.procs.log`. A process that dies
+    (killed, out of memory) stops the others: one line, the last checkpoint intact, and the command that resumes."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    n = cfg.procs
+    threads = cfg.threads or max(1, (os.cpu_count() or n) // n)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logfile = out.parent / f"{out.name}.procs.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory(prefix="embedfm-procs-") as tmp:
+        args = ["--resume", str(out)] if resume else ["--config", str(Path(tmp) / "config.json")]
+        if not resume:
+            (Path(tmp) / "config.json").write_text(json.dumps(replace(cfg, threads=threads).to_dict()))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "embedfm", "train", *args, "--no-progress", *(["--overwrite"] if overwrite else [])]  # fmt: skip
+        log(f"embedfm train: {n} processes × {threads} threads (gloo); launcher log {logfile}")
+        with open(logfile, "w") as f:
+            rc = subprocess.run(cmd, env=env, stderr=f, stdin=subprocess.DEVNULL).returncode
+    if rc != 0:
+        from embedfm import rundir
+
+        last = lines_of(logfile)
+        if any(line.startswith("embedfm train: error:") or ": error: " in line for line in last):
+            raise EmbedfmError(next(ln for ln in reversed(last) if ": error: " in ln).split(": error: ", 1)[1])
+        saved = rundir.has_checkpoint(out)
+        raise EmbedfmError(
+            f"a training process of {out} stopped (exit {rc}; {logfile}); "
+            + (
+                f"the last finished epoch is saved: embedfm train --resume {out} --procs {n}"
+                if saved
+                else "no epoch had finished"
+            )
+        )
+
+
+def lines_of(path) -> list[str]:
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip("\n") for line in f]
+    except OSError:
+        return []
+
+
 def is_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

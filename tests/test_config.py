@@ -193,7 +193,7 @@ def test_train_config_fields_keep_their_order():
         "temperature", "proxy_margin", "proxy_alpha", "arcface_margin", "arcface_scale", "proxy_lr_mult",
     ]  # fmt: skip
     assert list(config_fields())[:5] == ["recipe", "loss", "backbone", "embedding_dim", "widths"]
-    assert list(config_fields())[-3:] == ["threads", "compile", "deterministic"]
+    assert list(config_fields())[-4:] == ["threads", "procs", "compile", "deterministic"]
 
 
 def config_fields():
