@@ -170,3 +170,13 @@ def test_records_that_are_not_digit_strings_are_one_line():
     bad = record(np.array([1, 2]), np.array([1, 2, 3]), np.zeros(2), 0)
     with pytest.raises(EmbedfmError, match="different lengths"):
         score(bad, "softmax", FOCUS, "run 'x'")
+
+
+def test_more_than_ten_classes_are_recorded_as_id_lists_and_read_back():
+    from embedfm.evaluate import digits
+
+    assert digits(np.array([0, 9, 3])) == "093"
+    assert digits(np.array([0, 12, 3])) == [0, 12, 3]
+    assert decode(digits(np.array([0, 12, 3])), "x").tolist() == [0, 12, 3]
+    with pytest.raises(EmbedfmError, match="not a list of class ids"):
+        decode([0, -1], "run 'x'")

@@ -217,7 +217,7 @@ SPELLED_OUT = {
     "random_erasing": 0.0, "holdout_classes": (), "tta_flip": True, "tta_shift": 0, "knn_k": 10, "seed": 0,
     "compile": False, "deterministic": False, "weights": None, "data": "fashion-mnist", "image_size": None,
     "resize": "crop", "channels": "auto", "test_frac": 0.2, "class_names": None, "skip_bad": False, "focus": None,
-    "focus_run": None,
+    "focus_run": None, "precision": "default", "procs": 1,
 }  # fmt: skip
 
 
