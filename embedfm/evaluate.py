@@ -176,7 +176,7 @@ def evaluate(
         focus_used = tuple(focus or opened[0].config.focus_classes)
         report = {"focus_classes": list(focus_used), "class_names": list(opened[0].class_names), "runs": runs}
         if opened[0].config.data != "fashion-mnist":  # the set, named in report.md (Fashion-MNIST's report as ever)
-            report = {"data": opened[0].config.data, **report}
+            report = {"data": opened[0].config.data, "data_notes": opened[0].data_notes, **report}
         # the faces behind the focus-class confusions: the test images of each confusion, run by run
         most_confused(
             data.test_images.numpy(), labels, preds, focus_used, out / "most_confused.png", class_names=data.class_names

@@ -169,6 +169,23 @@ def unseen_table(report: dict) -> list[str]:
     ]
 
 
+def data_notes(notes) -> list[str]:
+    """What reading a folder / CSV set found, as report lines: how its test split was made, files skipped
+    (--skip-bad), test images that equal a training image (leakage). Nothing for Fashion-MNIST."""
+    if not isinstance(notes, dict) or not notes:
+        return []
+    lines = [f"Test split: {notes.get('test_split', '?')}" + (f"; images resized ({notes['resize']})" if
+             notes.get("resize") else "") + "."]  # fmt: skip
+    skipped = notes.get("skipped") or []
+    if skipped:
+        lines.append(f"Skipped {len(skipped)} unreadable image file(s) (--skip-bad), e.g. `{skipped[0]}`.")
+    dup = notes.get("duplicates") or {}
+    if dup.get("count"):
+        lines.append(f"**Leakage: {dup['count']} test image(s) equal a training image** (e.g. {dup['examples'][0]}); "
+                     "test figures that count them are optimistic.")  # fmt: skip
+    return lines
+
+
 def render_markdown(report: dict, figures: list[str]) -> str:
     names = class_names(report)
     focus = ", ".join(class_label(c, names[c]) for c in report["focus_classes"])
@@ -182,6 +199,7 @@ def render_markdown(report: dict, figures: list[str]) -> str:
         "# embedfm evaluation report",
         "",
         f"Test set: {test_set}. Focus classes: {focus}.",
+        *data_notes(report.get("data_notes")),
         "Focus-group error = share of focus-class test images predicted as a *different* focus class. "
         'kNN: FAISS exact search over the run\'s train-split embeddings (cosine); "flip-averaged queries": '
         "each test image's embedding averaged with its mirror's. "

@@ -329,13 +329,13 @@ def _headers(entries: list[Entry], opts: Options) -> list[tuple[int, int]]:
 def _open(path: Path, convert, load: bool = True):
     if not path.exists():
         what = "broken or looping symlink" if path.is_symlink() else "file not found"
-        raise DataError(f"{path}: {what}; remove it or pass --skip-bad")
+        raise DataError(f"{path}: {what}; remove it or pass --skip-bad true")
     if not path.is_file():
-        raise DataError(f"{path}: not a regular file; remove it or pass --skip-bad")
+        raise DataError(f"{path}: not a regular file; remove it or pass --skip-bad true")
     try:
         return open_checked(path, str(path), MAX_IMAGE_PIXELS, convert, load)
     except DataError as e:
-        raise DataError(f"{e}; remove it or pass --skip-bad") from None
+        raise DataError(f"{e}; remove it or pass --skip-bad true") from None
 
 
 def _decoded(spec: str, root: Path, entries: list[Entry], opts: Options) -> ImageSet:

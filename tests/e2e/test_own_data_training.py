@@ -5,6 +5,7 @@ history bit for bit; an RGB folder trains a torchvision backbone with weights fr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,22 @@ def test_tune_reads_a_folder_set(tmp_path, monkeypatch):
                  "--batch-size", "12", "--threads", "1", "--out", str(out)]) == 0  # fmt: skip
     best = json.loads((out / "best_config.json").read_text())
     assert best["data"] == f"folder:{root}" and best["focus"] == "all"
+
+
+def test_the_report_shows_skipped_files_and_train_test_duplicates(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    root = rgb_folder(tmp_path / "colours", size=8)
+    # one image copied from train into test (leakage) and one file that is not an image
+    data = sources.load(f"folder:{root}", sources.Options(cache_dir=tmp_path / "c0", progress=False))
+    split = sources.write_folder(data, tmp_path / "split")
+    first = sorted((split / "train" / "red").iterdir())[0]
+    (split / "test" / "red" / "copy.png").write_bytes(first.read_bytes())
+    (split / "train" / "red" / "broken.png").write_text("not an image")
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{split}", "--skip-bad", "true", "--epochs", "1", "--batch-size", "12",
+                 "--threads", "1", "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    notes = Run.open(out).data_notes
+    assert [Path(p).name for p in notes["skipped"]] == ["broken.png"] and notes["duplicates"]["count"] == 1
+    assert main(["eval", str(out), "--no-progress"]) == 0
+    md = (out / "report.md").read_text()
+    assert "Skipped 1 unreadable image file(s)" in md and "Leakage: 1 test image(s) equal a training image" in md
