@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny hand-made IDX files, and the real Fashion-MNIST (skipped where absent)."""
+"""Shared fixtures: tiny hand-made IDX files, the fake and tiny runs built from them, the real Fashion-MNIST and
+runs on it (skipped where absent), the hostile-file fixtures (helpers: fuzzing.py), the device under test (the
+shadow device: shadow.py); and the suite's settings: one OpenMP thread, temporary files on tmpfs, no diagnostics
+plot where no test looks at it."""
 
 import faulthandler
 import gzip
