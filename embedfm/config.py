@@ -40,6 +40,8 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKBONES = ("fastcnn", "linear", "mlp", "lenet", "vgg", "resnet20")
 WIDE_BACKBONES = ("fastcnn", "vgg", "resnet20")  # the backbones whose three stage widths --widths sets
 PRECISIONS = ("default", "auto", "fp32", "bf16")
+FLIP_SCHEDULES = ("random", "alternate")
+LR_FLOOR = 1 / 4000  # the one-cycle schedule's final lr / peak: 1/20 at the start, then 1/200 of that
 RESIZE_MODES = ("crop", "pad")  # the same as sources.RESIZE_MODES / CHANNELS (sources imports torch)
 CHANNELS = ("auto", "1", "3")
 FOCUS_CLASSES = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt: the group every classifier confuses
@@ -225,6 +227,9 @@ class TrainConfig:
     weight_decay: float = setting(5e-2, "weight decay of conv/linear weights (not of BN or biases)", "optimisation")
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing", "optimisation")
     warmup_frac: float = setting(0.2, "share of steps spent warming up to the peak lr", "optimisation")
+    lr_floor: float = setting(
+        LR_FLOOR, "the one-cycle schedule's final lr as a share of --lr (it starts at 1/20 of it)", "optimisation"
+    )
     precision: str = setting(
         "default",
         "forward passes under bf16 autocast: default = on CUDA only (as always); auto = on CUDA and on CPUs with AMX "
@@ -266,6 +271,13 @@ class TrainConfig:
     # 0 by default: at a 3-epoch budget random crops slow convergence more than they regularise
     crop_pad: int = setting(0, "random-crop padding in pixels (0 = no crop)", "data")
     flip: bool = setting(True, "random horizontal flips", "data")
+    flip_schedule: str = setting(
+        "random",
+        "random: a fresh coin per image and epoch; alternate: each image mirrored in every other epoch from a seeded "
+        "first pick (airbench's alternating flips: every view of an image is seen once in two epochs)",
+        "data",
+        FLIP_SCHEDULES,
+    )
     random_erasing: float = setting(
         0.0, "probability of Random Erasing one rectangle of each training image (Zhong et al. 2017; 0 = off)", "data"
     )
@@ -294,7 +306,7 @@ class TrainConfig:
     threads: int | None = setting(None, "torch CPU threads (default: torch's choice; with --procs, per process)", "run")
     procs: int = setting(
         1,
-        "train in N processes on this machine (gloo, DDP; the same run as under torchrun; docs/distributed.md)",
+        "train in N processes on the one machine (gloo, DDP; the same run as under torchrun; docs/distributed.md)",
         "run",
     )
     compile: bool = setting(
@@ -402,6 +414,7 @@ def validate(c: TrainConfig) -> None:
     _check(c.weight_decay >= 0, f"--weight-decay must be non-negative, got {c.weight_decay}")
     _check(0 <= c.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
     _check(0 < c.warmup_frac < 1, f"--warmup-frac must be in (0, 1), got {c.warmup_frac}")
+    _check(0 < c.lr_floor <= 1, f"--lr-floor must be in (0, 1], got {c.lr_floor}")
     _check(c.embedding_dim >= 2, f"--embedding-dim must be at least 2, got {c.embedding_dim}")
     _check(
         c.widths is None or (len(c.widths) == 3 and all(1 <= w <= 1024 for w in c.widths)),

@@ -94,7 +94,14 @@ def make_splits(
 # batches: augmentation, index plans
 
 
-def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, erase: float = 0.0) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    pad: int,
+    flip: bool,
+    generator: torch.Generator,
+    erase: float = 0.0,
+    flips: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-sample random crop (zero padding `pad`), horizontal flip and Random Erasing (probability `erase`) of a
     uint8 batch (B, H, W) or (B, C, H, W) (every channel of an image moved alike), on x's device.
 
@@ -114,8 +121,8 @@ def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, e
         dy = dx = torch.zeros(B, dtype=torch.long, device=dev)
     rows = dy[:, None] + torch.arange(H, device=dev)  # (B, H)
     cols = dx[:, None] + torch.arange(W, device=dev)  # (B, W)
-    if flip:
-        flipped = (torch.rand(B, generator=generator) < 0.5).to(dev)  # (B,)
+    if flip:  # `flips` (B,) bool: given (alternating flips), nothing drawn; else a coin per image
+        flipped = (flips if flips is not None else torch.rand(B, generator=generator) < 0.5).to(dev)  # (B,)
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
     if x.ndim == 3:
         out = xp[torch.arange(B, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]

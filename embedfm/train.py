@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embedfm import checkpoint, diagnostics, distributed, rundir, sources
-from embedfm.config import TrainConfig
+from embedfm.config import LR_FLOOR, TrainConfig
 from embedfm.data import MEAN, STD, FashionMNIST, ImageSet, to_float
 from embedfm.errors import EmbedfmError, NonFiniteError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -218,9 +218,21 @@ def one_cycle(opt, cfg: TrainConfig, steps: int):
     # at least 2 warm-up steps: OneCycleLR needs its warm-up phase to end after step 0
     pct = min(max(cfg.warmup_frac, 2.5 / steps), 0.5)
     max_lr = cfg.lr if len(opt.param_groups) <= 2 else [cfg.lr, cfg.lr, cfg.lr * cfg.proxy_lr_mult]
+    # final lr = lr / (20 · final_div_factor); the default floor's 200.0 is written out so its runs stay bit for bit
+    final = 200.0 if cfg.lr_floor == LR_FLOOR else 1 / (20.0 * cfg.lr_floor)
     return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=max_lr, total_steps=steps, pct_start=pct, div_factor=20.0, final_div_factor=200.0
+        opt, max_lr=max_lr, total_steps=steps, pct_start=pct, div_factor=20.0, final_div_factor=final
     )
+
+
+def alternating_flips(cfg: TrainConfig, n: int, epoch: int) -> torch.Tensor | None:
+    """--flip-schedule alternate: (n,) bool, which train images are mirrored in `epoch`: a first pick drawn from
+    its own generator seeded by --seed (the same on every rank, after any resume; the data generator's stream is
+    untouched), inverted every other epoch. None for random flips (or none)."""
+    if not cfg.flip or cfg.flip_schedule != "alternate":
+        return None
+    first = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(cfg.seed + 7919)).bool()
+    return first ^ bool(epoch % 2)
 
 
 def plan_epoch(cfg: TrainConfig, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -487,13 +499,15 @@ def prepare_batch(
     device: torch.device,
     dd: distributed.Dist | None = None,
     norm: tuple = ((MEAN,), (STD,)),
+    flips: torch.Tensor | None = None,
 ):
     """A uint8 global batch (B, 28, 28) → this rank's augmented float batch (B / world, 1, 28, 28), channels-last,
     and its labels (B / world,), on `device`. The batch is augmented where it is: on the GPU when the train split
-    is held there, and the copies to `device` are then no-ops."""
+    is held there, and the copies to `device` are then no-ops. `flips` (B,) bool: which images to mirror
+    (--flip-schedule alternate); None: a coin per image from `gen`."""
     dd = dd or distributed.Dist()
     # every rank augments the whole global batch (keeps the generators in step), then takes its shard
-    x = dd.shard(augment(images, cfg.crop_pad, cfg.flip, gen, cfg.random_erasing))  # (B / world, [C,] H, W)
+    x = dd.shard(augment(images, cfg.crop_pad, cfg.flip, gen, cfg.random_erasing, flips))  # (B / world, [C,] H, W)
     x = to_float(x, *norm).to(device).contiguous(memory_format=torch.channels_last)  # (B / world, C, H, W)
     return x, dd.shard(labels).to(device)
 
@@ -554,8 +568,10 @@ def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: f
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    alternate = alternating_flips(cfg, len(splits.train_y), epoch)  # (N,) bool, or None: a coin per batch
     for step, idx in enumerate(bar):
-        x, y = prepare_batch(splits.train_x[idx], splits.train_y[idx], cfg, gen, device, dd, norm_of(state.net))
+        flips = None if alternate is None else alternate[idx.cpu()]
+        x, y = prepare_batch(splits.train_x[idx], splits.train_y[idx], cfg, gen, device, dd, norm_of(state.net), flips)
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(step_seed(cfg.seed, epoch, step, dd.rank))

@@ -91,3 +91,12 @@ def test_balanced_batches_hold_every_class():
     for batch in b:
         assert torch.equal(torch.bincount(labels[batch], minlength=10), expected)
         assert len(set(batch.tolist())) == 100  # no repeats inside a batch
+
+
+def test_given_flips_mirror_exactly_those_images_and_draw_nothing():
+    x = torch.arange(3 * 4 * 5, dtype=torch.uint8).view(3, 4, 5)
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    out = augment(x, 0, True, g, flips=torch.tensor([True, False, True]))
+    assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1]) and torch.equal(out[2], x[2].flip(-1))
+    assert torch.equal(g.get_state(), state)  # the data generator's stream is untouched

@@ -123,15 +123,14 @@ def straight_run(tmp_path_factory):
     return data, train(_nonfinite_cfg(data, root / "straight"), progress=False, log=lambda *a: None)["history"]
 
 
+# full suite: both need an uninterrupted 3-epoch run to compare the resumed one with; the fast suite keeps the
+# non-finite loss's stop in one line with the last good checkpoint kept (test_non_finite_loss_stops_...)
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "what, message",
     [
         ("weight", r"non-finite weights \(\S+\.weight\) after epoch 2; stopped, the last good checkpoint is kept"),
-        pytest.param(  # the same stop, checkpoint and resume as "weight" (fast), found by validation: full suite
-            "running_var",
-            "non-finite logits or embeddings in validation after epoch 2; stopped",
-            marks=pytest.mark.slow,
-        ),
+        ("running_var", "non-finite logits or embeddings in validation after epoch 2; stopped"),
     ],
 )
 def test_a_non_finite_network_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
@@ -217,7 +216,7 @@ SPELLED_OUT = {
     "random_erasing": 0.0, "holdout_classes": (), "tta_flip": True, "tta_shift": 0, "knn_k": 10, "seed": 0,
     "compile": False, "deterministic": False, "weights": None, "data": "fashion-mnist", "image_size": None,
     "resize": "crop", "channels": "auto", "test_frac": 0.2, "class_names": None, "skip_bad": False, "focus": None,
-    "focus_run": None, "precision": "default", "procs": 1,
+    "focus_run": None, "precision": "default", "procs": 1, "flip_schedule": "random", "lr_floor": 1 / 4000,
 }  # fmt: skip
 
 
@@ -386,7 +385,6 @@ def _history(run):
     return json.loads(p.read_text()) if p.exists() else []
 
 
-@pytest.mark.slow
 def test_non_finite_loss_stops_with_one_line_and_keeps_checkpoint(tmp_path, fake_run, monkeypatch):
     from embedfm import train as train_mod
     from embedfm.config import TrainConfig
@@ -585,3 +583,19 @@ def test_deterministic_setting_is_a_flag_and_sets_torch_and_cublas(tmp_path, fak
         torch.use_deterministic_algorithms(False)
     seeds = {step_seed(0, e, s, r) for e in range(3) for s in range(50) for r in range(4)}
     assert len(seeds) == 600 and step_seed(0, 1, 2, 3) == step_seed(0, 1, 2, 3)
+
+
+def test_alternating_flips_invert_every_other_epoch_and_lr_floor_ends_the_schedule():
+    from embedfm.train import alternating_flips, make_optimizer
+
+    cfg = TrainConfig(flip_schedule="alternate", seed=3)
+    a, b, c = (alternating_flips(cfg, 1000, e) for e in range(3))
+    assert torch.equal(a, ~b) and torch.equal(a, c) and 400 < int(a.sum()) < 600
+    assert alternating_flips(TrainConfig(), 10, 0) is None
+    net = torch.nn.Linear(2, 2)
+    for floor in (1 / 4000, 0.01):
+        opt, sched = make_optimizer(net, TrainConfig(lr=0.1, lr_floor=floor), 50)
+        for _ in range(49):  # to the schedule's last step
+            opt.step()
+            sched.step()
+        assert sched.get_last_lr()[0] == pytest.approx(0.1 * floor, rel=1e-6)
