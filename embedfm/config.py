@@ -266,7 +266,12 @@ class TrainConfig:
     skip_bad: bool = setting(
         False, "skip unreadable image files (recorded in the run and its report) instead of stopping", "data"
     )
-    val_size: int = setting(5000, "images in the fixed stratified validation split carved from train", "data")
+    val_size: int = setting(
+        5000,
+        "images in the fixed stratified validation split carved from train (left at 5000 on another set of under "
+        "25,000 training images: a tenth of them)",
+        "data",
+    )
     limit: int | None = setting(None, "train on a stratified subset of N images (smoke tests, quick looks)", "data")
     # 0 by default: at a 3-epoch budget random crops slow convergence more than they regularise
     crop_pad: int = setting(0, "random-crop padding in pixels (0 = no crop)", "data")
