@@ -21,7 +21,6 @@ into artifacts/reference/. Exits 1 when a check failed, 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -96,24 +95,6 @@ def gpu_info() -> dict:
     }
 
 
-@contextlib.contextmanager
-def precision(name: str):
-    """fp32: CUDA autocast off for the training step and validation's embedding (bf16 is what embedfm runs)."""
-    if name == "bf16":
-        yield
-        return
-    import embedfm.inference
-    import embedfm.train
-
-    off = lambda device: torch.autocast("cuda" if device.type == "cuda" else "cpu", enabled=False)
-    saved = embedfm.train.autocast, embedfm.inference.autocast
-    embedfm.train.autocast = embedfm.inference.autocast = off
-    try:
-        yield
-    finally:
-        embedfm.train.autocast, embedfm.inference.autocast = saved
-
-
 def device_tests(cuda: bool) -> dict:
     tests = ROOT / "tests"
     if not tests.is_dir():
@@ -133,14 +114,15 @@ def device_tests(cuda: bool) -> dict:
 
 
 def recipe_run(name, prec, deterministic, data, epochs, cuda, tmp) -> tuple[dict, str]:
-    over = {**RECIPES[name], "epochs": epochs, "deterministic": deterministic, "device": "auto"}
+    # bf16: embedfm's default on CUDA (autocast); fp32: --precision fp32 (no autocast anywhere)
+    over = {**RECIPES[name], "epochs": epochs, "deterministic": deterministic, "device": "auto",
+            "precision": "fp32" if prec == "fp32" else "default"}  # fmt: skip
     if not cuda:
         over.update(CPU_SUBSET)
     tag = f"{name}-{prec}{'-det' if deterministic else ''}"
     cfg = TrainConfig(**{**over, "out": str(Path(tmp) / tag)})
     t0 = time.perf_counter()
-    with precision(prec):
-        result = train(cfg, data=data, overwrite=True, progress=False, log=quiet)
+    result = train(cfg, data=data, overwrite=True, progress=False, log=quiet)
     torch.use_deterministic_algorithms(False)
     h = result["history"]
     reached = next((row for row in h if row["val_acc"] >= TARGET_ACC), None)
