@@ -6,8 +6,9 @@ Sections (each prints absolute figures and the ratio, all measured in this one p
   1. time to accuracy   wall time of training until val accuracy first reaches 90 / 91 / 92 %, read from
                         the per-epoch history of the demo runs (`--runs DIR` holding ce/ and triplet/;
                         trained here with the demo defaults when missing), beside their test accuracy
-  2. training step      images/s of the default backbone, CE and CE + triplet; achieved GFLOP/s
-                        (MACs × 2 × 3) as a fraction of torch.mm's ceiling measured in the same run
+  2. training step      images/s of the default backbone, CE and CE + triplet, and CE under --precision bf16;
+                        achieved GFLOP/s (MACs × 2 × 3) as a fraction of torch.mm's fp32 / bf16 ceiling
+                        measured in the same run
   3. input pipeline     embedfm's uint8 batch augmentation vs torchvision FashionMNIST + PIL transforms
                         through a DataLoader with 2 workers; and training images/s fed by each
   4. kNN                FAISS vs scikit-learn KNeighborsClassifier (brute, and its default algorithm) on the
@@ -65,9 +66,9 @@ def row(section: str, what: str, figures: str) -> None:
     print(f"[{section}] {what}: {figures}", flush=True)
 
 
-def matmul_ceiling(n: int = 4096, reps: int = 5) -> float:
-    """fp32 GFLOP/s of torch.mm n×n, best of `reps` (the machine is shared: best = least disturbed)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_ceiling(n: int = 4096, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of torch.mm n×n in `dtype`, best of `reps` (the machine is shared: best = least disturbed)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
@@ -140,12 +141,12 @@ def _step_on(cfg: TrainConfig, steps: int):
     model = build_model(cfg.backbone, cfg.embedding_dim, 10).to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg, steps)
     objective = build_objective(cfg)
-    return lambda x, y: train_step(model, objective, opt, sched, x, y, CPU)
+    return lambda x, y: train_step(model, objective, opt, sched, x, y, CPU, precision=cfg.precision)
 
 
-def train_throughput(loss: str, steps: int, batch_size: int = 256) -> float:
+def train_throughput(loss: str, steps: int, batch_size: int = 256, precision: str = "fp32") -> float:
     """Training images/s of the default recipe on random uint8 batches: augmentation + step, as in training."""
-    cfg = TrainConfig(loss=loss, batch_size=batch_size)
+    cfg = TrainConfig(loss=loss, batch_size=batch_size, precision=precision)
     step = _step_on(cfg, steps + 3)
     g = torch.Generator().manual_seed(0)
     x_all = torch.randint(0, 256, (batch_size * 4, 28, 28), dtype=torch.uint8)
@@ -160,18 +161,37 @@ def train_throughput(loss: str, steps: int, batch_size: int = 256) -> float:
 
 def training_step(results: dict, steps: int) -> None:
     ceiling = matmul_ceiling()
+    # bf16 without AMX / AVX-512 BF16 is emulated, and slow: a smaller product then (its GFLOP/s are no lower)
+    ceiling_bf16 = matmul_ceiling(4096 if machine.native_bf16() else 1024, dtype=torch.bfloat16)
     macs = count_macs(build_model())
     ce = train_throughput("ce", steps)
     trip = train_throughput("triplet", steps)
-    gflops = ce * macs * 6 / 1e9
+    ce_bf16 = train_throughput("ce", steps if machine.native_bf16() else max(2, steps // 4), precision="bf16")
+    gflops, gflops_bf16 = ce * macs * 6 / 1e9, ce_bf16 * macs * 6 / 1e9
+    native = "native" if machine.native_bf16() else "emulated: no AMX or AVX-512 BF16"
     row("2 training step", "torch.mm 4096² fp32 ceiling", f"{ceiling:.0f} GFLOP/s")
+    n = 4096 if machine.native_bf16() else 1024
+    row("2 training step", f"torch.mm {n}² bf16 ceiling ({native})", f"{ceiling_bf16:.0f} GFLOP/s")
     row(
         "2 training step",
         f"fastcnn CE ({macs / 1e6:.1f} M MACs/img)",
         f"{ce:.0f} img/s = {gflops:.0f} GFLOP/s = {gflops / ceiling:.0%} of ceiling",
     )
     row("2 training step", "fastcnn CE + triplet", f"{trip:.0f} img/s; cost per epoch ×{ce / trip:.2f} of CE")
+    row(
+        "2 training step",
+        "fastcnn CE, --precision bf16",
+        f"{ce_bf16:.0f} img/s (×{ce_bf16 / ce:.2f} of fp32) = {gflops_bf16:.0f} GFLOP/s"
+        + (
+            f" = {gflops_bf16 / ceiling_bf16:.0%} of the bf16 ceiling"
+            if machine.native_bf16()
+            else " (no fraction: the emulated torch.mm is no ceiling for oneDNN's bf16 convolutions)"
+        ),
+    )
     results.update(
+        matmul_gflops_bf16=ceiling_bf16,
+        train_images_per_s_bf16=ce_bf16,
+        train_peak_fraction_bf16=gflops_bf16 / ceiling_bf16,
         matmul_gflops=ceiling,
         train_images_per_s=ce,
         train_gflops=gflops,
