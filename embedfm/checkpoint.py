@@ -233,6 +233,7 @@ def model_args(meta: dict, where: str | Path) -> dict:
             "image_size",
             "weights",
             "norm",
+            "frozen_stem",
         }:
             raise ValueError(f"unknown model arguments {args}")
         channels, size = args.get("in_channels", 1), args.get("image_size", [28, 28])

@@ -153,6 +153,15 @@ class TrainConfig:
         "model",
         metavar="FILE",
     )
+    whiten: bool = setting(
+        False,
+        "patch-whitening first conv: its filters set from the training images' 3x3 patch covariance (eigenvectors "
+        "/ sqrt(eigenvalue), both signs) and frozen (airbench)",
+        "model",
+    )
+    dirac: bool = setting(
+        False, "identity (dirac) initialisation of the first input-channels filters of every later conv", "model"
+    )
     # metric-learning side
     margin: float = loss_setting("margin")
     triplet_weight: float = setting(1.0, "weight of the metric loss (whichever --metric-loss) next to CE", "metric")
@@ -352,6 +361,8 @@ class TrainConfig:
         args = {"backbone": self.backbone, "embedding_dim": self.embedding_dim, "num_classes": 10}
         if self.widths is not None:
             args["backbone_kwargs"] = {"widths": list(self.widths)}
+        if self.whiten:  # the stem stays frozen when the run is rebuilt (--resume)
+            args["frozen_stem"] = True
         return args
 
     def describe(self) -> str:

@@ -263,6 +263,7 @@ class EmbeddingNet(nn.Module):
         in_channels: int = 1,
         image_size: Size = (28, 28),
         norm: dict | None = None,
+        frozen_stem: bool = False,
     ):
         super().__init__()
         image_size = tuple(image_size)  # a checkpoint's JSON gives a list
@@ -279,6 +280,8 @@ class EmbeddingNet(nn.Module):
             raise ConfigError(f"in_channels {in_channels!r} / image_size {image_size!r}: positive ints, (H, W)")
         self.input_shape = (in_channels, *image_size)  # (C, H, W) of one image; count_macs's default
         self.backbone = make_backbone(backbone, backbone_kwargs, in_channels, image_size)
+        if frozen_stem:  # --whiten: the first conv holds the patch-whitening filters and is not trained
+            stem(self).weight.requires_grad_(False)
         self.embed = nn.Linear(self.backbone.out_features, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes)
 
@@ -297,12 +300,59 @@ def build_model(
     image_size: Size = (28, 28),
     weights: str | None = None,
     norm: dict | None = None,
+    frozen_stem: bool = False,
 ) -> EmbeddingNet:
     """The network `model_args` describe. `weights` (a tv: backbone's pretrained file) is provenance only: it is
     not read here — the trainer calls `init_pretrained(model, weights)` once at the start of a new run, and a
     checkpoint's state dict holds the weights after that."""
     del weights
-    return EmbeddingNet(backbone, embedding_dim, num_classes, backbone_kwargs, in_channels, image_size, norm)
+    return EmbeddingNet(
+        backbone, embedding_dim, num_classes, backbone_kwargs, in_channels, image_size, norm, frozen_stem
+    )
+
+
+def stem(model: nn.Module) -> nn.Conv2d:
+    """The backbone's first convolution (the one that sees the image)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ConfigError("--whiten needs a backbone whose first layer is a convolution")
+    return conv
+
+
+@torch.no_grad()
+def whiten_stem(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> int:
+    """Patch-whitening initialisation of the first convolution (airbench, after Coates & Ng 2011): the eigenvectors
+    of the covariance of the training images' k×k patches (normalised floats (N, C, H, W)), each scaled by
+    1 / sqrt(eigenvalue + eps) and taken with both signs, so the layer's outputs are decorrelated, unit-variance
+    patch coordinates. With more filters than 2·C·k², the rest keep their initialisation; with fewer, the leading
+    (largest-variance) directions are kept. Returns how many filters were set."""
+    conv = stem(model)
+    cout, cin, kh, kw = conv.weight.shape
+    patches = torch.nn.functional.unfold(images.float(), (kh, kw))  # (N, C·k², L)
+    patches = patches.transpose(1, 2).reshape(-1, cin * kh * kw).double()  # (N·L, C·k²)
+    cov = torch.cov(patches.T)
+    eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+    eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)  # largest variance first
+    filters = (eigvecs / (eigvals + eps).sqrt()).T.reshape(-1, cin, kh, kw)  # (C·k², C, k, k)
+    both = torch.stack([filters, -filters], dim=1).reshape(-1, cin, kh, kw)  # +v1, -v1, +v2, -v2, ...
+    n = min(cout, len(both))
+    conv.weight[:n] = both[:n].to(conv.weight.dtype)
+    return n
+
+
+@torch.no_grad()
+def dirac_init(model: nn.Module) -> int:
+    """Identity (dirac) initialisation of every convolution after the first whose output has at least its input's
+    channels: its first C_in filters pass their input channel through (airbench), the rest keep their
+    initialisation, so a deep stack starts close to the identity. Returns how many convolutions it set."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1:]
+    n = 0
+    for conv in convs:
+        cout, cin = conv.weight.shape[:2]
+        if cout >= cin and conv.groups == 1 and conv.kernel_size[0] % 2 == 1:
+            nn.init.dirac_(conv.weight[:cin])
+            n += 1
+    return n
 
 
 def norm_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -46,7 +46,15 @@ from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_tex
 from embedfm.inference import autocast, embed, select_device
 from embedfm.knn import KNNClassifier
 from embedfm.metrics import focus_group_error
-from embedfm.models import build_model, count_macs, count_params, init_pretrained, norm_of
+from embedfm.models import (
+    build_model,
+    count_macs,
+    count_params,
+    dirac_init,
+    init_pretrained,
+    norm_of,
+    whiten_stem,
+)
 from embedfm.objectives import average_loss_grads, build_objective, loss_parameters
 from embedfm.run import Run
 from embedfm.sampling import Splits, augment, balanced_batches, make_splits, shuffled_batches
@@ -114,7 +122,13 @@ class TrainState:
         gen = seed_everything(cfg.seed)
         # channels_last: oneDNN's fastest conv layout on CPU
         model_args = model_args or cfg.model_args
-        net = build_model(**model_args).to(device, memory_format=torch.channels_last)
+        net = build_model(**model_args)
+        # deterministic initialisations (they draw nothing, so every later draw is what it was without them)
+        if cfg.whiten:
+            whiten_stem(net, to_float(splits.train_x[:WHITEN_IMAGES], *net.norm))
+        if cfg.dirac:
+            dirac_init(net)
+        net = net.to(device, memory_format=torch.channels_last)
         # a loss with parameters draws them here, after the weights
         objective = build_objective(cfg, model_args["num_classes"])
         if isinstance(objective, torch.nn.Module):
@@ -141,6 +155,7 @@ def model_args_for(cfg: TrainConfig, data: ImageSet) -> dict:
 
 
 VAL_KNN_REFS = 5_000  # train images used as kNN reference for the per-epoch validation kNN (cheap)
+WHITEN_IMAGES = 5_000  # training images whose patches --whiten's covariance is estimated from (~3.4 M 3x3 patches)
 
 
 def set_deterministic(on: bool) -> None:

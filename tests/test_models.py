@@ -68,3 +68,29 @@ def test_count_macs_runs_on_the_models_device(device):
     torch.manual_seed(0)
     expected = count_macs(build_model())
     assert count_macs(build_model().to(device)) == expected
+
+
+def test_patch_whitening_decorrelates_the_stems_outputs_and_is_frozen():
+    """whiten_stem: the first conv's outputs over the images' patches have identity covariance (the +/- pairs:
+    each direction twice with opposite signs); built with frozen_stem, the conv is not trained."""
+    from embedfm.models import build_model, stem, whiten_stem
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 12, 12) @ torch.randn(12, 12) * 0.3  # correlated pixels along rows
+    net = build_model("fastcnn", frozen_stem=True, backbone_kwargs={"widths": [18, 8, 8]}, image_size=(12, 12))
+    assert whiten_stem(net, x, eps=0.0) == 18 and not stem(net).weight.requires_grad
+    out = torch.nn.functional.conv2d(x, stem(net).weight)  # (N, 18, 10, 10), no padding: whole patches only
+    z = out[:, 0::2].transpose(0, 1).reshape(9, -1).double()  # the + filters
+    cov = torch.cov(z)
+    assert torch.allclose(cov, torch.eye(9, dtype=torch.float64), atol=1e-3)
+    assert torch.equal(out[:, 1::2], -out[:, 0::2])
+
+
+def test_dirac_init_makes_square_convs_pass_their_input_through():
+    from embedfm.models import dirac_init
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 6, 3, padding=1))
+    assert dirac_init(net) == 1
+    x = torch.randn(2, 4, 5, 5)
+    y = torch.nn.functional.conv2d(x, net[1].weight, padding=1)
+    assert torch.allclose(y[:, :4], x)

@@ -217,6 +217,7 @@ SPELLED_OUT = {
     "compile": False, "deterministic": False, "weights": None, "data": "fashion-mnist", "image_size": None,
     "resize": "crop", "channels": "auto", "test_frac": 0.2, "class_names": None, "skip_bad": False, "focus": None,
     "focus_run": None, "precision": "default", "procs": 1, "flip_schedule": "random", "lr_floor": 1 / 4000,
+    "whiten": False, "dirac": False,
 }  # fmt: skip
 
 
@@ -599,3 +600,25 @@ def test_alternating_flips_invert_every_other_epoch_and_lr_floor_ends_the_schedu
             opt.step()
             sched.step()
         assert sched.get_last_lr()[0] == pytest.approx(0.1 * floor, rel=1e-6)
+
+
+def test_a_whitened_stem_stays_as_initialised_through_training_and_resume(tmp_path, fake_data_dir):
+    """--whiten --dirac: the run trains, its stem holds the whitening filters it started with after an epoch, and a
+    model rebuilt from the checkpoint's model_args (what --resume trains on) has the stem frozen again."""
+    from embedfm.data import load_fashion_mnist, to_float
+    from embedfm.models import build_model, stem, whiten_stem
+    from embedfm.run import Run
+    from embedfm.sampling import make_splits
+
+    base = dict(whiten=True, dirac=True, limit=200, val_size=50, batch_size=50, threads=1, device="cpu",
+                data_dir=str(fake_data_dir), out=str(tmp_path / "run"))  # fmt: skip
+    train(TrainConfig(epochs=1, **base), **QUIET)
+    run = Run.open(tmp_path / "run")
+    assert run.model_args["frozen_stem"] is True
+    first = run.load().weights()
+    splits = make_splits(load_fashion_mnist(fake_data_dir), 50, 200)
+    expected = build_model(**run.model_args)
+    n = whiten_stem(expected, to_float(splits.train_x))  # 18 of the 24 filters: ± the 9 patch directions
+    assert n == 18 and torch.equal(first["backbone.layers.0.0.weight"][:n], stem(expected).weight[:n])
+    # a run rebuilt from its checkpoint (--resume, eval) has the stem frozen again
+    assert not stem(Run.open(tmp_path / "run").model()).weight.requires_grad
