@@ -41,6 +41,7 @@ BACKBONES = ("fastcnn", "linear", "mlp", "lenet", "vgg", "resnet20")
 WIDE_BACKBONES = ("fastcnn", "vgg", "resnet20")  # the backbones whose three stage widths --widths sets
 PRECISIONS = ("default", "auto", "fp32", "bf16")
 FLIP_SCHEDULES = ("random", "alternate")
+BN_MOMENTUM = 0.1  # PyTorch's default
 LR_FLOOR = 1 / 4000  # the one-cycle schedule's final lr / peak: 1/20 at the start, then 1/200 of that
 RESIZE_MODES = ("crop", "pad")  # the same as sources.RESIZE_MODES / CHANNELS (sources imports torch)
 CHANNELS = ("auto", "1", "3")
@@ -236,6 +237,18 @@ class TrainConfig:
     weight_decay: float = setting(5e-2, "weight decay of conv/linear weights (not of BN or biases)", "optimisation")
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing", "optimisation")
     warmup_frac: float = setting(0.2, "share of steps spent warming up to the peak lr", "optimisation")
+    lookahead: float = setting(
+        0.0,
+        "every 5 steps (and at each epoch's end) the weights become d × their slow copy + (1 − d) × themselves, and "
+        "the slow copy follows (airbench's lookahead; 0 = off)",
+        "optimisation",
+        metavar="D",
+    )
+    bn_momentum: float = setting(
+        BN_MOMENTUM,
+        "BatchNorm's running-statistics momentum (PyTorch's sense: the weight of the new batch)",
+        "optimisation",
+    )
     lr_floor: float = setting(
         LR_FLOOR, "the one-cycle schedule's final lr as a share of --lr (it starts at 1/20 of it)", "optimisation"
     )
@@ -431,6 +444,8 @@ def validate(c: TrainConfig) -> None:
     _check(0 <= c.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
     _check(0 < c.warmup_frac < 1, f"--warmup-frac must be in (0, 1), got {c.warmup_frac}")
     _check(0 < c.lr_floor <= 1, f"--lr-floor must be in (0, 1], got {c.lr_floor}")
+    _check(0 <= c.lookahead < 1, f"--lookahead must be in [0, 1), got {c.lookahead}")
+    _check(0 < c.bn_momentum <= 1, f"--bn-momentum must be in (0, 1], got {c.bn_momentum}")
     _check(c.embedding_dim >= 2, f"--embedding-dim must be at least 2, got {c.embedding_dim}")
     _check(
         c.widths is None or (len(c.widths) == 3 and all(1 <= w <= 1024 for w in c.widths)),

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embedfm import checkpoint, diagnostics, distributed, rundir, sources
-from embedfm.config import LR_FLOOR, TrainConfig
+from embedfm.config import BN_MOMENTUM, LR_FLOOR, TrainConfig
 from embedfm.data import MEAN, STD, FashionMNIST, ImageSet, to_float
 from embedfm.errors import EmbedfmError, NonFiniteError
 from embedfm.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -128,6 +128,10 @@ class TrainState:
             whiten_stem(net, to_float(splits.train_x[:WHITEN_IMAGES], *net.norm))
         if cfg.dirac:
             dirac_init(net)
+        if cfg.bn_momentum != BN_MOMENTUM:  # a module attribute, not saved: set again whenever a run is built
+            for m in net.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.momentum = cfg.bn_momentum
         net = net.to(device, memory_format=torch.channels_last)
         # a loss with parameters draws them here, after the weights
         objective = build_objective(cfg, model_args["num_classes"])
@@ -584,6 +588,7 @@ def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: f
         dynamic_ncols=True,
     )
     alternate = alternating_flips(cfg, len(splits.train_y), epoch)  # (N,) bool, or None: a coin per batch
+    slow = Lookahead(state.net, cfg.lookahead) if cfg.lookahead > 0 else None
     for step, idx in enumerate(bar):
         flips = None if alternate is None else alternate[idx.cpu()]
         x, y = prepare_batch(splits.train_x[idx], splits.train_y[idx], cfg, gen, device, dd, norm_of(state.net), flips)
@@ -599,6 +604,8 @@ def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: f
                 f"{e} at epoch {epoch + 1}, step {step + 1}; stopped, the last good checkpoint is "
                 "kept (try a lower --lr)"
             ) from None
+        if slow is not None and (step + 1) % LOOKAHEAD_EVERY == 0:
+            slow.update()
         for k, v in {"train_loss": loss, **parts}.items():
             sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).double()  # () fp64
         correct += (logits.argmax(1) == y).sum()
@@ -616,6 +623,8 @@ def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: f
                 ips=f"{seen / (time.perf_counter() - t0 - hook_seconds):.0f}",
             )
     bar.close()
+    if slow is not None and len(batches) % LOOKAHEAD_EVERY:  # the epoch ends on an update: checkpoints hold it
+        slow.update()
     seconds = time.perf_counter() - t0 - hook_seconds
     n = len(batches)
     keys = list(sums)
@@ -626,6 +635,28 @@ def run_epoch(state: TrainState, cfg: TrainConfig, epoch: int, seconds_before: f
     out["images_per_s"] = round(seen / seconds, 1)
     out["seconds"] = seconds
     return out
+
+
+LOOKAHEAD_EVERY = 5  # steps between --lookahead updates (airbench's)
+
+
+class Lookahead:
+    """--lookahead d (airbench's lookahead, after Zhang et al. 2019): slow copies of the trainable weights; every
+    LOOKAHEAD_EVERY steps, and at the end of each epoch, slow ← d·slow + (1 − d)·weights, and the weights are set to
+    slow. The slow weights start each epoch equal to the weights (the end of the last epoch made them so), so
+    a checkpoint needs nothing more and a resumed run continues as an uninterrupted one. BatchNorm's running
+    statistics are buffers, untouched (airbench raises BN momentum with it: --bn-momentum)."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.slow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for p, s in zip(self.params, self.slow):
+            s.lerp_(p, 1 - self.decay)
+            p.copy_(s)
 
 
 def format_row(row: dict, epochs: int) -> str:

@@ -217,7 +217,7 @@ SPELLED_OUT = {
     "compile": False, "deterministic": False, "weights": None, "data": "fashion-mnist", "image_size": None,
     "resize": "crop", "channels": "auto", "test_frac": 0.2, "class_names": None, "skip_bad": False, "focus": None,
     "focus_run": None, "precision": "default", "procs": 1, "flip_schedule": "random", "lr_floor": 1 / 4000,
-    "whiten": False, "dirac": False,
+    "whiten": False, "dirac": False, "lookahead": 0.0, "bn_momentum": 0.1,
 }  # fmt: skip
 
 
@@ -622,3 +622,33 @@ def test_a_whitened_stem_stays_as_initialised_through_training_and_resume(tmp_pa
     assert n == 18 and torch.equal(first["backbone.layers.0.0.weight"][:n], stem(expected).weight[:n])
     # a run rebuilt from its checkpoint (--resume, eval) has the stem frozen again
     assert not stem(Run.open(tmp_path / "run").model()).weight.requires_grad
+
+
+def test_lookahead_pulls_weights_to_their_slow_copy():
+    from embedfm.train import Lookahead
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    net.weight.data.fill_(1.0)
+    la = Lookahead(net, 0.75)
+    net.weight.data.fill_(5.0)  # the optimizer moved it
+    la.update()  # slow = 0.75·1 + 0.25·5 = 2, and the weight with it
+    assert net.weight.item() == 2.0 and la.slow[0].item() == 2.0
+
+
+def test_a_lookahead_run_resumed_after_an_epoch_equals_the_uninterrupted_one(tmp_path, fake_data_dir):
+    """--lookahead with --bn-momentum: the slow weights equal the weights at every epoch's end, so a checkpoint holds
+    all of it and a resumed run continues bit for bit (7 steps an epoch: the epoch ends between updates)."""
+    from embedfm.run import Run
+
+    base = dict(lookahead=0.5, bn_momentum=0.4, epochs=2, limit=350, val_size=50, batch_size=50, threads=1,
+                device="cpu", data_dir=str(fake_data_dir))  # fmt: skip
+    train(TrainConfig(out=str(tmp_path / "whole"), **base), **QUIET)
+
+    def stop_after_first(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "parts"), **base), hooks=Hooks(on_epoch=stop_after_first), **QUIET)
+    train(TrainConfig(out=str(tmp_path / "parts"), **base), resume=True, **QUIET)
+    a, b = (Run.open(tmp_path / d).load().weights() for d in ("whole", "parts"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
