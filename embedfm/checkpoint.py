@@ -261,16 +261,19 @@ def model_args(meta: dict, where: str | Path) -> dict:
             raise ValueError(f"norm must be per-channel mean and std in [0, 1]: {norm!r}")
         if not isinstance(args.get("weights", ""), (str, type(None))):
             raise ValueError(f"weights is not a path: {args['weights']!r}")
-        if "backbone_kwargs" in args:  # only --widths: three channel counts
-            widths = args["backbone_kwargs"].get("widths") if isinstance(args["backbone_kwargs"], dict) else None
-            ok = isinstance(widths, list) and len(widths) == 3
+        if "backbone_kwargs" in args:  # only --widths (three channel counts) and --pool-first
+            kw = args["backbone_kwargs"] if isinstance(args["backbone_kwargs"], dict) else {}
+            widths = kw.get("widths", [1, 1, 1])
             if not (
-                ok
-                and set(args["backbone_kwargs"]) == {"widths"}
+                kw
+                and set(kw) <= {"widths", "pool_first"}
+                and isinstance(widths, list)
+                and len(widths) == 3
                 and all(type(w) is int and 1 <= w <= 1024 for w in widths)
+                and kw.get("pool_first", True) is True
             ):
                 raise ValueError(f"unknown backbone arguments {args['backbone_kwargs']}")
-            args = {**args, "backbone_kwargs": {"widths": tuple(widths)}}
+            args = {**args, "backbone_kwargs": {**kw, **({"widths": tuple(widths)} if "widths" in kw else {})}}
         sizes = [args.get(k, 10) for k in ("embedding_dim", "num_classes")]
         if not all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 4096 for n in sizes):
             raise ValueError(f"model sizes out of range: {args}")

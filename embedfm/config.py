@@ -160,6 +160,11 @@ class TrainConfig:
         "/ sqrt(eigenvalue), both signs) and frozen (airbench)",
         "model",
     )
+    pool_first: bool = setting(
+        False,
+        "fastcnn: the convs before each max-pool pool before their BN and ReLU (a quarter of the pixels)",
+        "model",
+    )
     dirac: bool = setting(
         False, "identity (dirac) initialisation of the first input-channels filters of every later conv", "model"
     )
@@ -374,6 +379,8 @@ class TrainConfig:
         args = {"backbone": self.backbone, "embedding_dim": self.embedding_dim, "num_classes": 10}
         if self.widths is not None:
             args["backbone_kwargs"] = {"widths": list(self.widths)}
+        if self.pool_first:
+            args["backbone_kwargs"] = {**args.get("backbone_kwargs", {}), "pool_first": True}
         if self.whiten:  # the stem stays frozen when the run is rebuilt (--resume)
             args["frozen_stem"] = True
         return args
@@ -434,6 +441,7 @@ def validate(c: TrainConfig) -> None:
         f"--backbone {c.backbone!r} is not one of {', '.join(BACKBONES)} or tv:NAME (a torchvision model)",
     )
     _check(c.weights is None or c.backbone.startswith("tv:"), "--weights is for tv: backbones (torchvision models)")
+    _check(not c.pool_first or c.backbone == "fastcnn", f"--pool-first is fastcnn's, not --backbone {c.backbone}")
     _check(c.image_size is None or 1 <= c.image_size <= 4096, f"--image-size must be in 1-4096, got {c.image_size}")
     _check(0 < c.test_frac < 1, f"--test-frac must be between 0 and 1, got {c.test_frac}")
     fmnist = c.data == "fashion-mnist"

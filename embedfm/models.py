@@ -47,6 +47,21 @@ def _check_size(cls: type, image_size: Size) -> None:
         raise ConfigError(f"{cls.__name__} needs images of at least {cls.MIN_SIZE}×{cls.MIN_SIZE}, not {h}×{w}")
 
 
+class PoolFirst(nn.Module):
+    """conv → 2× max-pool → BN → ReLU, with conv_bn's parameter names ("0" conv, "1" BN). Not a Sequential, so
+    `fuse_for_inference` leaves it alone: BN after a max-pool cannot be folded into the conv (a negative BN scale
+    would turn the max into a min)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        for name, m in zip("012", conv_bn(cin, cout)):
+            self.add_module(name, m)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._modules["2"](self._modules["1"](self.pool(self._modules["0"](x))))
+
+
 class FastCNN(nn.Module):
     """The default CPU backbone: 5 conv-BN-ReLU layers at 28→14→7 resolution, global pooling.
 
@@ -58,16 +73,26 @@ class FastCNN(nn.Module):
 
     MIN_SIZE = 4
 
-    def __init__(self, widths: tuple[int, int, int] = (24, 48, 96), in_channels: int = 1, image_size: Size = (28, 28)):
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (24, 48, 96),
+        in_channels: int = 1,
+        image_size: Size = (28, 28),
+        pool_first: bool = False,
+    ):
         super().__init__()
         _check_size(type(self), image_size)
         w0, w1, w2 = widths
+        # --pool-first: the two convs before a pooling pool first, so their BN and ReLU see a quarter of the pixels
+        # (the same parameter names: the pooling's slot holds an identity)
+        pooled = (lambda cin, cout: PoolFirst(cin, cout)) if pool_first else conv_bn
+        pool = nn.Identity if pool_first else lambda: nn.MaxPool2d(2)
         self.layers = nn.Sequential(
-            conv_bn(in_channels, w0),  # (B, w0, H, W)
-            nn.MaxPool2d(2),  # (B, w0, 14, 14): H/2
+            pooled(in_channels, w0),  # (B, w0, H, W); pooled: (B, w0, H/2, W/2)
+            pool(),  # (B, w0, 14, 14): H/2
             conv_bn(w0, w1),
-            conv_bn(w1, w1),
-            nn.MaxPool2d(2),  # (B, w1, 7, 7): H/4
+            pooled(w1, w1),
+            pool(),  # (B, w1, 7, 7): H/4
             conv_bn(w1, w2),
             conv_bn(w2, w2),  # (B, w2, 7, 7)
         )

@@ -94,3 +94,25 @@ def test_dirac_init_makes_square_convs_pass_their_input_through():
     x = torch.randn(2, 4, 5, 5)
     y = torch.nn.functional.conv2d(x, net[1].weight, padding=1)
     assert torch.allclose(y[:, :4], x)
+
+
+def test_pool_first_keeps_the_parameter_names_and_pools_before_bn():
+    from embedfm.models import build_model, fuse_for_inference
+
+    torch.manual_seed(0)
+    plain = build_model("fastcnn")
+    pooled = build_model("fastcnn", backbone_kwargs={"pool_first": True})
+    assert [(k, v.shape) for k, v in plain.state_dict().items()] == [
+        (k, v.shape) for k, v in pooled.state_dict().items()
+    ]
+    pooled.load_state_dict(plain.state_dict())
+    pooled.eval()
+    x = torch.randn(3, 1, 28, 28)
+    block = pooled.backbone.layers[0]
+    conv, bn, relu = block._modules["0"], block._modules["1"], block._modules["2"]
+    want = relu(bn(torch.nn.functional.max_pool2d(conv(x), 2)))
+    assert torch.equal(block(x), want) and want.shape == (3, 24, 14, 14)
+    logits, emb = pooled(x)
+    assert logits.shape == (3, 10) and emb.shape == (3, 64)
+    fused = fuse_for_inference(pooled)  # the pool-first blocks are not folded: the same outputs
+    assert torch.allclose(fused(x)[0], logits, atol=1e-5)

@@ -217,7 +217,7 @@ SPELLED_OUT = {
     "compile": False, "deterministic": False, "weights": None, "data": "fashion-mnist", "image_size": None,
     "resize": "crop", "channels": "auto", "test_frac": 0.2, "class_names": None, "skip_bad": False, "focus": None,
     "focus_run": None, "precision": "default", "procs": 1, "flip_schedule": "random", "lr_floor": 1 / 4000,
-    "whiten": False, "dirac": False, "lookahead": 0.0, "bn_momentum": 0.1,
+    "whiten": False, "dirac": False, "lookahead": 0.0, "bn_momentum": 0.1, "pool_first": False,
 }  # fmt: skip
 
 
