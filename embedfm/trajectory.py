@@ -7,7 +7,8 @@ own clock, which leaves the hook's time out. The final weights are then scored w
 augmentation (`--tta-shift` too, 5× the views: too slow to pay at every point) on the validation split and, only
 when asked, once on the test split: the final epoch, never a chosen one.
 
-`studies/speedrun.py` (the speed recipe's ablation, one `ablation_line` per run), `scripts/bench.py --only
+`studies/speedrun.py` and `studies/speedrun2.py` (the speed recipe's ablations, one `ablation_line` per run; the
+second reads its times in E, `unit_line`), `scripts/bench.py --only
 speedrun` (time to accuracy of three recipes side by side) and `scripts/probe_recipe.py trajectory` (its `on_check`
 hook scores EMA copies of the weights at the same points) are built on it. `budget_s` stops a run after that many
 training seconds (a long recipe's first minutes, for the time-to-accuracy plot); such a run is marked `stopped` and
@@ -131,6 +132,37 @@ def ablation_done(path: Path) -> set[tuple[str, int]]:
         return set()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {(r["row"], r["seed"]) for r in rows if "row" in r}
+
+
+def process_key(pid: int) -> str:
+    """A process told apart from a later one that reuses its id: the id and when it started (from /proc)."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{pid}:{start}"
+
+
+def unit_line(
+    path: Path, pid: int, data: FashionMNIST | None = None, cfg: TrainConfig | None = None, log=print
+) -> dict:
+    """E, the unit an ablation's times are read in: one epoch of the demo recipe (fastcnn, fp32, the default
+    threads) timed on the training split, once per process (`pid`) before its first row, appended to `path` as a
+    "unit" line with the machine. The rows after a unit line were timed in the same process, on the same machine."""
+    from embedfm import machine
+
+    key = process_key(pid)
+    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    last = next((r for r in reversed(lines) if "unit" in r), None)
+    if last is not None and last.get("process") == key:
+        return last
+    traj = run(cfg or TrainConfig(epochs=1), data, checks=1)
+    line = {"unit": "E", "E_s": round(traj.train_seconds, 2), "process": key, "machine": machine.describe()}
+    log(f"E = {line['E_s']} s (one epoch of the demo recipe) on {machine.summary(line['machine'])}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    return line
 
 
 def ablation_line(path: Path, row: dict, seed: int, cfg: TrainConfig, runs: Path, rescore: str | None = None,

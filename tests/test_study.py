@@ -19,6 +19,9 @@ def test_every_definition_is_short_and_its_manifest_names_every_committed_run(pa
     monkeypatch.chdir(ROOT)
     study = S.load(path)
     assert len(path.read_text().splitlines()) <= 50
+    if not (Path(study.out) / S.MANIFEST).exists():  # declared, not yet published: nothing of it is committed
+        assert not Path(study.out).exists() or not any(Path(study.out).iterdir()), study.out
+        return
     manifest = json.loads((Path(study.out) / S.MANIFEST).read_text())
     assert [r["run"] for r in manifest["runs"]] == [r.dir for r in study.runs()]
     for r in manifest["runs"]:
