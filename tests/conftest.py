@@ -293,3 +293,12 @@ def device(request):
         return
     with ShadowDevice():
         yield SHADOW
+
+
+@pytest.fixture
+def index_dir(tmp_path, fake_run):
+    """A Flat index of the fake run's training images (`embedfm index`), for the live-index and serve tests."""
+    run, data = fake_run
+    idx = tmp_path / "idx"
+    assert main(["index", str(run), "--data-dir", str(data), "--out", str(idx), "--no-progress"]) == 0
+    return idx

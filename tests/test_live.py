@@ -15,14 +15,6 @@ def unit(rng, n, d):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture
-def index_dir(tmp_path, fake_run):
-    run, data = fake_run
-    idx = tmp_path / "idx"
-    assert main(["index", str(run), "--data-dir", str(data), "--out", str(idx), "--no-progress"]) == 0
-    return idx
-
-
 def brute(live: LiveIndex, x: np.ndarray, k: int, classes=None) -> np.ndarray:
     """Exact top-k ids over the live items, from the index's own vectors (an independent computation)."""
     slots = np.array(sorted(live.slot_of.values()))

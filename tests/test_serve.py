@@ -25,14 +25,6 @@ TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture
-def index_dir(tmp_path, fake_run):
-    run, data = fake_run
-    idx = tmp_path / "idx"
-    assert main(["index", str(run), "--data-dir", str(data), "--out", str(idx), "--no-progress"]) == 0
-    return idx
-
-
 def test_a_public_address_without_a_token_is_refused_in_one_line(fake_run, index_dir, capsys, monkeypatch):
     monkeypatch.delenv("EMBEDFM_TOKEN", raising=False)
     assert main(["serve", str(fake_run[0]), "--index", str(index_dir), "--host", "0.0.0.0"]) == 2
